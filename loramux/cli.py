@@ -1,0 +1,39 @@
+"""The `loramux` console script: one sub-command group per part.
+
+Each part's commands live beside its code; this module only mounts them, so `loramux registry …`
+never imports torch or vLLM.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from loramux import __version__
+from loramux.demo.cli import app as demo_app
+from loramux.registry.cli import app as registry_app
+
+app = typer.Typer(
+    help="loramux: one quantized base model, many LoRA adapters, one OpenAI-compatible server.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(registry_app, name="registry", help="Versioned, content-addressed adapter store.")
+app.add_typer(demo_app, name="demo")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"loramux {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Train QLoRA adapters, version them in a registry, serve them all from one base model."""
+
+
+if __name__ == "__main__":
+    app()
