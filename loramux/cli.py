@@ -11,6 +11,7 @@ import typer
 from loramux import __version__
 from loramux.demo.cli import app as demo_app
 from loramux.registry.cli import app as registry_app
+from loramux.server.cli import serve_command
 
 app = typer.Typer(
     help="loramux: one quantized base model, many LoRA adapters, one OpenAI-compatible server.",
@@ -19,6 +20,8 @@ app = typer.Typer(
 )
 app.add_typer(registry_app, name="registry", help="Versioned, content-addressed adapter store.")
 app.add_typer(demo_app, name="demo")
+app.command("serve", help="OpenAI-compatible server: one base model, adapters per request.")(
+    serve_command)
 
 
 def _version(value: bool) -> None:

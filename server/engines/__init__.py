@@ -1,0 +1,1 @@
+"""Engines behind one small interface, so the HTTP layer never imports vLLM."""

@@ -1,0 +1,91 @@
+"""The interface every engine implements: stream tokens for a request, with an optional adapter.
+
+The vLLM engine and the transformers reference engine both sit behind it, so handlers and tests
+can swap one for the other and compare their tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class AdapterHandle:
+    """An adapter as the engine sees it: a stable int id and a name that both carry the digest."""
+
+    lora_id: int
+    name: str
+    path: Path
+    digest: str
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    n: int = 1
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None
+    ignore_eos: bool = False
+    json_schema: dict | None = None
+    json_object: bool = False
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: Sampling
+    adapter: AdapterHandle | None = None
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class Delta:
+    """New output of one choice since the last delta."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass
+class EngineInfo:
+    name: str
+    model: str
+    quantization: str
+    max_model_len: int
+    max_loras: int
+    max_lora_rank: int
+    base_model_loads: int
+    resident_bytes: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    info: EngineInfo
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]: ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    async def load_adapter(self, adapter: AdapterHandle) -> None: ...
+
+    async def unload_adapter(self, adapter: AdapterHandle) -> None: ...
+
+    async def check_health(self) -> None: ...
+
+    def shutdown(self) -> None: ...

