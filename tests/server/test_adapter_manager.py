@@ -129,3 +129,48 @@ def test_disk_cache_bounded_by_bytes(setup, tmp_path: Path) -> None:
     cached = list((tmp_path / "cache").rglob("adapter_config.json"))
     assert 1 <= len(cached) <= 2, cached
     assert m.is_resident(manifests[3].digest)
+
+
+def test_fetch_from_remote_registry_over_http(tmp_path: Path) -> None:
+    """Adapters come from a registry server too: downloaded once, digest-verified, cached."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tokens = tmp_path / "tokens"
+    tokens.write_text("tok-w:write\n")
+    proc = subprocess.Popen([sys.executable, "-m", "loramux.cli", "registry", "serve", "--root",
+                             str(tmp_path / "remote"), "--port", str(port), "--tokens",
+                             str(tokens)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=os.environ | {"LORAMUX_TOKEN": ""})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "registry did not start"
+            time.sleep(0.2)
+        remote = reg.open(url, token="tok-w")
+        manifest = remote.push(write_adapter(tmp_path / "r0", 42), "remote-a")
+        engine = RecordingEngine()
+        manager = AdapterManager(engine, remote, Metrics(),
+                                 AdapterManagerOptions(cache_dir=tmp_path / "cache"))
+        handle = asyncio.run(manager.load(remote.resolve("remote-a@1")))
+        assert handle.digest == manifest.digest
+        pulled = (handle.path / "adapter_model.safetensors").read_bytes()
+        assert pulled == (tmp_path / "r0" / "adapter_model.safetensors").read_bytes()
+        remote.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
