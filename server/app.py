@@ -13,6 +13,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ValidationError
+
 from loramux.server.errors import (
     Forbidden,
     InvalidRequest,
@@ -28,8 +31,6 @@ from loramux.server.protocol import (
     ModelList,
 )
 from loramux.server.runtime import Runtime
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ValidationError
 
 log = logging.getLogger(__name__)
 

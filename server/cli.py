@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import typer
+
 from loramux.server.settings import ServerSettings
 
 
@@ -37,6 +38,7 @@ def serve_command(
     import asyncio
 
     import uvicorn
+
     from loramux.server.app import create_app
     from loramux.server.runtime import Runtime
 

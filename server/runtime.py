@@ -53,9 +53,10 @@ def build_engine(settings: ServerSettings, model_dir: Path) -> Engine:
 
 class Runtime:
     def __init__(self, settings: ServerSettings, engine: Engine | None = None) -> None:
+        from transformers import AutoTokenizer
+
         import loramux.registry as registry_lib
         from loramux.registry.fingerprint import base_fingerprint
-        from transformers import AutoTokenizer
 
         self.settings = settings
         self.api_keys = read_api_keys(settings.api_keys)
