@@ -3,24 +3,15 @@ registry on disk, real HTTP on loopback and the real `openai` client."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
 
+from loramux.server.launch import ServerProcess
+
 USER_KEY, ADMIN_KEY = "sk-user-test", "sk-admin-test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _make_adapter(base: Path, out: Path, seed: int, r: int = 8) -> Path:
@@ -89,30 +80,10 @@ def server(demo_base: Path, tmp_path_factory) -> Server:
     registry.close()
     keys = root / "keys.txt"
     keys.write_text(f"{USER_KEY}\n{ADMIN_KEY} admin\n")
-    port = free_port()
-    log = (root / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "loramux.cli", "serve", "--base", str(demo_base),
-         "--registry", str(registry_dir), "--port", str(port), "--api-keys", str(keys),
+    process = ServerProcess(
+        ["--base", str(demo_base), "--registry", str(registry_dir), "--api-keys", str(keys),
          "--cache-dir", str(root / "cache"), "--max-model-len", "512", "--max-pending", "128"],
-        stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {(root / 'server.log').read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("server did not become ready in 300 s")
-        time.sleep(1)
-    yield Server(url, registry_dir, demo_base, adapters, proc)
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        log=root / "server.log")
+    url = process.start()
+    yield Server(url, registry_dir, demo_base, adapters, process.proc)
+    process.stop()
