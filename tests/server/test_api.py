@@ -80,7 +80,15 @@ def test_alias_move_switches_without_restart(server, tmp_path, make_adapter) -> 
                       headers=admin, timeout=60).json()["lora_id"] for v in (1, 2)]
     assert ids[0] != ids[1], "each digest gets its own LoRA id"
 
+    # A request that started on version 1 finishes on version 1, whatever the alias does meanwhile.
+    long_kw = dict(messages=HELLO, max_tokens=60, temperature=0, extra_body={"ignore_eos": True})
+    long_one = client.chat.completions.create(model="swap@1", **long_kw).choices[0].message.content
+    stream = client.chat.completions.create(model="swap:prod", stream=True, **long_kw)
+    first = next(iter(stream))
+
     registry.alias_set("swap", "prod", 2)
+    rest = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert (first.choices[0].delta.content or "") + rest == long_one
     deadline = time.monotonic() + 10
     while _answer(client, "swap:prod") != two:
         assert time.monotonic() < deadline, "alias move not visible within 10 s"
@@ -241,3 +249,15 @@ def test_client_disconnect_aborts(server) -> None:
         assert time.monotonic() < deadline, "disconnect was not noticed"
         time.sleep(0.5)
     assert server.metric("loramux_requests_in_flight") == 0
+
+
+def test_response_format_json_schema(server) -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    r = server.openai().chat.completions.create(
+        model="demo-base", messages=HELLO, max_tokens=40, temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema}})
+    text = r.choices[0].message.content
+    assert text.lstrip().startswith("{") and '"n"' in text, text
+    bad = _post(server, {"model": "demo-base", "messages": HELLO,
+                         "response_format": {"type": "xml"}})
+    assert bad.status_code == 400
