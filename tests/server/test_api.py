@@ -143,6 +143,9 @@ def _post(server, body, headers=AUTH, path="/v1/chat/completions") -> httpx.Resp
      "context_length_exceeded"),
     ({"model": "demo-base", "messages": HELLO, "max_tokens": 100_000}, 400,
      "context_length_exceeded"),
+    ({"model": "demo-base", "messages": [{"role": "user", "content": "x" * 5_000_000}]}, 413,
+     "request_too_large"),
+    ({"model": "demo-base", "messages": [{"role": "robot", "content": "hi"}]}, 400, None),
 ])
 def test_bad_requests(server, body, status, code) -> None:
     r = _post(server, body)
