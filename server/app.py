@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -48,7 +50,15 @@ Rt = Annotated[Runtime, Depends(get_runtime)]
 
 
 def create_app(runtime: Runtime) -> FastAPI:
-    app = FastAPI(title="loramux", version="0.1.0",
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await runtime.pin_all()
+        yield
+        # Here, not after uvicorn returns: uvicorn re-raises SIGTERM once it has shut down, which
+        # would end the process before any later cleanup and orphan vLLM's engine processes.
+        runtime.close()
+
+    app = FastAPI(title="loramux", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible multi-LoRA server; adapters from the registry.")
     app.state.runtime = runtime
 

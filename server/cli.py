@@ -54,18 +54,10 @@ def serve_command(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     runtime = Runtime(settings)
-    app = create_app(runtime)
-
-    async def main() -> None:
-        await runtime.pin_all()
-        config = uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(),
-                                timeout_graceful_shutdown=5)
-        await uvicorn.Server(config).serve()
-
-    try:
-        asyncio.run(main())
-    finally:
-        runtime.close()
+    app = create_app(runtime)  # its lifespan pins adapters at start and closes the engine at exit
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(),
+                            timeout_graceful_shutdown=5)
+    asyncio.run(uvicorn.Server(config).serve())
 
 
 if __name__ == "__main__":

@@ -62,14 +62,23 @@ class ServerProcess:
             time.sleep(0.5)
 
     def stop(self) -> None:
+        """Stop the server; raise if it left engine processes behind (they would hold GBs)."""
         if self.proc is None or self.proc.poll() is not None:
             return
+        import psutil
+
+        children = psutil.Process(self.proc.pid).children(recursive=True)
         self.proc.terminate()
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+        _, alive = psutil.wait_procs(children, timeout=15)
+        for child in alive:
+            child.kill()
+        if alive:
+            raise RuntimeError(f"loramux serve left {len(alive)} child processes running")
 
     def __enter__(self) -> str:
         return self.start()

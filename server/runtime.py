@@ -81,6 +81,7 @@ class Runtime:
                                  self.metrics, self.base,
                                  Admission(settings.max_pending, self.metrics))
         self._manifests: dict[str, Manifest] = {}
+        self._closed = False
         log.info("serving %s as `%s` (engine %s, quantization %s, fingerprint %s)",
                  model_dir, settings.name, self.engine.info.name, self.base.quantization,
                  self.base.fingerprint[:19])
@@ -143,5 +144,8 @@ class Runtime:
         return await asyncio.to_thread(self._cards)
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self.engine.shutdown()
         self.registry.close()
