@@ -1,0 +1,113 @@
+"""The loramux adapter registry: versioned, content-addressed LoRA adapters.
+
+``loramux.registry.open()`` returns a :class:`Registry`, local (a folder) or remote (a URL);
+both have the same methods, so callers never care which one they hold.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from loramux.registry.base import Registry
+from loramux.registry.errors import (
+    BlobMissing,
+    ConfigMismatch,
+    Conflict,
+    Forbidden,
+    IntegrityError,
+    InvalidAdapter,
+    InvalidBaseModel,
+    InvalidName,
+    InvalidRequest,
+    NotFound,
+    NotLora,
+    PickleWeights,
+    RegistryError,
+    RemoteError,
+    TooLarge,
+    Unauthorized,
+)
+from loramux.registry.fingerprint import base_fingerprint
+from loramux.registry.manifest import (
+    AliasPointer,
+    AuditEntry,
+    FileEntry,
+    GcReport,
+    Lineage,
+    LoraFacts,
+    Manifest,
+    QuantizationInfo,
+    VerifyReport,
+    VersionInfo,
+)
+from loramux.registry.refs import AdapterRef
+from loramux.registry.remote import RemoteRegistry
+from loramux.registry.store import LocalRegistry
+from loramux.registry.validate import Limits
+
+ENV_REGISTRY = "LORAMUX_REGISTRY"
+DEFAULT_ROOT = Path("~/.loramux/registry")
+
+
+def default_location() -> str:
+    """``LORAMUX_REGISTRY`` if set, else ``~/.loramux/registry``."""
+    return os.environ.get(ENV_REGISTRY) or str(DEFAULT_ROOT.expanduser())
+
+
+def is_url(location: str | Path) -> bool:
+    return str(location).startswith(("http://", "https://"))
+
+
+def open(
+    path_or_url: str | Path | None = None,
+    *,
+    token: str | None = None,
+    limits: Limits | None = None,
+) -> Registry:
+    """A registry at a local path or an ``http(s)://`` URL (default: env, then home).
+
+    For a URL, ``token`` defaults to ``LORAMUX_TOKEN``; ``limits`` apply to a local store only
+    (a server enforces its own).
+    """
+    location = str(path_or_url) if path_or_url is not None else default_location()
+    if is_url(location):
+        return RemoteRegistry(location, token=token)
+    return LocalRegistry(Path(location).expanduser(), limits=limits)
+
+
+__all__ = [
+    "AdapterRef",
+    "AliasPointer",
+    "AuditEntry",
+    "BlobMissing",
+    "ConfigMismatch",
+    "Conflict",
+    "FileEntry",
+    "Forbidden",
+    "GcReport",
+    "IntegrityError",
+    "InvalidAdapter",
+    "InvalidBaseModel",
+    "InvalidName",
+    "InvalidRequest",
+    "Limits",
+    "Lineage",
+    "LocalRegistry",
+    "LoraFacts",
+    "Manifest",
+    "NotFound",
+    "NotLora",
+    "PickleWeights",
+    "QuantizationInfo",
+    "Registry",
+    "RegistryError",
+    "RemoteError",
+    "RemoteRegistry",
+    "TooLarge",
+    "Unauthorized",
+    "VerifyReport",
+    "VersionInfo",
+    "base_fingerprint",
+    "open",
+]

@@ -1,0 +1,129 @@
+"""Bearer tokens with ``read`` / ``write`` scopes, as FastAPI dependencies.
+
+Tokens come from a file (``--tokens FILE``) or ``LORAMUX_REGISTRY_TOKENS``; both use the same
+syntax, entries separated by commas or newlines: ``SECRET:SCOPE[:NAME]``, ``#`` starts a
+comment. ``write`` implies ``read``. The optional NAME is what the audit log records; without
+one the log gets a short hash of the token, never the token itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from loramux.registry.errors import Forbidden, RegistryError, Unauthorized
+
+ENV_TOKENS = "LORAMUX_REGISTRY_TOKENS"
+SCOPES = {"read": frozenset({"read"}), "write": frozenset({"read", "write"})}
+
+
+@dataclass(frozen=True)
+class Token:
+    secret: str
+    scope: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    scopes: frozenset[str]
+    anonymous: bool = False
+
+
+def parse_tokens(text: str, *, source: str = "tokens") -> list[Token]:
+    tokens = []
+    for raw in re.split(r"[,\n]", text):
+        entry = raw.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        parts = entry.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or parts[1] not in SCOPES:
+            raise RegistryError(
+                f"{source}: bad token entry {entry[:4]!r}…: expected SECRET:read|write[:NAME]"
+            )
+        secret, scope = parts[0], parts[1]
+        name = parts[2] if len(parts) == 3 and parts[2] else _anon_name(secret)
+        tokens.append(Token(secret, scope, name))
+    return tokens
+
+
+def _anon_name(secret: str) -> str:
+    return "token-" + hashlib.sha256(secret.encode()).hexdigest()[:8]
+
+
+class TokenAuth:
+    def __init__(self, tokens: Iterable[Token] = (), *, anonymous_read: bool = False) -> None:
+        self.tokens = list(tokens)
+        self.anonymous_read = anonymous_read
+
+    @classmethod
+    def from_sources(
+        cls, tokens_file: Path | None = None, *, anonymous_read: bool = False
+    ) -> TokenAuth:
+        tokens: list[Token] = []
+        if tokens_file is not None:
+            try:
+                text = Path(tokens_file).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise RegistryError(f"cannot read tokens file {tokens_file}: {exc}") from None
+            tokens += parse_tokens(text, source=str(tokens_file))
+        if os.environ.get(ENV_TOKENS):
+            tokens += parse_tokens(os.environ[ENV_TOKENS], source=ENV_TOKENS)
+        return cls(tokens, anonymous_read=anonymous_read)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.tokens) or self.anonymous_read
+
+    def identify(self, secret: str | None) -> Identity:
+        if not secret:
+            if self.anonymous_read:
+                return Identity("anonymous", SCOPES["read"], anonymous=True)
+            raise Unauthorized("missing bearer token: set LORAMUX_TOKEN (or pass --token)")
+        found = None
+        for token in self.tokens:  # compare with every token: no timing hint of which matched
+            if hmac.compare_digest(token.secret.encode(), secret.encode()):
+                found = token
+        if found is None:
+            raise Unauthorized("invalid bearer token")
+        return Identity(found.name, SCOPES[found.scope])
+
+
+_bearer = HTTPBearer(auto_error=False, description="LORAMUX_TOKEN with read or write scope")
+
+
+def require(scope: str) -> Callable[..., Identity]:
+    """A dependency that authenticates the caller and checks ``scope``."""
+
+    async def dependency(  # async: no thread-pool hop on every request for a dict lookup
+        request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+    ) -> Identity:
+        auth: TokenAuth = request.app.state.auth
+        identity = auth.identify(credentials.credentials if credentials else None)
+        if scope not in identity.scopes:
+            raise Forbidden(
+                f"{identity.name} may only {'/'.join(sorted(identity.scopes))}; "
+                f"this needs a token with {scope!r} scope"
+            )
+        return identity
+
+    return dependency
+
+
+require_read = require("read")
+require_write = require("write")
+
+
+def actor_of(identity: Identity, request: Request) -> str:
+    """Audit actor: the token's name, plus what the client says it is (user@host)."""
+    claimed = request.headers.get("x-loramux-actor", "").strip()[:128]
+    return f"{identity.name} ({claimed})" if claimed and claimed != identity.name else identity.name

@@ -1,0 +1,330 @@
+"""RemoteRegistry: the same API as LocalRegistry, over the registry's HTTP server.
+
+The client validates an adapter before uploading anything (against the server's own limits,
+fetched from ``/v2/whoami``), uploads only blobs the server lacks, and verifies every byte it
+downloads, so a faulty server or network cannot hand the trainer or the server a corrupt adapter.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import httpx
+
+from loramux.registry.base import (
+    DEFAULT_LOG_LIMIT,
+    base_facts,
+    coerce_lineage,
+    coerce_quantization,
+    default_actor,
+    require_pinned,
+)
+from loramux.registry.digests import sha256_file
+from loramux.registry.errors import BlobMissing, Forbidden, RemoteError, error_class
+from loramux.registry.manifest import (
+    AliasPointer,
+    AuditEntry,
+    FileEntry,
+    GcReport,
+    Lineage,
+    Manifest,
+    PushRequest,
+    QuantizationInfo,
+    VerifyReport,
+    VersionInfo,
+    check_labels,
+)
+from loramux.registry.refs import AdapterRef, validate_alias, validate_name
+from loramux.registry.transfer import materialize
+from loramux.registry.validate import Limits, scan_folder, validate_adapter
+
+log = logging.getLogger(__name__)
+ENV_TOKEN = "LORAMUX_TOKEN"
+CHUNK = 1 << 20
+
+
+def _raise_for(response: httpx.Response) -> None:
+    """The one place HTTP errors become registry exceptions again."""
+    if response.is_success:
+        return
+    try:
+        error = response.json()["error"]
+        message, type_name = str(error["message"]), error.get("type")
+    except (ValueError, KeyError, TypeError):
+        message, type_name = f"HTTP {response.status_code}: {response.text[:200]}", None
+    raise error_class(type_name, response.status_code)(message)
+
+
+class _BlobStream(io.RawIOBase):
+    """A downloading blob as a readable stream (what ``materialize`` consumes)."""
+
+    def __init__(self, context: Any, response: httpx.Response) -> None:
+        self._context = context
+        self._chunks: Iterator[bytes] = response.iter_bytes()  # as received: no re-chunking
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def chunks(self) -> Iterator[bytes]:
+        """The body as it arrives (what ``materialize`` prefers: no re-buffering)."""
+        try:
+            if self._pending:
+                yield self._pending
+                self._pending = b""
+            yield from self._chunks
+        except httpx.HTTPError as exc:
+            raise RemoteError(f"blob download failed: {exc}") from None
+
+    def readinto(self, buffer: Any) -> int:
+        if not self._pending:
+            try:
+                self._pending = next(self._chunks)
+            except StopIteration:
+                return 0
+            except httpx.HTTPError as exc:
+                raise RemoteError(f"blob download failed: {exc}") from None
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._context.__exit__(None, None, None)
+        super().close()
+
+
+class RemoteRegistry:
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 300.0,
+        actor: str | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        token = token if token is not None else os.environ.get(ENV_TOKEN)
+        self.actor = actor or default_actor()
+        headers = {"X-Loramux-Actor": self.actor}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0)
+        )
+
+    def __repr__(self) -> str:
+        return f"RemoteRegistry({self.url!r})"
+
+    def __enter__(self) -> RemoteRegistry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise RemoteError(f"registry {self.url} unreachable: {exc}") from None
+        _raise_for(response)
+        return response
+
+    def whoami(self) -> dict[str, Any]:
+        return self._request("GET", "/v2/whoami").json()
+
+    # -- push --------------------------------------------------------------------------------
+
+    def push(
+        self,
+        folder: Path | str,
+        name: str,
+        *,
+        alias: str | None = None,
+        description: str = "",
+        labels: dict[str, str] | None = None,
+        base_model: Path | str | None = None,
+        base_fingerprint: str | None = None,
+        quantization: QuantizationInfo | str | dict[str, Any] | None = None,
+        lineage: Lineage | dict[str, Any] | None = None,
+        created_by: str | None = None,
+    ) -> Manifest:
+        validate_name(name)
+        if alias is not None:
+            validate_alias(alias)
+        fingerprint, components = base_facts(base_model, base_fingerprint)
+        request = PushRequest(
+            files=[],
+            alias=alias,
+            description=description,
+            labels=check_labels(labels),
+            base_fingerprint=fingerprint,
+            base_components=components,
+            quantization=coerce_quantization(quantization),
+            lineage=coerce_lineage(lineage),
+            created_by=created_by or self.actor,
+        )
+        session = self.whoami()
+        if "write" not in session["scopes"]:
+            raise Forbidden(f"{session['name']} may not push: this needs a token with 'write'")
+        limits = Limits(**session["limits"])
+        files = scan_folder(Path(folder), limits)
+        validate_adapter(files, limits)  # refuse before uploading anything
+        sources: dict[str, Path] = {}
+        for rel, path in files.items():
+            hex_, size = sha256_file(path)
+            request.files.append(FileEntry(path=rel, size=size, sha256=hex_))
+            sources[hex_] = path
+        self._upload_missing(sources)
+        try:
+            response = self._request("POST", f"/v2/adapters/{name}/versions",
+                                     json=request.model_dump(mode="json"))
+        except BlobMissing:  # a gc on the server ran between upload and commit: once more
+            self._upload_missing(sources)
+            response = self._request("POST", f"/v2/adapters/{name}/versions",
+                                     json=request.model_dump(mode="json"))
+        return Manifest.model_validate_json(response.content)
+
+    def _upload_missing(self, sources: dict[str, Path]) -> None:
+        for hex_, path in sources.items():
+            if self.has_blob(hex_):
+                continue
+            size = path.stat().st_size
+            self._request(
+                "PUT",
+                f"/v2/blobs/sha256:{hex_}",
+                content=_file_chunks(path),
+                headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+            )
+            log.debug("uploaded sha256:%s (%d bytes)", hex_, size)
+
+    def has_blob(self, digest: str) -> bool:
+        digest = digest if digest.startswith("sha256:") else f"sha256:{digest}"
+        try:
+            response = self._http.head(f"/v2/blobs/{digest}")
+        except httpx.HTTPError as exc:
+            raise RemoteError(f"registry {self.url} unreachable: {exc}") from None
+        if response.status_code == 404:
+            return False
+        _raise_for(response)
+        return True
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def resolve(self, ref: str | AdapterRef) -> Manifest:
+        ref = str(AdapterRef.parse(ref))
+        return Manifest.model_validate_json(
+            self._request("GET", "/v2/resolve", params={"ref": ref}).content
+        )
+
+    show = resolve
+
+    def list(
+        self,
+        *,
+        name: str | None = None,
+        base_fingerprint: str | None = None,
+        labels: dict[str, str] | None = None,
+        include_deleted: bool = False,
+    ) -> list[VersionInfo]:
+        params: dict[str, Any] = {"include_deleted": include_deleted}
+        if name is not None:
+            params["name"] = validate_name(name)
+        if base_fingerprint is not None:
+            params["base_fingerprint"] = base_fingerprint
+        if labels:
+            params["label"] = [f"{k}={v}" for k, v in labels.items()]
+        rows = self._request("GET", "/v2/adapters", params=params).json()
+        return [VersionInfo.model_validate(r) for r in rows]
+
+    def pull(self, ref: str | AdapterRef, to: Path | str) -> Path:
+        return materialize(self.resolve(ref), self.open_blob, Path(to))
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        digest = digest if digest.startswith("sha256:") else f"sha256:{digest}"
+        context = self._http.stream("GET", f"/v2/blobs/{digest}")
+        try:
+            response = context.__enter__()
+        except httpx.HTTPError as exc:
+            raise RemoteError(f"registry {self.url} unreachable: {exc}") from None
+        if not response.is_success:
+            response.read()
+            context.__exit__(None, None, None)
+            _raise_for(response)
+        return _BlobStream(context, response)  # type: ignore[return-value]
+
+    # -- aliases and deletion ----------------------------------------------------------------
+
+    def alias_set(self, name: str, alias: str, version: int) -> AliasPointer:
+        validate_name(name)
+        validate_alias(alias)
+        response = self._request(
+            "PUT", f"/v2/adapters/{name}/aliases/{alias}", json={"version": int(version)}
+        )
+        return AliasPointer.model_validate_json(response.content)
+
+    def alias_rm(self, name: str, alias: str) -> None:
+        validate_name(name)
+        validate_alias(alias)
+        self._request("DELETE", f"/v2/adapters/{name}/aliases/{alias}")
+
+    def delete(self, ref: str | AdapterRef, *, force: bool = False) -> VersionInfo:
+        r = require_pinned(AdapterRef.parse(ref))
+        selector = str(r).partition("@")[2]
+        response = self._request(
+            "DELETE", f"/v2/adapters/{r.name}/versions/{selector}", params={"force": force}
+        )
+        return VersionInfo.model_validate_json(response.content)
+
+    # -- maintenance and audit ---------------------------------------------------------------
+
+    def gc(self) -> GcReport:
+        return GcReport.model_validate_json(self._request("POST", "/v2/gc").content)
+
+    def verify(self) -> VerifyReport:
+        return VerifyReport.model_validate_json(self._request("POST", "/v2/verify").content)
+
+    def log(
+        self,
+        *,
+        name: str | None = None,
+        alias: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = DEFAULT_LOG_LIMIT,
+    ) -> list[AuditEntry]:
+        params: dict[str, Any] = {"limit": limit}
+        for key, value in (("name", name), ("alias", alias)):
+            if value is not None:
+                params[key] = value
+        for key, when in (("since", since), ("until", until)):
+            if when is not None:
+                params[key] = _iso(when)
+        rows = self._request("GET", "/v2/log", params=params).json()
+        return [AuditEntry.model_validate(r) for r in rows]
+
+    def alias_at(self, name: str, alias: str, when: datetime) -> AliasPointer | None:
+        params = {"name": name, "alias": alias, "when": _iso(when)}
+        data = self._request("GET", "/v2/alias-at", params=params).json()
+        return AliasPointer.model_validate(data) if data else None
+
+
+def _iso(when: datetime) -> str:
+    """Naive datetimes mean local time, as in the local store; send them with their offset."""
+    return (when if when.tzinfo else when.astimezone()).isoformat()
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while data := f.read(CHUNK):
+            yield data

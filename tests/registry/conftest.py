@@ -1,0 +1,135 @@
+"""Fixtures: tiny adapters, a real HTTP registry server, and the local/remote backend pair.
+
+The server is started once per session (uvicorn in a thread on a free loopback port); each
+test gets a fresh store which the fixture swaps into the running app, so tests stay isolated
+while the server is real.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from registry_support import READ_TOKEN, WRITE_TOKEN, write_adapter
+
+from loramux.registry.auth import TokenAuth, parse_tokens
+from loramux.registry.remote import RemoteRegistry
+from loramux.registry.store import LocalRegistry
+from loramux.registry.validate import Limits
+
+TOKENS = parse_tokens(f"{WRITE_TOKEN}:write:writer,{READ_TOKEN}:read:reader")
+
+
+class ServerHandle:
+    def __init__(self, root: Path) -> None:
+        import uvicorn
+
+        from loramux.registry.app import create_app
+
+        self.default_store = LocalRegistry(root)
+        self.app = create_app(self.default_store, TokenAuth(TOKENS))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+
+    def use(self, store: LocalRegistry, *, anonymous_read: bool = False) -> None:
+        self.app.state.registry = store
+        self.app.state.auth = TokenAuth(TOKENS, anonymous_read=anonymous_read)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.default_store.close()
+
+
+@pytest.fixture(scope="session")
+def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    handle = ServerHandle(tmp_path_factory.mktemp("server-default"))
+    yield handle
+    handle.stop()
+
+
+@dataclass
+class Backend:
+    """The registry under test plus what the tests need to look behind it."""
+
+    kind: str
+    root: Path
+    store: LocalRegistry
+    registry: LocalRegistry | RemoteRegistry
+    server: ServerHandle | None = None
+
+    def with_limits(self, limits: Limits) -> LocalRegistry | RemoteRegistry:
+        store = LocalRegistry(self.root, limits=limits, actor="tester")
+        if self.server is None:
+            return store
+        self.server.use(store)
+        return self.registry
+
+    def client(self, token: str | None) -> RemoteRegistry:
+        assert self.server is not None
+        return RemoteRegistry(self.server.url, token=token or "")
+
+    def blob_files(self) -> set[str]:
+        return {p.name for p in (self.root / "blobs" / "sha256").iterdir()}
+
+    def temp_files(self) -> list[Path]:
+        return list((self.root / "tmp").iterdir())
+
+
+@pytest.fixture(params=["local", "remote"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    root = tmp_path / "store"
+    store = LocalRegistry(root, actor="tester")
+    if request.param == "local":
+        yield Backend("local", root, store, store)
+    else:
+        server: ServerHandle = request.getfixturevalue("http_server")
+        server.use(store)
+        client = RemoteRegistry(server.url, token=WRITE_TOKEN, actor="tester")
+        yield Backend("remote", root, store, client, server)
+        client.close()
+    store.close()
+
+
+@pytest.fixture(scope="session")
+def adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Valid adapters: ``a`` and ``b`` differ only in weights; ``c8`` has rank 8."""
+    base = tmp_path_factory.mktemp("adapters")
+    made = {
+        "a": write_adapter(base / "a", seed=1),
+        "b": write_adapter(base / "b", seed=2),
+        "c8": write_adapter(base / "c8", seed=3, r=8),
+    }
+    for path in made.values():
+        for f in path.iterdir():
+            f.chmod(0o444)  # a test that changes a source would corrupt the others
+    return made
+
+
+@pytest.fixture
+def make_adapter(tmp_path: Path):
+    counter = iter(range(1_000_000))
+
+    def make(**kwargs: object) -> Path:
+        return write_adapter(tmp_path / f"adapter-{next(counter)}", **kwargs)  # type: ignore[arg-type]
+
+    return make

@@ -1,0 +1,169 @@
+"""Helpers shared by the registry tests and the processes they start.
+
+Importable by plain name (conftest puts this folder on sys.path, which spawned processes
+inherit), and runnable as a script for the SIGKILL tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+WRITE_TOKEN = "w-secret-token"
+READ_TOKEN = "r-secret-token"
+TOKENS = f"{WRITE_TOKEN}:write:writer,{READ_TOKEN}:read:reader"
+
+
+def write_adapter(
+    folder: Path,
+    *,
+    seed: int = 0,
+    r: int = 4,
+    config_r: int | None = None,
+    modules: tuple[str, ...] = ("q_proj", "v_proj"),
+    target_modules: list[str] | str | None = None,
+    layers: int = 2,
+    hidden: int = 32,
+    peft_type: str = "LORA",
+    drop: tuple[str, ...] = (),
+) -> Path:
+    """A tiny real LoRA adapter in PEFT's on-disk format (config + safetensors)."""
+    import numpy as np  # here, so that the SIGKILL workers start fast
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for layer in range(layers):
+        for module in modules:
+            key = f"base_model.model.model.layers.{layer}.self_attn.{module}"
+            tensors[f"{key}.lora_A.weight"] = rng.standard_normal((r, hidden), dtype=np.float32)
+            tensors[f"{key}.lora_B.weight"] = rng.standard_normal((hidden, r), dtype=np.float32)
+    for key in drop:
+        tensors.pop(key)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    config = {
+        "peft_type": peft_type,
+        "r": config_r if config_r is not None else r,
+        "lora_alpha": 2 * r,
+        "lora_dropout": 0.05,
+        "bias": "none",
+        "target_modules": list(modules) if target_modules is None else target_modules,
+        "base_model_name_or_path": "tiny-llama",
+        "task_type": "CAUSAL_LM",
+    }
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    folder = Path(folder)
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not come up")
+
+
+def flip_byte(path: Path, offset: int = -5) -> None:
+    """Rot a stored blob (blobs are read-only on disk, like a real store's would be)."""
+    os.chmod(path, 0o644)
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+    os.chmod(path, 0o444)
+
+
+def _open(location: str):
+    from loramux.registry import open as open_registry
+
+    return open_registry(location, token=WRITE_TOKEN)
+
+
+def push_worker(location: str, folder: str, name: str, start: object) -> None:
+    """One of the concurrent pushers: wait for the common start, push once."""
+    start.wait()  # type: ignore[attr-defined]
+    with _open(location) as registry:
+        registry.push(folder, name)
+
+
+def fetch_worker(
+    location: str, ref: str, cache_root: str, count_file: str, start: object, results: object
+) -> None:
+    """Fetch through an AdapterCache, appending one line per blob actually downloaded."""
+    from loramux.registry.cache import AdapterCache
+
+    start.wait()  # type: ignore[attr-defined]
+    with _open(location) as registry:
+        manifest = registry.resolve(ref)
+        real = registry.open_blob
+
+        def counting(digest: str):
+            with open(count_file, "a") as f:
+                f.write(digest + "\n")
+            time.sleep(0.2)  # a slow download: the others must wait for it, not start their own
+            return real(digest)
+
+        registry.open_blob = counting  # type: ignore[method-assign]
+        results.put(str(AdapterCache(cache_root).fetch(registry, manifest)))  # type: ignore[attr-defined]
+
+
+def push_forever(location: str, name: str, folders: list[str]) -> None:
+    """Push the folders round-robin (each differs from the one before) until killed."""
+    with _open(location) as registry:
+        os.write(1, f"started {os.getpid()}\n".encode())  # one write: atomic on a pipe
+        i = 0
+        while True:
+            registry.push(folders[i % len(folders)], name)
+            i += 1
+
+
+def zygote(location: str, name: str, folders: list[str]) -> None:
+    """Import once, then fork a pusher per ``fork`` line: the SIGKILL test kills children
+    at random moments many times without paying an interpreter start-up each time.
+
+    The zygote answers ``fork`` with the child's pid; the child then says ``started <pid>``
+    once it is about to push (both on the same pipe).
+    """
+    import loramux.registry.remote  # noqa: F401
+    from loramux.registry.validate import Limits, scan_folder, validate_adapter
+
+    validate_adapter(scan_folder(Path(folders[0]), Limits()), Limits())  # lazy imports, now
+    print("ready", flush=True)
+    for line in sys.stdin:
+        command, _, arg = line.strip().partition(" ")
+        if command == "fork":
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    push_forever(location, name, folders)
+                finally:
+                    os._exit(1)
+            os.write(1, f"{pid}\n".encode())
+        elif command == "wait":
+            _, status = os.waitpid(int(arg), 0)
+            os.write(1, f"{os.waitstatus_to_exitcode(status)}\n".encode())
+
+
+if __name__ == "__main__":
+    if sys.argv[1] != "zygote":
+        raise SystemExit(f"unknown command {sys.argv[1]}")
+    zygote(sys.argv[2], sys.argv[3], sys.argv[4:])
