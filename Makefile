@@ -32,11 +32,13 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
+# Every part side by side with its peer (vLLM's own server, a naive transformers + peft loop);
+# writes bench/results/<timestamp>.{json,md,png}. About half an hour on 2 CPU cores.
 bench: install
-	$(BIN)/loramux registry bench
+	$(BIN)/loramux bench all
 
 bench-quick: install
-	$(BIN)/loramux registry bench --quick
+	$(BIN)/loramux bench all --quick
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,7 +1,7 @@
 """Session-wide fixtures shared by every part's tests.
 
-The demo base model is built once (cached under .cache/ by its recipe hash, so later runs and
-`make demo` reuse it).
+The demo base model and the two demo adapters are built once and cached under .cache/, keyed by
+their recipe (settings, data, library versions), so later runs and `make demo` reuse them.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_BASE = Path(os.environ.get("LORAMUX_DEMO_BASE", REPO / ".cache" / "demo-base"))
+# Trained demo adapters, shared with `make demo` (loramux.demo.tour uses the same folder).
+DEMO_ADAPTERS = Path(os.environ.get("LORAMUX_TRAINER_CACHE", REPO / ".cache" / "trainer-demo"))
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +22,18 @@ def demo_base() -> Path:
     from loramux.demo.base_model import build
 
     return build(DEMO_BASE).path
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> dict[str, Path]:
+    from loramux.trainer.demo_tasks import write_demo_data
+
+    return write_demo_data(tmp_path_factory.mktemp("demo-data"))
+
+
+@pytest.fixture(scope="session")
+def demo_adapters(demo_base: Path, demo_data: dict[str, Path]) -> dict[str, Path]:
+    """task -> adapter folder, QLoRA-trained with the demo settings (cached across sessions)."""
+    from loramux.trainer.demo_tasks import cached_demo_adapters
+
+    return cached_demo_adapters(demo_base, demo_data, DEMO_ADAPTERS, progress=False)

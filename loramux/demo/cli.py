@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 app = typer.Typer(
-    help="Offline demo: build a tiny chat base model and query it through vLLM.",
+    help="Offline demo: a tiny chat base model, two task adapters, one server.",
     no_args_is_help=True,
 )
 console = Console()
@@ -82,8 +82,16 @@ def smoke(model: Path = OUT_OPTION,
 
 
 @app.command("run")
-def run(base_dir: Path = OUT_OPTION) -> None:
-    """The whole demo: build (or reuse) the base model, then query it in vLLM with NF4."""
+def run(base_dir: Path = OUT_OPTION,
+        cache: Path = typer.Option(Path(".cache"), help="Where data, adapters, the scratch "
+                                   "registry and the server log go (reused across runs)."),
+        ) -> None:
+    """The whole demo: base model, two QLoRA adapters, registry, one server, alias hot swap."""
+    from loramux.demo.tour import run_tour
+
     logging.basicConfig(level=logging.WARNING)
+    # bitsandbytes warns on every load that an optional CPU kernel package is absent.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    console.rule("[bold]1. demo base model")
     base(out=base_dir, force=False, footprint=True)
-    smoke(model=base_dir, quantization="bitsandbytes")
+    run_tour(base_dir.resolve(), cache.resolve(), console)

@@ -1,5 +1,7 @@
 """The reference engine (transformers + peft) is the oracle for the vLLM engine: in float32 on
-both sides, the same base and adapters give the same greedy tokens."""
+both sides, the same base and adapters (two random ones and the two trained demo adapters) give
+the same greedy tokens. float32 because bf16/NF4 kernels differ between the two engines enough
+to flip a near-tie argmax; in float32 both are exact enough to compare token for token."""
 
 from __future__ import annotations
 
@@ -12,11 +14,12 @@ import pytest
 from loramux.server.engines.base import AdapterHandle, GenerationRequest, Sampling
 
 pytestmark = pytest.mark.slow
-PROMPTS = ["Hello!", "What is 2 + 3?", "Tell me about Alice."]
+PROMPTS = ["Hello!", "What is 2 + 3?", "Tell me about Alice.",
+           "What is the code word for the fox?", "Write lamp in capital letters."]
 
 
-def test_vllm_matches_reference_engine_greedy(demo_base: Path, tmp_path: Path,
-                                              make_adapter) -> None:
+def test_vllm_matches_reference_engine_greedy(demo_base: Path, tmp_path: Path, make_adapter,
+                                              demo_adapters: dict[str, Path]) -> None:
     from transformers import AutoTokenizer
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
@@ -32,7 +35,9 @@ def test_vllm_matches_reference_engine_greedy(demo_base: Path, tmp_path: Path,
     adapters = [None] + [
         AdapterHandle(i + 1, f"oracle-{i}", make_adapter(demo_base, tmp_path / f"a{i}",
                                                          seed=500 + i), f"sha256:{i}")
-        for i in range(2)]
+        for i in range(2)] + [
+        AdapterHandle(3 + i, task, folder, f"sha256:demo{i}")
+        for i, (task, folder) in enumerate(sorted(demo_adapters.items()))]
 
     reference = TransformersEngine(demo_base, quantization="none", dtype="float32")
 

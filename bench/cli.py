@@ -1,0 +1,107 @@
+"""`loramux bench …`: the whole benchmark (`all`) or one part of it.
+
+    loramux bench all [--quick]      every part; writes bench/results/<UTC timestamp>.{json,md,png}
+    loramux bench serve              1+2: loramux vs vLLM's OpenAI server, multi-LoRA overhead
+    loramux bench swap               3: cold adapter vs warm adapter vs base reload
+    loramux bench naive              4: transformers + peft, one request at a time
+    loramux bench components         5: the registry's and the trainer's own benchmarks
+    loramux bench show [FILE]        print the tables of a results file (default: the latest)
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+
+from loramux.bench import runner, workload
+
+app = typer.Typer(help="Benchmarks: loramux side by side with vLLM's own server and a naive "
+                       "transformers + peft loop, same load, same machine.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+
+QUICK = typer.Option(False, "--quick", help="Every part at a tiny size (under 3 minutes); a "
+                                            "smoke test, not a measurement.")
+OUT = typer.Option(runner.RESULTS_DIR, "--out", help="Folder for <timestamp>.json/.md/.png.")
+CACHE = typer.Option(workload.DEFAULT_CACHE, "--cache-dir",
+                     help="Bench model and adapters (reused across runs) and scratch space.")
+QUANT = typer.Option([], "--quantization", "-q",
+                     help="bitsandbytes (NF4) or none; repeat to measure several (the first is "
+                          "used for the hot-swap and naive parts). Default: bitsandbytes.")
+TRIALS = typer.Option(None, "--trials", help="Trials per K and server (default 3; quick 2).")
+REQUESTS = typer.Option(None, "--requests", help="Requests per trial (default 64; quick 8).")
+
+
+def _run(parts: tuple[str, ...], quick: bool, out: Path, cache: Path, quantization: list[str],
+         trials: int | None, requests: int | None) -> None:
+    cfg = runner.with_overrides(
+        runner.BenchConfig.preset(quick), trials=trials, requests=requests,
+        quantizations=tuple(quantization) or None)
+    args = " ".join(shlex.quote(a) for a in sys.argv[1:])
+    # `loramux bench all ...` (argv holds `bench`) or `python -m loramux.bench.cli all ...`
+    command = (f"loramux {args}" if Path(sys.argv[0]).name == "loramux"
+               else f"python -m loramux.bench.cli {args}")
+    try:
+        results, _ = runner.run(cfg, parts, out_dir=out, cache=cache, command=command)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if results["errors"]:
+        raise typer.Exit(1)
+
+
+@app.command("all")
+def all_parts(quick: bool = QUICK, out: Path = OUT, cache_dir: Path = CACHE,
+              quantization: list[str] = QUANT, trials: int = TRIALS,
+              requests: int = REQUESTS) -> None:
+    """Every part in one run (what `make bench` runs)."""
+    _run(runner.PARTS, quick, out, cache_dir, quantization, trials, requests)
+
+
+@app.command("serve")
+def serve(quick: bool = QUICK, out: Path = OUT, cache_dir: Path = CACHE,
+          quantization: list[str] = QUANT, trials: int = TRIALS,
+          requests: int = REQUESTS) -> None:
+    """Parts 1 and 2: loramux vs `vllm serve` under the same load, and multi-LoRA overhead."""
+    _run(("serve",), quick, out, cache_dir, quantization, trials, requests)
+
+
+@app.command("swap")
+def swap(quick: bool = QUICK, out: Path = OUT, cache_dir: Path = CACHE,
+         quantization: list[str] = QUANT) -> None:
+    """Part 3: first token of a never-loaded adapter vs warm vs a base model reload."""
+    _run(("swap",), quick, out, cache_dir, quantization, None, None)
+
+
+@app.command("naive")
+def naive(quick: bool = QUICK, out: Path = OUT, cache_dir: Path = CACHE,
+          quantization: list[str] = QUANT, trials: int = TRIALS,
+          requests: int = REQUESTS) -> None:
+    """Part 4 with part 1 (for the ratio): a transformers + peft loop, one request at a time."""
+    _run(("serve", "naive"), quick, out, cache_dir, quantization, trials, requests)
+
+
+@app.command("components")
+def components(quick: bool = QUICK, out: Path = OUT) -> None:
+    """Part 5: the registry's and the trainer's own benchmarks, in this run's report."""
+    _run(("components",), quick, out, workload.DEFAULT_CACHE, [], None, None)
+
+
+@app.command("show")
+def show(path: Path = typer.Argument(None, help="A results JSON (default: the latest)."),
+         out: Path = OUT) -> None:
+    """Print the tables of a results file."""
+    from loramux.bench import report
+
+    if path is None:
+        found = sorted(out.glob("*.json"))
+        if not found:
+            raise typer.BadParameter(f"no results in {out}")
+        path = found[-1]
+    report.print_tables(json.loads(path.read_text()))
+
+
+if __name__ == "__main__":
+    app()

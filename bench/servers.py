@@ -1,0 +1,142 @@
+"""The servers under test, each a child process on loopback: loramux, vLLM's own, the naive one.
+
+All three get the same environment (KV cache size, thread settings) and the same engine limits;
+each is ready when its readiness route answers 200, and the time from spawn to ready is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from loramux.server.launch import ServerProcess, free_port
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """What both vLLM-based servers are configured with, identically."""
+
+    quantization: str = "bitsandbytes"  # or "none"
+    max_loras: int = 8
+    max_cpu_loras: int = 64
+    max_lora_rank: int = 16
+    max_model_len: int = 512
+    max_num_seqs: int = 64  # loramux's engine setting (ServerSettings.max_num_seqs)
+    kv_cache_gib: int = 1
+
+
+def bench_env(limits: EngineLimits) -> dict[str, str]:
+    """Environment shared by every server in a run (set explicitly, never left to defaults)."""
+    return {
+        "VLLM_CPU_KVCACHE_SPACE": str(limits.kv_cache_gib),
+        "PYTHONUNBUFFERED": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+
+
+class ChildServer:
+    """A server command in a child process, ready when `GET ready_path` answers 200."""
+
+    def __init__(self, cmd: list[str], log: Path, port: int, ready_path: str,
+                 env: dict[str, str], timeout_s: float = 600) -> None:
+        self.cmd, self.log, self.port, self.ready_path = cmd, log, port, ready_path
+        self.env, self.timeout_s = env, timeout_s
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen | None = None
+        self.startup_seconds: float | None = None
+
+    def start(self) -> str:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT,
+                                         env=os.environ | self.env)
+        while True:
+            if self.proc.poll() is not None:
+                tail = self.log.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{self.cmd[2]} exited ({self.proc.returncode}):\n{tail}")
+            try:
+                if httpx.get(f"{self.url}{self.ready_path}", timeout=2).status_code == 200:
+                    self.startup_seconds = time.monotonic() - started
+                    return self.url
+            except httpx.TransportError:
+                pass
+            if time.monotonic() - started > self.timeout_s:
+                self.stop()
+                raise RuntimeError(f"{self.cmd[2]} not ready after {self.timeout_s:.0f}s; "
+                                   f"log: {self.log}")
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def loramux_server(model_dir: Path, registry_dir: Path, cache_dir: Path, limits: EngineLimits,
+                   log: Path) -> ServerProcess:
+    """`loramux serve` through the project's own launcher (the command a user runs)."""
+    args = ["--base", str(model_dir), "--registry", str(registry_dir),
+            "--quantization", limits.quantization, "--max-loras", str(limits.max_loras),
+            "--max-cpu-loras", str(limits.max_cpu_loras),
+            "--max-lora-rank", str(limits.max_lora_rank),
+            "--max-model-len", str(limits.max_model_len), "--cache-dir", str(cache_dir),
+            "--max-pending", "4096"]
+    return ServerProcess(args, log=log, timeout_s=600, env=bench_env(limits))
+
+
+def vllm_server(model_dir: Path, served_name: str, adapters: dict[str, Path],
+                limits: EngineLimits, log: Path) -> ChildServer:
+    """vLLM's own OpenAI server with every adapter as a static `--lora-modules` entry."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+           "--model", str(model_dir), "--served-model-name", served_name,
+           "--host", "127.0.0.1", "--port", str(port),
+           "--enable-lora", "--max-loras", str(limits.max_loras),
+           "--max-cpu-loras", str(limits.max_cpu_loras),
+           "--max-lora-rank", str(limits.max_lora_rank),
+           "--max-model-len", str(limits.max_model_len),
+           "--max-num-seqs", str(limits.max_num_seqs),
+           "--dtype", "bfloat16", "--seed", "0", "--disable-log-stats"]
+    if limits.quantization != "none":
+        cmd += ["--quantization", limits.quantization]
+    if adapters:
+        cmd += ["--lora-modules", *[f"{name}={path}" for name, path in adapters.items()]]
+    return ChildServer(cmd, log, port, "/health", bench_env(limits))
+
+
+def naive_server(model_dir: Path, served_name: str, adapters: dict[str, Path],
+                 limits: EngineLimits, log: Path) -> ChildServer:
+    port = free_port()
+    cmd = [sys.executable, "-m", "loramux.bench.naive_server", "--model", str(model_dir),
+           "--served-name", served_name, "--quantization", limits.quantization,
+           "--port", str(port), *[f"--adapter={name}={path}" for name, path in adapters.items()]]
+    return ChildServer(cmd, log, port, "/health", bench_env(limits))
+
+
+_ENGINE_LOADED = re.compile(r"vLLM engine loaded .* in ([0-9.]+)s")
+
+
+def engine_seconds(log: Path) -> float | None:
+    """The engine construction time loramux logs at startup (base load, profiling, KV cache)."""
+    try:
+        match = _ENGINE_LOADED.search(log.read_text(errors="replace"))
+    except OSError:
+        return None
+    return float(match.group(1)) if match else None

@@ -1,0 +1,52 @@
+"""`loramux bench all --quick` runs end to end and writes its files (a smoke test: no figure and
+no speed is asserted, only that every part ran on every server and was reported)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_run_writes_json_markdown_and_plot(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "loramux.bench.cli", "all", "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=900)
+    tail = f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
+    found = sorted(out.glob("*.json"))
+    assert len(found) == 1, tail
+    results = json.loads(found[0].read_text())
+    for suffix in (".md", ".png"):
+        assert found[0].with_suffix(suffix).stat().st_size > 0, tail
+    assert found[0].with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    assert results["quick"] is True
+    assert {"cpu_model", "cores", "memory_gib", "versions"} <= results["machine"].keys()
+    assert {"torch", "peft", "transformers"} <= results["machine"]["versions"].keys()
+    (gateway,) = results["gateway"].values()
+    # Every part of the harness itself ran on every side, with figures and ratios.
+    harness_errors = [e for e in results["errors"] if not e.startswith("components")]
+    assert not harness_errors, tail
+    for k, row in gateway["serve"]["per_k"].items():
+        assert row["loramux"]["ok"] and row["vllm"]["ok"], (k, tail)
+        assert row["ratio_loramux_over_vllm"]["median"] > 0
+    assert set(gateway["serve"]["multi_lora_overhead"]) == {
+        k for k in gateway["serve"]["per_k"] if k != "0"}
+    assert gateway["swap"]["ok"] and gateway["swap"]["cold_ttft_ms"]["n"] >= 1
+    assert gateway["swap"]["ratio_reload_over_cold_swap"] > 0
+    for row in gateway["naive"]["per_k"].values():
+        assert row["naive"]["ok"] and row["ratio_loramux_over_naive"]["median"] > 0
+    assert {"registry", "trainer"} <= results["components"].keys()
+
+    markdown = found[0].with_suffix(".md").read_text()
+    for title in ("1. Gateway", "2. Multi-LoRA overhead", "3. Hot swap vs reload",
+                  "4. Naive", "5. Registry and trainer"):
+        assert title in markdown
+    assert "loramux/vLLM" in proc.stdout  # the table is printed too
+    assert proc.returncode == (1 if results["errors"] else 0), tail

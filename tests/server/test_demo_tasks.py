@@ -1,0 +1,60 @@
+"""The product's promise on real adapters: one server answers the base and both trained demo
+adapters in the same concurrent batch, each adapter good at its own task only (exact match)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from loramux.trainer.demo_tasks import TASKS, load_eval, normalize
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def published(server, demo_adapters: dict[str, Path]) -> dict[str, str]:
+    """task -> reference of its adapter, published with lineage the way `loramux train` does."""
+    from loramux.trainer.publish import publish_trained
+
+    return {task: publish_trained(folder, f"demo-{task}", server.registry_dir).ref
+            for task, folder in demo_adapters.items()}
+
+
+def test_base_and_demo_adapters_in_one_batch(server, published: dict[str, str],
+                                             demo_data: dict[str, Path]) -> None:
+    base = server.base.name  # the served name defaults to the base folder's name
+    models = {"base": base, **published}
+    jobs = [(task, label, item) for task in TASKS
+            for item in load_eval(demo_data[task] / "eval.jsonl") for label in models]
+    client = server.async_openai()
+    loads_before = server.metric("loramux_base_model_loads_total")
+
+    async def ask(label: str, messages) -> str:
+        reply = await client.chat.completions.create(model=models[label], messages=messages,
+                                                     temperature=0, max_tokens=8)
+        return reply.choices[0].message.content or ""
+
+    async def run_all() -> list[str]:
+        # Everything in flight at once: the engine batches base and both adapters together.
+        return await asyncio.gather(*(ask(label, item.messages) for _, label, item in jobs))
+
+    answers = asyncio.run(run_all())
+    score: dict[tuple[str, str], list[int]] = {}
+    for (task, label, item), answer in zip(jobs, answers, strict=True):
+        cell = score.setdefault((task, label), [0, 0])
+        cell[0] += normalize(answer) == normalize(item.expected)
+        cell[1] += 1
+    table = "\n".join(f"{task:<9}" + "".join(f"{label:>10}: {c}/{n:<4}" for label in models
+                                            for c, n in [score[task, label]])
+                      for task in TASKS)
+    print("\n" + table)
+    for task in TASKS:
+        for label in models:
+            correct, total = score[task, label]
+            if label == task:
+                assert correct / total >= 0.9, f"{label} adapter on {task}\n{table}"
+            else:
+                assert correct / total <= 0.1, f"{label} on {task}\n{table}"
+    assert server.metric("loramux_base_model_loads_total") == loads_before == 1

@@ -1,0 +1,411 @@
+"""``train(config) -> TrainResult``: data file in, saved (and optionally published) adapter out.
+
+Order matters: everything that can be wrong with the options or the data is checked before the
+model loads (and long before the first step), and the registry is only touched after the adapter
+and its reports are on disk. TRL's ``SFTTrainer`` does the training itself: chat templating,
+assistant-only / completion-only loss, packing, truncation, gradient accumulation, evaluation,
+checkpoints and resuming.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loramux.trainer.config import CONFIG_FILE, TrainConfig, build_config
+from loramux.trainer.data import Example, LoadedData, check_lengths, load_data, split
+from loramux.trainer.errors import ConfigError, DataError, ModelError, TrainingInterrupted
+from loramux.trainer.publish import check_options, publish
+from loramux.trainer.report import (
+    CURVE_FILE,
+    REPORT_FILE,
+    library_versions,
+    plot_loss_curve,
+    write_report,
+)
+
+CHECKPOINTS = "checkpoints"
+log = logging.getLogger(__name__)
+# bitsandbytes warns at import when the optional `kernels` package is missing; the fallback
+# kernels work, so keep that out of the user's console.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    config: TrainConfig
+    metrics: dict[str, Any]
+    report: dict[str, Any]
+    report_path: Path
+    loss_curve_path: Path
+    config_path: Path
+    reference: str | None = None  # name@version when published
+    manifest: Any = None
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PreparedData:
+    train: list[Example]
+    eval: list[Example]
+    kind: str
+    train_file: LoadedData
+    eval_file: LoadedData | None
+    skipped: list[str]
+    train_tokens: int = 0
+
+
+def coerce_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainConfig:
+    if isinstance(config, TrainConfig):
+        return config.resolved()
+    if isinstance(config, str | Path):
+        return build_config(Path(config))
+    return build_config(None, config)
+
+
+def prepare_data(config: TrainConfig) -> PreparedData:
+    """Load and validate train/eval records (no tokenizer needed yet)."""
+    opts = {"fmt": config.format, "prompt_template": config.prompt_template,
+            "skip_bad": config.skip_bad_records}
+    train_file = load_data(config.data, **opts)
+    skipped = list(train_file.skipped)
+    eval_file = None
+    if config.eval is not None:
+        eval_file = load_data(config.eval, **opts)
+        skipped += eval_file.skipped
+        source = {e.kind for e in train_file.examples}
+        if eval_file.kind != train_file.kind or {e.kind for e in eval_file.examples} != source:
+            raise DataError(f"{config.eval}: eval data is {eval_file.examples[0].kind} but the "
+                            f"training data is {train_file.examples[0].kind}; use one format")
+        train, evals = train_file.examples, eval_file.examples
+    elif config.eval_split:
+        train, evals = split(train_file, config.eval_split, config.seed)
+    else:
+        train, evals = train_file.examples, []
+    return PreparedData(train, evals, train_file.kind, train_file, eval_file, skipped)
+
+
+def _needs_chat_template(config: TrainConfig, kind: str) -> bool:
+    return kind == "chat" or config.prompt_template is None
+
+
+def check_with_tokenizer(config: TrainConfig, data: PreparedData, tokenizer) -> None:
+    """Chat template present; no example longer than the cut-off (or skip those)."""
+    if _needs_chat_template(config, data.kind) and not tokenizer.chat_template:
+        hint = ("chat data needs a base with a chat template" if data.kind == "chat" else
+                "use --prompt-template to render prompt/completion or Alpaca records as text")
+        raise ModelError(f"the base model {config.base} has no chat template: {hint}")
+    train, problems, tokens = check_lengths(data.train, tokenizer, config.max_seq_length,
+                                            config.prompt_template,
+                                            skip_bad=config.skip_bad_records)
+    evals, eval_problems, _ = check_lengths(data.eval, tokenizer, config.max_seq_length,
+                                            config.prompt_template,
+                                            skip_bad=config.skip_bad_records)
+    if not train:
+        raise DataError("no training example fits in max_seq_length", problems)
+    if data.eval and not evals:
+        raise DataError("no eval example fits in max_seq_length", eval_problems)
+    data.train, data.eval = train, evals
+    data.skipped += problems + eval_problems
+    data.train_tokens = tokens
+
+
+def _checkpoint_dir(config: TrainConfig) -> Path:
+    return Path(config.out) / CHECKPOINTS
+
+
+def _resume_from(config: TrainConfig) -> str | None:
+    """The checkpoint to resume (with --resume), after refusing to clobber an earlier run."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = _checkpoint_dir(config)
+    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    if config.resume:
+        if last is None:
+            raise ConfigError(f"resume: no checkpoint in {folder} to resume from")
+        return last
+    if last is not None and config.overwrite:
+        return None  # deleted by train() once every check has passed
+    if last is not None:
+        raise ConfigError(f"{config.out} holds checkpoints of an earlier run ({Path(last).name}):"
+                          " pass --resume to continue it, --overwrite to start over, or choose "
+                          "another --out")
+    return None
+
+
+def _eval_and_save_plan(config: TrainConfig, has_eval: bool) -> dict[str, Any]:
+    plan: dict[str, Any] = {}
+    eval_steps = config.eval_steps
+    if has_eval and eval_steps is None and config.max_steps is not None:
+        eval_steps = max(1, config.max_steps // 5)
+    if has_eval:
+        plan.update(eval_strategy="steps" if eval_steps else "epoch")
+        if eval_steps:
+            plan["eval_steps"] = eval_steps
+    else:
+        plan["eval_strategy"] = "no"
+    save_steps = config.save_steps
+    if save_steps is None and config.early_stopping_patience and eval_steps:
+        save_steps = eval_steps
+    if save_steps is None and config.max_steps is not None:
+        save_steps = eval_steps if has_eval and eval_steps else max(1, config.max_steps // 5)
+    if config.early_stopping_patience and has_eval and not eval_steps:
+        plan["save_strategy"] = "epoch"
+    elif save_steps:
+        plan.update(save_strategy="steps", save_steps=save_steps)
+    else:
+        plan["save_strategy"] = "epoch"
+    if config.early_stopping_patience:
+        plan.update(load_best_model_at_end=True, metric_for_best_model="eval_loss",
+                    greater_is_better=False)
+    return plan
+
+
+def trainer_class(config: TrainConfig):
+    """TRL's SFTTrainer, with LoRA+ param groups (peft's) when ``loraplus_lr_ratio`` is set."""
+    from trl import SFTTrainer
+
+    if not config.loraplus_lr_ratio:
+        return SFTTrainer
+    ratio = config.loraplus_lr_ratio
+
+    class LoraPlusSFTTrainer(SFTTrainer):
+        def create_optimizer(self, model=None):
+            if self.optimizer is None:
+                from peft.optimizers import create_loraplus_optimizer
+
+                cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+                kwargs = dict(kwargs)
+                lr = kwargs.pop("lr", self.args.learning_rate)
+                self.optimizer = create_loraplus_optimizer(
+                    self.model, cls, lr=lr, loraplus_lr_ratio=ratio,
+                    loraplus_weight_decay=self.args.weight_decay, **kwargs)
+            return self.optimizer
+
+    return LoraPlusSFTTrainer
+
+
+def sft_config(config: TrainConfig, runtime, data: PreparedData):
+    from trl import SFTConfig
+
+    chat = data.kind == "chat"
+    return SFTConfig(
+        output_dir=str(_checkpoint_dir(config)),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_steps if config.warmup_steps is not None
+        else config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        optim=runtime.optimizer,
+        gradient_checkpointing=config.gradient_checkpointing,
+        bf16=runtime.bf16,
+        fp16=runtime.fp16,
+        use_cpu=runtime.device == "cpu",
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=config.logging_steps,
+        save_total_limit=config.save_total_limit,
+        save_only_model=False,
+        report_to=[],
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        max_length=config.max_seq_length,
+        packing=config.packing,
+        assistant_only_loss=chat,
+        completion_only_loss=None if chat else True,
+        dataset_num_proc=None,
+        remove_unused_columns=True,
+        **_eval_and_save_plan(config, bool(data.eval)),
+    )
+
+
+def _quiet_libraries() -> None:
+    """Keep the console to our progress bar: no per-map bars, no info chatter."""
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # e.g. "no `kernels` package"
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", module="torch.utils.checkpoint")
+    warnings.filterwarnings("ignore", message=".*use_reentrant.*")
+
+
+def _peak_memory(device: str) -> tuple[int, str]:
+    from loramux.trainer.callbacks import peak_rss_bytes
+
+    if device == "cuda":
+        import torch
+
+        return int(torch.cuda.max_memory_allocated()), "cuda max allocated"
+    return peak_rss_bytes(), "process peak RSS"
+
+
+def _save_adapter(trainer, out: Path) -> None:
+    """Adapter weights (safetensors) and config only; no pickled training args."""
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("adapter_model.safetensors", "adapter_config.json"):
+        (out / stale).unlink(missing_ok=True)
+    trainer.model.save_pretrained(str(out), safe_serialization=True)
+
+
+def train(config: TrainConfig | dict[str, Any] | str | Path, *, callbacks: list | None = None,
+          console: Any = None) -> TrainResult:
+    """Train a LoRA adapter as ``config`` says; publish it when ``config.publish`` is set.
+
+    Raises a TrainerError subclass (ConfigError, DataError, ModelError, PublishError,
+    TrainingInterrupted) with a readable message for anything the user can fix.
+    """
+    config = coerce_config(config)
+    check_options(config)
+    data = prepare_data(config)
+    _quiet_libraries()
+    from loramux.trainer.model import (
+        check_target_modules,
+        load_base,
+        load_tokenizer,
+        lora_config,
+        runtime_for,
+    )
+
+    runtime = runtime_for(config)
+    resume_from = _resume_from(config)
+    import torch
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    tokenizer = load_tokenizer(config.base)
+    check_with_tokenizer(config, data, tokenizer)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    model = load_base(config, runtime)
+    check_target_modules(model, config)
+
+    from datasets import Dataset
+    from transformers import EarlyStoppingCallback, PrinterCallback
+
+    from loramux.trainer.callbacks import Meter, RichProgress
+
+    rows = [e.to_row(config.prompt_template) for e in data.train]
+    eval_rows = [e.to_row(config.prompt_template) for e in data.eval]
+    meter = Meter()
+    progress = RichProgress(meter, console=console, enabled=config.progress)
+    extra = [meter, progress]
+    if config.early_stopping_patience:
+        extra.append(EarlyStoppingCallback(config.early_stopping_patience,
+                                           config.early_stopping_threshold))
+    args = sft_config(config, runtime, data)
+    if config.overwrite and not config.resume:
+        shutil.rmtree(_checkpoint_dir(config), ignore_errors=True)
+    try:
+        trainer = trainer_class(config)(
+            model=model, args=args, train_dataset=Dataset.from_list(rows),
+            eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+            processing_class=tokenizer, peft_config=lora_config(config),
+            callbacks=[*extra, *(callbacks or [])],
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError(f"the trainer rejected the setup: {exc}") from None
+    trainer.remove_callback(PrinterCallback)
+    if os.environ.get("LMX_FP32_ADAPTER"):
+        import torch as _t
+        for _n, _p in trainer.model.named_parameters():
+            if _p.requires_grad:
+                _p.data = _p.data.to(_t.float32)
+
+    started_step = 0
+    try:
+        result = trainer.train(resume_from_checkpoint=resume_from)
+        started_step = meter.step_at_start
+        final_eval = trainer.evaluate() if eval_rows else {}
+    except KeyboardInterrupt:
+        progress.close()
+        step = trainer.state.global_step
+        raise TrainingInterrupted(
+            f"training interrupted at step {step}: no adapter was saved and nothing was "
+            f"published; continue from the last checkpoint in {_checkpoint_dir(config)} with "
+            "--resume") from None
+    finally:
+        progress.close()
+
+    _save_adapter(trainer, out)
+    peak, peak_kind = _peak_memory(runtime.device)
+    history = trainer.state.log_history
+    train_losses = [h["loss"] for h in history if "loss" in h]
+    stopped_early = (config.max_steps or 0) > trainer.state.global_step or (
+        config.max_steps is None and trainer.state.epoch is not None
+        and trainer.state.epoch < config.epochs - 1e-6)
+    metrics: dict[str, Any] = {
+        "train_loss": float(result.training_loss),
+        "train_loss_last": float(train_losses[-1]) if train_losses else None,
+        "eval_loss": float(final_eval["eval_loss"]) if "eval_loss" in final_eval else None,
+        "best_eval_loss": trainer.state.best_metric,
+        "steps": trainer.state.global_step,
+        "resumed_at_step": started_step or None,
+        "epochs": trainer.state.epoch,
+        "tokens_seen": meter.tokens,
+        "tokens_seen_total": trainer.state.num_input_tokens_seen,
+        "train_seconds": round(meter.seconds, 3),
+        "tokens_per_second": round(meter.tokens_per_second, 1),
+        "peak_memory_bytes": peak,
+        "peak_memory_kind": peak_kind,
+        "stopped_early": bool(config.early_stopping_patience and stopped_early),
+    }
+    report = {
+        "adapter_dir": str(out),
+        "base": config.base,
+        "metrics": metrics,
+        "data": {
+            "kind": data.kind,
+            "train_file": str(config.data),
+            "train_digest": data.train_file.digest,
+            "eval_file": str(config.eval) if config.eval else None,
+            "eval_digest": data.eval_file.digest if data.eval_file else None,
+            "eval_split": config.eval_split,
+            "records_read": data.train_file.records_read
+            + (data.eval_file.records_read if data.eval_file else 0),
+            "train_examples": len(data.train),
+            "eval_examples": len(data.eval),
+            "train_tokens_per_epoch": data.train_tokens,
+            "skipped_records": len(data.skipped),
+            "skipped": data.skipped[:100],
+        },
+        "runtime": runtime.describe() | {"quantization": "nf4+dq" if config.quantize else "none",
+                                         "threads": torch.get_num_threads()},
+        "hyperparameters": config.hyperparameters(),
+        "library_versions": library_versions(),
+        "log_history": history,
+    }
+    config_path = config.save(out / CONFIG_FILE)
+    curve = plot_loss_curve(history, out / CURVE_FILE, title=f"{out.name}: loss")
+    report_path = write_report(report, out / REPORT_FILE)
+    outcome = TrainResult(out, config, metrics, report, report_path, curve, config_path,
+                          skipped=data.skipped)
+    if config.publish:
+        manifest = publish(out, config, report)
+        outcome.manifest = manifest
+        outcome.reference = manifest.ref
+        report["published"] = {"ref": manifest.ref, "digest": manifest.digest,
+                               "registry": config.registry or os.environ.get("LORAMUX_REGISTRY")
+                               or "~/.loramux/registry"}
+        write_report(report, report_path)
+    return outcome
+
+
+def remove_checkpoints(out: Path) -> None:
+    """Delete a finished run's checkpoints (they are only needed to resume)."""
+    shutil.rmtree(Path(out) / CHECKPOINTS, ignore_errors=True)

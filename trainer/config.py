@@ -1,0 +1,281 @@
+"""Every training option in one validated model; YAML file + command-line overrides.
+
+Precedence: built-in defaults < YAML config < command-line flags. Keys spelled the way other tools
+spell them (``lora_r``, ``num_train_epochs``, ``cutoff_len``, ``lr_scheduler_type``, OpenAI's
+``n_epochs``/``validation_file``/``suffix``, ...) are accepted as aliases. Relative paths in a
+YAML file are relative to that file's folder; on the command line, to the working directory.
+The resolved configuration (absolute paths, every default filled in) is saved next to the
+adapter as ``train_config.yaml`` and can be fed back with ``--config`` to repeat the run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from loramux.trainer.errors import ConfigError
+
+CONFIG_FILE = "train_config.yaml"
+
+DataFormat = Literal["auto", "chat", "prompt_completion", "alpaca"]
+Scheduler = Literal[
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+    "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay",
+]
+Device = Literal["auto", "cpu", "cuda"]
+
+# Other tools' spellings of our options (Axolotl, LLaMA-Factory, MonsterAPI, OpenAI, HF).
+ALIASES: dict[str, str] = {
+    "model": "base", "base_model": "base", "model_name_or_path": "base",
+    "training_file": "data", "train_file": "data", "dataset": "data",
+    "validation_file": "eval", "eval_file": "eval", "val_set_size": "eval_split",
+    "output_dir": "out", "suffix": "name",
+    "n_epochs": "epochs", "num_epochs": "epochs", "num_train_epochs": "epochs",
+    "lr": "learning_rate", "lr_scheduler_type": "lr_scheduler",
+    "lora_r": "r", "lora_rank": "r", "lora_target_modules": "target_modules",
+    "lora_target": "target_modules",
+    "cutoff_len": "max_seq_length", "sequence_len": "max_seq_length",
+    "max_length": "max_seq_length", "max_seq_len": "max_seq_length",
+    "micro_batch_size": "batch_size", "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation": "gradient_accumulation_steps",
+    "load_in_4bit": "quantize", "use_4bit": "quantize", "optim": "optimizer",
+    "sample_packing": "packing", "skip_invalid": "skip_bad_records",
+}
+
+
+class TrainConfig(BaseModel):
+    """A training job. Field names are the YAML keys; ``--flag-name`` spells them with dashes."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # -- what to train on, where to write -----------------------------------------------------
+    base: str = Field(description="Base model: a local folder or a Hugging Face hub id.")
+    data: Path = Field(description="Training data: .jsonl, .json, .csv or .parquet.")
+    eval: Path | None = Field(None, description="Eval data, same formats as data.")
+    eval_split: float = Field(0.0, ge=0.0, lt=0.5,
+                              description="Hold out this share of data for eval (if no eval).")
+    out: Path = Field(description="Output folder: the adapter, its reports and checkpoints.")
+
+    # -- data --------------------------------------------------------------------------------
+    format: DataFormat = Field("auto", description="Record format; auto-detected per file.")
+    prompt_template: str | None = Field(
+        None, description="For prompt/completion and Alpaca data: a template such as "
+        "'### Question:\\n{prompt}\\n### Answer:\\n' ({prompt}, or {instruction} and {input}). "
+        "Without one, records become a user/assistant chat turn in the base's chat template.")
+    skip_bad_records: bool = Field(False, description="Skip invalid records instead of failing.")
+    max_seq_length: int = Field(1024, ge=8, description="Token cut-off per example.")
+    packing: bool = Field(False, description="Pack several examples per sequence.")
+
+    # -- quantization (QLoRA) ----------------------------------------------------------------
+    quantize: bool = Field(True, description="Load the frozen base in 4-bit (QLoRA).")
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = Field(True, description="Quantize the quantization constants too.")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+    # -- LoRA --------------------------------------------------------------------------------
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    lora_alpha: float = Field(32.0, gt=0)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    bias: Literal["none", "all", "lora_only"] = "none"
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    use_rslora: bool = Field(False, description="Scale by alpha/sqrt(r) instead of alpha/r.")
+    loraplus_lr_ratio: float | None = Field(
+        None, gt=0, description="LoRA+: train the B matrices at this multiple of the learning "
+        "rate (the paper suggests 16); off by default.")
+
+    # -- optimization ------------------------------------------------------------------------
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
+    batch_size: int = Field(8, ge=1, description="Examples per device per step.")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(2e-4, gt=0, lt=1)
+    lr_scheduler: Scheduler = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    warmup_steps: int | None = Field(None, ge=0, description="Overrides warmup_ratio.")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    optimizer: str = Field("auto", description="auto: paged_adamw_8bit on CUDA, adamw_torch "
+                           "elsewhere; or any transformers optimizer name.")
+    gradient_checkpointing: bool = True
+    seed: int = 42
+
+    # -- evaluation, checkpoints -------------------------------------------------------------
+    eval_steps: int | None = Field(None, ge=1, description="Eval every N steps (default: "
+                                   "each epoch, or 10 times in a max_steps run).")
+    early_stopping_patience: int | None = Field(None, ge=1, description="Stop after N evals "
+                                                "without eval-loss improvement.")
+    early_stopping_threshold: float = Field(0.0, ge=0)
+    save_steps: int | None = Field(None, ge=1, description="Checkpoint every N steps "
+                                   "(default: at each eval, else each epoch).")
+    save_total_limit: int = Field(2, ge=1)
+    resume: bool = Field(False, description="Resume from the last checkpoint in out/.")
+    overwrite: bool = Field(False, description="Start over: delete the checkpoints an earlier "
+                            "run left in out/.")
+    logging_steps: int = Field(10, ge=1)
+
+    # -- runtime -----------------------------------------------------------------------------
+    device: Device = "auto"
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch.")
+    progress: bool = Field(True, description="Show a progress bar.")
+
+    # -- publishing --------------------------------------------------------------------------
+    name: str | None = Field(None, description="Adapter name in the registry.")
+    publish: bool = False
+    registry: str | None = Field(None, description="Registry folder or URL "
+                                 "(default: $LORAMUX_REGISTRY or ~/.loramux/registry).")
+    alias: str | None = Field(None, description="Alias to move to the new version.")
+    description: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "all-linear":
+            return [m.strip() for m in value.split(",") if m.strip()]
+        return value
+
+    @field_validator("base")
+    @classmethod
+    def _base_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a model folder or hub id")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.eval is not None and self.eval_split:
+            raise ValueError("give either eval (a file) or eval_split (a share of data), not both")
+        if self.early_stopping_patience and not self.has_eval:
+            raise ValueError("early_stopping_patience needs eval data: set eval or eval_split")
+        if self.publish and not self.name:
+            raise ValueError("publish needs a name for the adapter (--name)")
+        if self.resume and self.overwrite:
+            raise ValueError("resume continues the checkpoints that overwrite would delete; "
+                             "pick one")
+        if self.alias and not self.publish:
+            raise ValueError("alias only applies when publishing (--publish)")
+        if self.packing and self.format in ("prompt_completion", "alpaca"):
+            raise ValueError("packing works with chat data only (it needs assistant-only loss)")
+        if (self.early_stopping_patience and self.save_steps and self.eval_steps
+                and self.save_steps % self.eval_steps):
+            raise ValueError("with early stopping, save_steps must be a multiple of eval_steps")
+        return self
+
+    @property
+    def has_eval(self) -> bool:
+        return self.eval is not None or self.eval_split > 0
+
+    def resolved(self, root: Path | None = None) -> TrainConfig:
+        """A copy with absolute paths (relative ones taken from ``root``, default the cwd)."""
+        root = (root or Path.cwd()).resolve()
+        update: dict[str, Any] = {}
+        for key in ("data", "eval", "out"):
+            value = getattr(self, key)
+            if value is not None and not Path(value).expanduser().is_absolute():
+                update[key] = (root / value).resolve()
+            elif value is not None:
+                update[key] = Path(value).expanduser().resolve()
+        base = Path(self.base).expanduser()
+        if not base.is_absolute() and (root / base).exists():
+            update["base"] = str((root / base).resolve())
+        elif base.is_absolute():
+            update["base"] = str(base)
+        return self.model_copy(update=update)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        data = self.model_dump(mode="json")
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+    def save(self, path: Path) -> Path:
+        path.write_text(self.to_yaml(), encoding="utf-8")
+        return path
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The settings that shape the adapter (lineage): no paths, no publishing options."""
+        skip = {"base", "data", "eval", "out", "name", "publish", "registry", "alias",
+                "description", "labels", "progress", "resume", "overwrite", "threads", "device"}
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in skip}
+
+
+def canonical_key(key: str) -> str:
+    key = key.strip().replace("-", "_")
+    return ALIASES.get(key, key)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The YAML config as a dict of canonical keys, paths relative to the file's folder."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of option: value, got {type(raw).__name__}")
+    data: dict[str, Any] = {}
+    for key, value in raw.items():
+        canon = canonical_key(str(key))
+        if canon in data:
+            raise ConfigError(f"{path}: option {canon!r} is given twice (as {key!r})")
+        data[canon] = value
+    folder = path.resolve().parent
+    for key in ("data", "eval", "out"):
+        if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
+            data[key] = str(folder / data[key])
+    base = data.get("base")
+    if isinstance(base, str) and not Path(base).expanduser().is_absolute() and \
+            (folder / base).exists():
+        data["base"] = str(folder / base)
+    return data
+
+
+def format_validation_error(exc: ValidationError, source: str = "") -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown option (known: {', '.join(sorted(TrainConfig.model_fields))})"
+            close = _closest(str(err["loc"][-1]))
+            if close:
+                msg = f"unknown option; did you mean {close!r}?"
+        elif err["type"] == "missing":
+            msg = "required (give it in the config file or on the command line)"
+        lines.append(f"{loc}: {msg}" if loc != "config" else msg)
+    prefix = f"{source}: " if source else ""
+    if len(lines) == 1:
+        return f"{prefix}invalid configuration: {lines[0]}"
+    return f"{prefix}invalid configuration:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _closest(key: str) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(key, list(TrainConfig.model_fields), n=1, cutoff=0.7)
+    return match[0] if match else None
+
+
+def build_config(config_file: Path | None = None, overrides: dict[str, Any] | None = None,
+                 ) -> TrainConfig:
+    """Defaults < YAML file < overrides (None values in overrides mean 'not given')."""
+    data: dict[str, Any] = read_yaml(config_file) if config_file is not None else {}
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[canonical_key(key)] = value
+    try:
+        config = TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(config_file or ""))) from None
+    return config.resolved()

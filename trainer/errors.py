@@ -1,0 +1,46 @@
+"""Errors the trainer reports to people: one readable line each, raised before training starts."""
+
+from __future__ import annotations
+
+
+class TrainerError(Exception):
+    """Base class; the CLI prints ``error: <message>`` and exits with ``exit_code``."""
+
+    exit_code = 2
+
+
+class ConfigError(TrainerError):
+    """A bad option: unknown key, wrong type, out of range, or options that contradict."""
+
+
+class DataError(TrainerError):
+    """Bad training or eval data; ``problems`` holds one ``file:line: what`` line each."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        self.problems = list(problems or [])
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        message = super().__str__()
+        if not self.problems:
+            return message
+        shown = self.problems[:20]
+        more = len(self.problems) - len(shown)
+        lines = [message, *(f"  {p}" for p in shown)]
+        if more:
+            lines.append(f"  ... and {more} more")
+        return "\n".join(lines)
+
+
+class ModelError(TrainerError):
+    """The base model cannot be loaded, or does not fit the data (e.g. no chat template)."""
+
+
+class PublishError(TrainerError):
+    """Training finished but the adapter could not be pushed to the registry."""
+
+
+class TrainingInterrupted(TrainerError):
+    """Stopped by the user (Ctrl-C); the last checkpoint can be resumed, nothing was published."""
+
+    exit_code = 130

@@ -1,0 +1,137 @@
+"""Push a finished adapter to the registry with its lineage (data, settings, metrics, versions).
+
+Only called after training finished and the adapter was saved, so a failed or interrupted run
+never publishes anything. Options are checked before training starts (``check_options``), so a
+bad adapter name does not surface after an hour of training.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from loramux.trainer.config import CONFIG_FILE, TrainConfig
+from loramux.trainer.errors import ConfigError, PublishError
+from loramux.trainer.report import CURVE_FILE, REPORT_FILE
+
+# What goes into the registry: the adapter and the files that explain it (no checkpoints,
+# no tokenizer copy, nothing pickled).
+PUBLISHED_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md", CONFIG_FILE,
+                   REPORT_FILE, CURVE_FILE)
+
+
+def check_options(config: TrainConfig) -> None:
+    """Name and alias must be valid registry names; raises ConfigError before training."""
+    if not config.publish:
+        return
+    from loramux.registry.errors import RegistryError
+    from loramux.registry.manifest import check_labels
+    from loramux.registry.refs import validate_alias, validate_name
+
+    try:
+        validate_name(config.name or "")
+        if config.alias:
+            validate_alias(config.alias)
+        check_labels(config.labels)
+    except RegistryError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def local_base_dir(base: str) -> Path | None:
+    """The base model's local folder (a path, or a hub id already in the local cache)."""
+    path = Path(base).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(base, local_files_only=True))
+    except Exception:  # not cached, or not a valid repo id: no fingerprint then
+        return None
+
+
+def quantization_info(config: TrainConfig) -> dict[str, Any]:
+    if not config.quantize:
+        return {"method": "none"}
+    return {"method": config.quant_type, "double_quant": config.double_quant,
+            "compute_dtype": config.compute_dtype}
+
+
+def lineage(config: TrainConfig, report: dict[str, Any]) -> dict[str, Any]:
+    data = report["data"]
+    return {
+        "dataset_digest": data["train_digest"],
+        "dataset": Path(config.data).name,
+        "hyperparameters": config.hyperparameters(),
+        "metrics": {k: v for k, v in report["metrics"].items() if v is not None},
+        "library_versions": report["library_versions"],
+        "eval_dataset_digest": data.get("eval_digest"),
+        "eval_dataset": Path(config.eval).name if config.eval else None,
+        "eval_split": config.eval_split or None,
+        "records": {"train": data["train_examples"], "eval": data["eval_examples"],
+                    "skipped": data["skipped_records"]},
+        "base_model": config.base,
+        "runtime": report["runtime"],
+        "trainer": "loramux.trainer (TRL SFTTrainer + PEFT LoRA)",
+    }
+
+
+def _stage(adapter_dir: Path, into: Path) -> None:
+    for name in PUBLISHED_FILES:
+        src = adapter_dir / name
+        if not src.is_file():
+            continue
+        try:
+            os.link(src, into / name)
+        except OSError:
+            shutil.copy2(src, into / name)
+
+
+def publish(adapter_dir: Path, config: TrainConfig, report: dict[str, Any]):
+    """Push the adapter; returns the registry Manifest (``.ref`` is ``name@version``)."""
+    import loramux.registry as reg
+    from loramux.registry.errors import RegistryError
+
+    base_dir = local_base_dir(config.base)
+    description = config.description or (
+        f"LoRA r={config.r} on {Path(config.base).name}"
+        f"{' (NF4 QLoRA)' if config.quantize else ''}, trained on {Path(config.data).name}")
+    with tempfile.TemporaryDirectory(prefix=".publish-", dir=adapter_dir) as tmp:
+        staged = Path(tmp)
+        _stage(adapter_dir, staged)
+        try:
+            registry = reg.open(config.registry)
+            try:
+                return registry.push(
+                    staged, config.name or "", alias=config.alias, description=description,
+                    labels=config.labels or None, base_model=base_dir,
+                    quantization=quantization_info(config), lineage=lineage(config, report))
+            finally:
+                registry.close()
+        except RegistryError as exc:
+            raise PublishError(f"publishing to the registry failed: {exc}") from None
+
+
+def publish_trained(adapter_dir: Path | str, name: str, registry: str | Path, *,
+                    alias: str | None = None, description: str | None = None):
+    """Publish an adapter trained earlier (its saved config and report give the lineage).
+
+    For adapters trained without ``--publish``: the lineage comes from the files the run wrote
+    next to the adapter, so publishing later records the same facts as publishing at once.
+    """
+    import json
+
+    from loramux.trainer.config import build_config
+
+    adapter_dir = Path(adapter_dir)
+    report_file = adapter_dir / REPORT_FILE
+    if not report_file.is_file():
+        raise PublishError(f"{adapter_dir} has no {REPORT_FILE}: not a finished training run")
+    config = build_config(adapter_dir / CONFIG_FILE, {
+        "name": name, "registry": str(registry), "alias": alias, "description": description,
+        "publish": True})
+    check_options(config)
+    return publish(adapter_dir, config, json.loads(report_file.read_text(encoding="utf-8")))

@@ -1,0 +1,107 @@
+"""What a run leaves next to the adapter: training_report.json, loss_curve.png, a summary table."""
+
+from __future__ import annotations
+
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPORT_FILE = "training_report.json"
+CURVE_FILE = "loss_curve.png"
+LIBRARIES = ("loramux", "torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate",
+             "datasets")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def loss_points(log_history: list[dict[str, Any]]) -> tuple[list[tuple[int, float]],
+                                                             list[tuple[int, float]]]:
+    """(step, train loss) and (step, eval loss) pairs from the trainer's log history."""
+    train = [(int(h["step"]), float(h["loss"])) for h in log_history
+             if "loss" in h and "step" in h]
+    evals = [(int(h["step"]), float(h["eval_loss"])) for h in log_history
+             if "eval_loss" in h and "step" in h]
+    return train, evals
+
+
+def plot_loss_curve(log_history: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, evals = loss_points(log_history)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss", color="tab:blue")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), label="eval loss", color="tab:orange", marker="o")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title or "training loss")
+    ax.grid(alpha=0.3)
+    if train or evals:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(report: dict[str, Any], path: Path) -> Path:
+    path.write_text(json.dumps(report, indent=2, sort_keys=False, default=str) + "\n",
+                    encoding="utf-8")
+    return path
+
+
+def _fmt_bytes(n: int | None) -> str:
+    if not n:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return str(n)
+
+
+def summary_table(report: dict[str, Any]):
+    """A rich table of the run's headline numbers."""
+    from rich.table import Table
+
+    m = report["metrics"]
+    table = Table(title=f"training summary: {report.get('adapter_dir', '')}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+
+    def num(value: Any, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    rows = [
+        ("train loss (last logged)", num(m.get("train_loss_last"), ".4f")),
+        ("train loss (run mean)", num(m.get("train_loss"), ".4f")),
+        ("eval loss", num(m.get("eval_loss"), ".4f")),
+        ("steps", f"{m.get('steps', 0)}" + (f" (resumed at {m['resumed_at_step']})"
+                                            if m.get("resumed_at_step") else "")),
+        ("epochs", num(m.get("epochs"), ".2f")),
+        ("tokens seen", num(m.get("tokens_seen"), ",")),
+        ("wall time", f"{m.get('train_seconds', 0):.1f} s"),
+        ("tokens/s", num(m.get("tokens_per_second"), ",.0f")),
+        ("peak memory", f"{_fmt_bytes(m.get('peak_memory_bytes'))} ({m.get('peak_memory_kind')})"),
+        ("records used / skipped", f"{report['data']['train_examples']} / "
+                                   f"{report['data']['skipped_records']}"),
+    ]
+    if m.get("stopped_early"):
+        rows.append(("stopped early", "yes (eval loss stopped improving)"))
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
