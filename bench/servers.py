@@ -6,17 +6,12 @@ each is ready when its readiness route answers 200, and the time from spawn to r
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from loramux.server.launch import ServerProcess, free_port
+from loramux.server.launch import ChildServer, ServerProcess, free_port
 
 
 @dataclass(frozen=True)
@@ -43,50 +38,6 @@ def bench_env(limits: EngineLimits) -> dict[str, str]:
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     }
-
-
-class ChildServer:
-    """A server command in a child process, ready when `GET ready_path` answers 200."""
-
-    def __init__(self, cmd: list[str], log: Path, port: int, ready_path: str,
-                 env: dict[str, str], timeout_s: float = 600) -> None:
-        self.cmd, self.log, self.port, self.ready_path = cmd, log, port, ready_path
-        self.env, self.timeout_s = env, timeout_s
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen | None = None
-        self.startup_seconds: float | None = None
-
-    def start(self) -> str:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        started = time.monotonic()
-        with self.log.open("w") as out:
-            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT,
-                                         env=os.environ | self.env)
-        while True:
-            if self.proc.poll() is not None:
-                tail = self.log.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{self.cmd[2]} exited ({self.proc.returncode}):\n{tail}")
-            try:
-                if httpx.get(f"{self.url}{self.ready_path}", timeout=2).status_code == 200:
-                    self.startup_seconds = time.monotonic() - started
-                    return self.url
-            except httpx.TransportError:
-                pass
-            if time.monotonic() - started > self.timeout_s:
-                self.stop()
-                raise RuntimeError(f"{self.cmd[2]} not ready after {self.timeout_s:.0f}s; "
-                                   f"log: {self.log}")
-            time.sleep(0.25)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 def loramux_server(model_dir: Path, registry_dir: Path, cache_dir: Path, limits: EngineLimits,
@@ -118,7 +69,7 @@ def vllm_server(model_dir: Path, served_name: str, adapters: dict[str, Path],
         cmd += ["--quantization", limits.quantization]
     if adapters:
         cmd += ["--lora-modules", *[f"{name}={path}" for name, path in adapters.items()]]
-    return ChildServer(cmd, log, port, "/health", bench_env(limits))
+    return ChildServer(cmd, log, port, "/health", bench_env(limits), 600, "vLLM server")
 
 
 def naive_server(model_dir: Path, served_name: str, adapters: dict[str, Path],
@@ -127,7 +78,7 @@ def naive_server(model_dir: Path, served_name: str, adapters: dict[str, Path],
     cmd = [sys.executable, "-m", "loramux.bench.naive_server", "--model", str(model_dir),
            "--served-name", served_name, "--quantization", limits.quantization,
            "--port", str(port), *[f"--adapter={name}={path}" for name, path in adapters.items()]]
-    return ChildServer(cmd, log, port, "/health", bench_env(limits))
+    return ChildServer(cmd, log, port, "/health", bench_env(limits), 600, "naive server")
 
 
 _ENGINE_LOADED = re.compile(r"vLLM engine loaded .* in ([0-9.]+)s")

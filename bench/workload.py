@@ -114,24 +114,12 @@ def build_model(cache: Path, recipe: ModelRecipe | None = None) -> tuple[Path, i
         return out, meta["parameters"]
 
     import torch
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, GenerationConfig, LlamaForCausalLM
+
+    from loramux.demo.base_model import llama_config
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=recipe.hidden_size,
-        intermediate_size=recipe.intermediate_size,
-        num_hidden_layers=recipe.num_hidden_layers,
-        num_attention_heads=recipe.num_attention_heads,
-        num_key_value_heads=recipe.num_key_value_heads,
-        max_position_embeddings=recipe.max_position_embeddings,
-        initializer_range=recipe.init_std,
-        rope_theta=10000.0,
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = llama_config(recipe, tokenizer, initializer_range=recipe.init_std)
     torch.manual_seed(recipe.seed)
     model = LlamaForCausalLM(config)
     parameters = sum(p.numel() for p in model.parameters())

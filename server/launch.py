@@ -23,46 +23,49 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class ServerProcess:
-    """`with ServerProcess(args, log=path) as url:` — a ready server, stopped on exit."""
+class ChildServer:
+    """A server command in a child process on loopback, ready when `GET ready_path` answers 200.
 
-    def __init__(self, args: list[str], log: Path, port: int | None = None,
-                 timeout_s: float = 300, env: dict[str, str] | None = None) -> None:
-        self.port = port or free_port()
-        self.args = args
-        self.log = log
-        self.timeout_s = timeout_s
-        self.env = env or {}
-        self.url = f"http://127.0.0.1:{self.port}"
+    `with ChildServer(...) as url:` starts it and stops it on exit. Stopping also reaps the
+    child's own children (vLLM's engine core and workers), which would otherwise hold GBs.
+    """
+
+    def __init__(self, cmd: list[str], log: Path, port: int, ready_path: str = "/health",
+                 env: dict[str, str] | None = None, timeout_s: float = 300,
+                 name: str | None = None) -> None:
+        self.cmd, self.log, self.port, self.ready_path = cmd, log, port, ready_path
+        self.env, self.timeout_s = env or {}, timeout_s
+        self.name = name or Path(cmd[0]).name
+        self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
+        self.strict_children = False  # raise when children had to be killed
 
     def start(self) -> str:
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        out = self.log.open("w")
         started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loramux.cli", "serve", *self.args, "--port", str(self.port)],
-            stdout=out, stderr=subprocess.STDOUT,
-            env=os.environ | {"PYTHONUNBUFFERED": "1"} | self.env)
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT,
+                                         env=os.environ | {"PYTHONUNBUFFERED": "1"} | self.env)
         while True:
             if self.proc.poll() is not None:
-                tail = self.log.read_text()[-3000:]
-                raise RuntimeError(f"loramux serve exited ({self.proc.returncode}):\n{tail}")
+                tail = self.log.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n{tail}")
             try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{self.ready_path}", timeout=2).status_code == 200:
                     self.startup_seconds = time.monotonic() - started
                     return self.url
             except httpx.TransportError:
                 pass
             if time.monotonic() - started > self.timeout_s:
                 self.stop()
-                raise RuntimeError(f"loramux serve not ready after {self.timeout_s:.0f}s; "
+                raise RuntimeError(f"{self.name} not ready after {self.timeout_s:.0f}s; "
                                    f"log: {self.log}")
-            time.sleep(0.5)
+            time.sleep(0.25)
 
     def stop(self) -> None:
-        """Stop the server; raise if it left engine processes behind (they would hold GBs)."""
+        """Stop the server and reap its children; with `strict_children`, raise if any of them
+        outlived it (loramux promises that SIGTERM leaves nothing behind)."""
         if self.proc is None or self.proc.poll() is not None:
             return
         import psutil
@@ -77,8 +80,8 @@ class ServerProcess:
         _, alive = psutil.wait_procs(children, timeout=15)
         for child in alive:
             child.kill()
-        if alive:
-            raise RuntimeError(f"loramux serve left {len(alive)} child processes running")
+        if alive and self.strict_children:
+            raise RuntimeError(f"{self.name} left {len(alive)} child processes running")
 
     def __enter__(self) -> str:
         return self.start()
@@ -86,3 +89,15 @@ class ServerProcess:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+class ServerProcess(ChildServer):
+    """`loramux serve ARGS` as a child: the command a user runs, ready at `/ready`."""
+
+    def __init__(self, args: list[str], log: Path, port: int | None = None,
+                 timeout_s: float = 300, env: dict[str, str] | None = None) -> None:
+        port = port or free_port()
+        self.args = args
+        super().__init__([sys.executable, "-m", "loramux.cli", "serve", *args, "--port",
+                          str(port)], log, port, "/ready", env, timeout_s, "loramux serve")
+        self.strict_children = True

@@ -321,11 +321,6 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, *, callbacks: list 
     except (ValueError, RuntimeError) as exc:
         raise ConfigError(f"the trainer rejected the setup: {exc}") from None
     trainer.remove_callback(PrinterCallback)
-    if os.environ.get("LMX_FP32_ADAPTER"):
-        import torch as _t
-        for _n, _p in trainer.model.named_parameters():
-            if _p.requires_grad:
-                _p.data = _p.data.to(_t.float32)
 
     started_step = 0
     try:

@@ -181,6 +181,28 @@ def _pretrain(model, ids: list[int], recipe: DemoRecipe, progress: Callable[[int
     return loss_value
 
 
+def llama_config(recipe: Any, tokenizer: Any, **extra: Any):
+    """A Llama config from a recipe's shape fields and a tokenizer's special tokens (also used
+    by the benchmark's larger random-weight model)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=recipe.hidden_size,
+        intermediate_size=recipe.intermediate_size,
+        num_hidden_layers=recipe.num_hidden_layers,
+        num_attention_heads=recipe.num_attention_heads,
+        num_key_value_heads=recipe.num_key_value_heads,
+        max_position_embeddings=recipe.max_position_embeddings,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
+
+
 def build(
     out: Path | str,
     recipe: DemoRecipe | None = None,
@@ -195,7 +217,7 @@ def build(
         return BuildResult(out, True, 0.0, meta["parameters"], _disk_bytes(out), meta.get("loss"))
 
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, LlamaForCausalLM
 
     started = time.perf_counter()
     threads_before = torch.get_num_threads()
@@ -210,20 +232,7 @@ def build(
             ids.append(tokenizer.bos_token_id)
             ids.extend(encoded)
 
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=recipe.hidden_size,
-            intermediate_size=recipe.intermediate_size,
-            num_hidden_layers=recipe.num_hidden_layers,
-            num_attention_heads=recipe.num_attention_heads,
-            num_key_value_heads=recipe.num_key_value_heads,
-            max_position_embeddings=recipe.max_position_embeddings,
-            rope_theta=10000.0,
-            tie_word_embeddings=False,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        config = llama_config(recipe, tokenizer)
         model = LlamaForCausalLM(config)
         loss = _pretrain(model, ids, recipe, progress or (lambda step, loss: None))
 

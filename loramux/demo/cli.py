@@ -62,14 +62,16 @@ def base(out: Path = OUT_OPTION, force: bool = typer.Option(False, help="Rebuild
 
 
 @app.command("smoke")
-def smoke(model: Path = OUT_OPTION,
+def smoke(model: Path = typer.Option(DEFAULT_BASE, "--model", help="Model folder to query."),
           quantization: str = typer.Option("bitsandbytes", help="bitsandbytes (NF4) or none."),
           ) -> None:
     """Query a model through vLLM (LoRA enabled) with its chat template."""
     from loramux.demo.smoke import SMOKE_PROMPTS, chat, make_llm
 
     if not (model / "config.json").is_file():
-        raise typer.BadParameter(f"{model} holds no model; run `loramux demo base --out {model}`")
+        typer.echo(f"error: {model} holds no model; run `loramux demo base --out {model}`",
+                   err=True)
+        raise typer.Exit(2)
     started = time.perf_counter()
     llm = make_llm(model, quantization)
     console.print(f"vLLM engine up in {time.perf_counter() - started:.1f}s ({quantization})")

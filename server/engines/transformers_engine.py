@@ -2,15 +2,22 @@
 
 Adapters are loaded into one PeftModel under their engine names, and every generate call names
 the adapter of each row (`adapter_names=`, peft's mixed-adapter batches; `__base__` = none).
-Requests run one at a time in a worker thread: this engine is about being right, not fast.
+One worker thread runs generate: requests that arrive while it is busy are batched together
+(left-padded) when their sampling settings agree, whatever their adapters, so a burst over
+several adapters costs one forward pass per token rather than one per request. Seeded sampling
+runs alone, so a seed gives the same text however requests happen to be batched. This engine
+is about being right first; batching keeps it usable as a fallback server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 
 from loramux.server.engines.base import (
@@ -24,6 +31,24 @@ from loramux.server.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 BASE_ROW = "__base__"
+MAX_BATCH = 32
+
+
+@dataclass
+class _Job:
+    """One choice of one request, waiting for the worker."""
+
+    request: GenerationRequest
+    index: int
+    future: Future
+
+    @property
+    def batch_key(self) -> tuple:
+        """Jobs with equal keys can share a generate call (each row keeps its own adapter)."""
+        s = self.request.sampling
+        if s.seed is not None and s.temperature > 0:
+            return ("alone", id(self))
+        return (s.temperature, s.top_p, s.ignore_eos, s.logprobs)
 
 
 class TransformersEngine:
@@ -45,8 +70,12 @@ class TransformersEngine:
         self._base = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs).eval()
         self._tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self._model = None  # becomes a PeftModel with the first adapter
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # adapters change only between generate calls
         self._aborted: set[str] = set()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.largest_batch = 0  # for tests and logs: how much batching actually happened
+        self._worker = threading.Thread(target=self._work, name="reference-engine", daemon=True)
+        self._worker.start()
         limit = max_model_len or self._base.config.max_position_embeddings
         self.info = EngineInfo(
             name="transformers", model=str(model_dir),
@@ -81,8 +110,11 @@ class TransformersEngine:
         if s.json_schema is not None or s.json_object:
             raise InvalidRequest("response_format is not supported by the transformers engine",
                                  param="response_format")
-        for index in range(s.n):
-            tokens, logprobs, reason = await asyncio.to_thread(self._generate, request, index)
+        jobs = [_Job(request, index, Future()) for index in range(s.n)]
+        for job in jobs:
+            self._jobs.put(job)
+        for job in jobs:
+            tokens, logprobs, reason = await asyncio.wrap_future(job.future)
             if request.request_id in self._aborted:
                 self._aborted.discard(request.request_id)
                 return
@@ -90,46 +122,92 @@ class TransformersEngine:
             cut = min((text.find(stop) for stop in s.stop if stop in text), default=-1)
             if cut >= 0:
                 text, reason = text[:cut], "stop"
-            yield Delta(index=index, text=text, token_ids=tokens, finish_reason=reason,
+            yield Delta(index=job.index, text=text, token_ids=tokens, finish_reason=reason,
                         logprobs=logprobs)
 
-    def _generate(self, request: GenerationRequest, index: int):
+    def _work(self) -> None:
+        """Take what is queued, group it by sampling settings, run each group as one batch."""
+        while True:
+            first = self._jobs.get()
+            if first is None:
+                return
+            pending = [first]
+            while len(pending) < MAX_BATCH:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    self._jobs.put(None)
+                    break
+                pending.append(job)
+            groups: dict[tuple, list[_Job]] = {}
+            for job in pending:
+                groups.setdefault(job.batch_key, []).append(job)
+            for group in groups.values():
+                live = [j for j in group if j.request.request_id not in self._aborted]
+                for job in group:
+                    if job not in live:
+                        job.future.set_result(([], None, "abort"))
+                if not live:
+                    continue
+                try:
+                    results = self._generate(live)
+                except Exception as exc:  # the requests fail, the engine keeps serving
+                    for job in live:
+                        job.future.set_exception(exc)
+                    continue
+                for job, result in zip(live, results, strict=True):
+                    job.future.set_result(result)
+
+    def _generate(self, jobs: list[_Job]):
+        """One left-padded generate call for jobs with equal sampling settings."""
         torch = self._torch
-        s = request.sampling
-        ids = torch.tensor([request.prompt_token_ids])
-        kwargs = {"max_new_tokens": s.max_tokens, "do_sample": s.temperature > 0,
-                  "output_scores": True, "return_dict_in_generate": True,
-                  "pad_token_id": self._tokenizer.pad_token_id}
+        s = jobs[0].request.sampling
+        self.largest_batch = max(self.largest_batch, len(jobs))
+        pad = self._tokenizer.pad_token_id
+        width = max(len(j.request.prompt_token_ids) for j in jobs)
+        ids = torch.tensor([[pad] * (width - len(j.request.prompt_token_ids))
+                            + list(j.request.prompt_token_ids) for j in jobs])
+        mask = torch.tensor([[0] * (width - len(j.request.prompt_token_ids))
+                             + [1] * len(j.request.prompt_token_ids) for j in jobs])
+        kwargs = {"max_new_tokens": max(j.request.sampling.max_tokens for j in jobs),
+                  "do_sample": s.temperature > 0, "output_scores": True,
+                  "return_dict_in_generate": True, "pad_token_id": pad}
         if s.temperature > 0:
             kwargs |= {"temperature": s.temperature, "top_p": s.top_p}
             if s.seed is not None:
-                torch.manual_seed(s.seed + index)
+                torch.manual_seed(s.seed + jobs[0].index)
         if s.ignore_eos:
             kwargs["eos_token_id"] = None
         with self._lock, torch.no_grad():
             model = self._model or self._base
             if self._model is not None:
-                name = request.adapter.name if request.adapter else BASE_ROW
-                kwargs["adapter_names"] = [name]
-            elif request.adapter is not None:
-                raise InvalidRequest(f"adapter {request.adapter.name} is not loaded")
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
-        tokens = out.sequences[0, ids.shape[1]:].tolist()
+                kwargs["adapter_names"] = [j.request.adapter.name if j.request.adapter
+                                           else BASE_ROW for j in jobs]
+            elif any(j.request.adapter is not None for j in jobs):
+                raise InvalidRequest("adapter is not loaded")
+            out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         eos = self._tokenizer.eos_token_id
-        reason = "length"
-        if tokens and tokens[-1] == eos and not s.ignore_eos:
-            reason = "stop"  # the EOS token counts as generated, as in vLLM's usage
-        logprobs = None
-        if s.logprobs is not None:
-            logprobs = []
-            for step, token in enumerate(tokens):
-                scores = torch.log_softmax(out.scores[step][0].float(), dim=-1)
-                top = torch.topk(scores, max(s.logprobs, 1))
-                logprobs.append(TokenLogprob(
-                    token=self._tokenizer.decode([token]), logprob=float(scores[token]),
-                    top=[(self._tokenizer.decode([int(t)]), float(v))
-                         for v, t in zip(top.values, top.indices, strict=True)][:s.logprobs]))
-        return tokens, logprobs, reason
+        results = []
+        for row, job in enumerate(jobs):
+            tokens = out.sequences[row, width:].tolist()[:job.request.sampling.max_tokens]
+            reason = "length"
+            if not s.ignore_eos and eos in tokens:
+                tokens = tokens[:tokens.index(eos) + 1]  # EOS counts as generated, as in vLLM
+                reason = "stop"
+            logprobs = None
+            if s.logprobs is not None:
+                logprobs = []
+                for step, token in enumerate(tokens):
+                    scores = torch.log_softmax(out.scores[step][row].float(), dim=-1)
+                    top = torch.topk(scores, max(s.logprobs, 1))
+                    logprobs.append(TokenLogprob(
+                        token=self._tokenizer.decode([token]), logprob=float(scores[token]),
+                        top=[(self._tokenizer.decode([int(t)]), float(v))
+                             for v, t in zip(top.values, top.indices, strict=True)][:s.logprobs]))
+            results.append((tokens, logprobs, reason))
+        return results
 
     async def abort(self, request_id: str) -> None:
         self._aborted.add(request_id)
@@ -138,4 +216,4 @@ class TransformersEngine:
         return None
 
     def shutdown(self) -> None:
-        return None
+        self._jobs.put(None)
