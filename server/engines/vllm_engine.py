@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from loramux.server.engines import vllm_patches
 from loramux.server.engines.base import (
     AdapterHandle,
     Delta,
@@ -60,6 +61,9 @@ class VllmEngine:
     def __init__(self, options: VllmOptions) -> None:
         # CPU builds size the KV cache from this variable; the GPU build ignores it.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(max(1, options.kv_cache_gib))))
+        # Inherited by the engine-core process, where vLLM loads our plugin that keeps base-model
+        # tokens free of adapter deltas in mixed batches on CPU (see vllm_patches.py).
+        os.environ[vllm_patches.ENV] = "1"
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 

