@@ -61,8 +61,9 @@ class VllmEngine:
     def __init__(self, options: VllmOptions) -> None:
         # CPU builds size the KV cache from this variable; the GPU build ignores it.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(max(1, options.kv_cache_gib))))
-        # Inherited by the engine-core process, where vLLM loads our plugin that keeps base-model
-        # tokens free of adapter deltas in mixed batches on CPU (see vllm_patches.py).
+        # Inherited by the engine-core process, where vLLM loads our plugin that replaces its CPU
+        # LoRA ops: base-model tokens in mixed batches get no adapter delta, and each op is one
+        # GEMM instead of a per-token weight copy (see vllm_patches.py).
         os.environ[vllm_patches.ENV] = "1"
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
