@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from loramux.server.launch import ChildServer, ServerProcess, free_port
+from loramux.support.launch import ChildServer, ServerProcess
 
 
 @dataclass(frozen=True)
@@ -55,10 +55,9 @@ def loramux_server(model_dir: Path, registry_dir: Path, cache_dir: Path, limits:
 def vllm_server(model_dir: Path, served_name: str, adapters: dict[str, Path],
                 limits: EngineLimits, log: Path) -> ChildServer:
     """vLLM's own OpenAI server with every adapter as a static `--lora-modules` entry."""
-    port = free_port()
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
            "--model", str(model_dir), "--served-model-name", served_name,
-           "--host", "127.0.0.1", "--port", str(port),
+           "--host", "127.0.0.1", "--port", "0",
            "--enable-lora", "--max-loras", str(limits.max_loras),
            "--max-cpu-loras", str(limits.max_cpu_loras),
            "--max-lora-rank", str(limits.max_lora_rank),
@@ -69,16 +68,15 @@ def vllm_server(model_dir: Path, served_name: str, adapters: dict[str, Path],
         cmd += ["--quantization", limits.quantization]
     if adapters:
         cmd += ["--lora-modules", *[f"{name}={path}" for name, path in adapters.items()]]
-    return ChildServer(cmd, log, port, "/health", bench_env(limits), 600, "vLLM server")
+    return ChildServer(cmd, log, None, "/health", bench_env(limits), 600, "vLLM server")
 
 
 def naive_server(model_dir: Path, served_name: str, adapters: dict[str, Path],
                  limits: EngineLimits, log: Path) -> ChildServer:
-    port = free_port()
     cmd = [sys.executable, "-m", "loramux.bench.naive_server", "--model", str(model_dir),
-           "--served-name", served_name, "--quantization", limits.quantization,
-           "--port", str(port), *[f"--adapter={name}={path}" for name, path in adapters.items()]]
-    return ChildServer(cmd, log, port, "/health", bench_env(limits), 600, "naive server")
+           "--served-name", served_name, "--quantization", limits.quantization, "--port", "0",
+           *[f"--adapter={name}={path}" for name, path in adapters.items()]]
+    return ChildServer(cmd, log, None, "/health", bench_env(limits), 600, "naive server")
 
 
 _ENGINE_LOADED = re.compile(r"vLLM engine loaded .* in ([0-9.]+)s")

@@ -7,7 +7,6 @@ while the server is real.
 
 from __future__ import annotations
 
-import socket
 import sys
 import threading
 import time
@@ -25,6 +24,7 @@ from loramux.registry.auth import TokenAuth, parse_tokens
 from loramux.registry.remote import RemoteRegistry
 from loramux.registry.store import LocalRegistry
 from loramux.registry.validate import Limits
+from loramux.support.ports import uvicorn_port
 
 TOKENS = parse_tokens(f"{WRITE_TOKEN}:write:writer,{READ_TOKEN}:read:reader")
 
@@ -37,11 +37,7 @@ class ServerHandle:
 
         self.default_store = LocalRegistry(root)
         self.app = create_app(self.default_store, TokenAuth(TOKENS))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -49,6 +45,8 @@ class ServerHandle:
         while not self.server.started:
             assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
             time.sleep(0.02)
+        self.port = uvicorn_port(self.server)
+        self.url = f"http://127.0.0.1:{self.port}"
 
     def use(self, store: LocalRegistry, *, anonymous_read: bool = False) -> None:
         self.app.state.registry = store

@@ -167,26 +167,18 @@ def test_cli_as_a_real_process_against_a_server(http_server, adapters, tmp_path:
 
 def test_serve_command(tmp_path: Path, adapters) -> None:
     """`serve` as a real process: tokens from the environment, limits from --max-bytes."""
-    import socket
-
-    from registry_support import wait_http
-
     from loramux.registry import RemoteRegistry, TooLarge
+    from loramux.support.launch import RegistryProcess
 
     r = runner.invoke(app, ["serve", "--root", str(tmp_path / "x")],
                       env={"LORAMUX_REGISTRY_TOKENS": ""})
     assert r.exit_code == 1 and "no tokens configured" in r.stderr
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "LORAMUX_REGISTRY_TOKENS": "sekrit:write:ci,peek:read"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "loramux.registry.cli", "serve", "--root", str(tmp_path / "srv"),
-         "--port", str(port), "--max-bytes", "4000", "--log-level", "warning"], env=env)
+    env = {"LORAMUX_REGISTRY_TOKENS": "sekrit:write:ci,peek:read"}
+    server = RegistryProcess(tmp_path / "srv", tmp_path / "srv.log", env=env,
+                             args=["--max-bytes", "4000", "--log-level", "warning"])
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_http(url)
+        url = server.start()
         with RemoteRegistry(url, token="sekrit") as client:
             with pytest.raises(TooLarge, match="4000"):
                 client.push(adapters["a"], "served")
@@ -194,5 +186,4 @@ def test_serve_command(tmp_path: Path, adapters) -> None:
         with RemoteRegistry(url, token="peek") as reader:
             assert reader.list() == []
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        server.stop()

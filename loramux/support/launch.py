@@ -1,13 +1,14 @@
-"""Start `loramux serve` as a child process and wait until it is ready.
+"""Start a server as a child process on loopback and wait until it is ready.
 
-The demo, the tests and the benchmarks all need a real server on loopback; this is the one way
-they start it, so they exercise the same command a user runs.
+The demo, the tests and the benchmarks all need real servers (`loramux serve`, `loramux registry
+serve`, vLLM's own OpenAI server); this is the one way they start them, so they exercise the
+command a user runs. The child binds port 0 and the port it got is read from its own listening
+socket (see ports.py), so two servers never race for a port and we never talk to a stranger.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,34 +17,42 @@ from types import TracebackType
 
 import httpx
 
+from loramux.support.ports import listening_ports
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+HOST = "127.0.0.1"
 
 
 class ChildServer:
-    """A server command in a child process on loopback, ready when `GET ready_path` answers 200.
+    """A server command in a child process on loopback, ready when `GET ready_path` answers 200
+    on a port the child itself listens on.
 
-    `with ChildServer(...) as url:` starts it and stops it on exit. Stopping also reaps the
-    child's own children (vLLM's engine core and workers), which would otherwise hold GBs.
+    `port=None` (the default) means the command makes the child bind port 0 (e.g. `--port 0`);
+    `port` and `url` are known once `start()` returns. A given port is only trusted when the
+    child owns it. `with ChildServer(...) as url:` starts it and stops it on exit. Stopping also
+    reaps the child's own children (vLLM's engine core and workers), which would otherwise hold
+    GBs.
     """
 
-    def __init__(self, cmd: list[str], log: Path, port: int, ready_path: str = "/health",
-                 env: dict[str, str] | None = None, timeout_s: float = 300,
-                 name: str | None = None) -> None:
+    def __init__(self, cmd: list[str], log: Path, port: int | None = None,
+                 ready_path: str = "/health", env: dict[str, str] | None = None,
+                 timeout_s: float = 300, name: str | None = None) -> None:
         self.cmd, self.log, self.port, self.ready_path = cmd, log, port, ready_path
         self.env, self.timeout_s = env or {}, timeout_s
         self.name = name or Path(cmd[0]).name
-        self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
         self.strict_children = False  # raise when children had to be killed
 
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise RuntimeError(f"{self.name} has no port yet: start() it first")
+        return f"http://{HOST}:{self.port}"
+
     def start(self) -> str:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
+        wanted = self.port
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT,
                                          env=os.environ | {"PYTHONUNBUFFERED": "1"} | self.env)
@@ -51,17 +60,24 @@ class ChildServer:
             if self.proc.poll() is not None:
                 tail = self.log.read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n{tail}")
-            try:
-                if httpx.get(f"{self.url}{self.ready_path}", timeout=2).status_code == 200:
+            owned = listening_ports(self.proc.pid, HOST)
+            for port in owned if wanted is None else [p for p in owned if p == wanted]:
+                if self._ready(port):
+                    self.port = port
                     self.startup_seconds = time.monotonic() - started
                     return self.url
-            except httpx.TransportError:
-                pass
             if time.monotonic() - started > self.timeout_s:
                 self.stop()
                 raise RuntimeError(f"{self.name} not ready after {self.timeout_s:.0f}s; "
                                    f"log: {self.log}")
             time.sleep(0.25)
+
+    def _ready(self, port: int) -> bool:
+        try:
+            return httpx.get(f"http://{HOST}:{port}{self.ready_path}",
+                             timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
 
     def stop(self) -> None:
         """Stop the server and reap its children; with `strict_children`, raise if any of them
@@ -96,8 +112,17 @@ class ServerProcess(ChildServer):
 
     def __init__(self, args: list[str], log: Path, port: int | None = None,
                  timeout_s: float = 300, env: dict[str, str] | None = None) -> None:
-        port = port or free_port()
         self.args = args
         super().__init__([sys.executable, "-m", "loramux.cli", "serve", *args, "--port",
-                          str(port)], log, port, "/ready", env, timeout_s, "loramux serve")
+                          str(port or 0)], log, port, "/ready", env, timeout_s, "loramux serve")
         self.strict_children = True
+
+
+class RegistryProcess(ChildServer):
+    """`loramux registry serve --root ROOT ARGS` as a child, ready at `/health`."""
+
+    def __init__(self, root: Path, log: Path, args: list[str] | None = None,
+                 env: dict[str, str] | None = None, timeout_s: float = 60) -> None:
+        super().__init__([sys.executable, "-m", "loramux.cli", "registry", "serve", "--root",
+                          str(root), *(args or []), "--port", "0"], log, None, "/health", env,
+                         timeout_s, "loramux registry serve")
