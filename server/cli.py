@@ -18,7 +18,8 @@ def serve_command(
                                     "the base folder's name)."),
     quantization: str = typer.Option("bitsandbytes", help="bitsandbytes (NF4), none, or any "
                                      "vLLM method."),
-    max_loras: int = typer.Option(8, help="Adapters in one batch (vLLM GPU slots)."),
+    max_loras: int = typer.Option(None, help="Adapters in one batch (vLLM slots; default: "
+                                   "max-cpu-loras on CPU, 8 on CUDA)."),
     max_cpu_loras: int = typer.Option(64, help="Adapters kept resident in the engine."),
     max_lora_rank: int = typer.Option(64, help="Largest LoRA rank accepted."),
     max_model_len: int = typer.Option(None, help="Context length (default: the model's)."),

@@ -13,7 +13,10 @@ class ServerSettings(BaseModel):
     served_name: str | None = None
     engine: str = Field(default="vllm", pattern="^(vllm|transformers)$")
     quantization: str = "bitsandbytes"
-    max_loras: int = Field(default=8, ge=1)
+    # Adapters one batch may hold (vLLM `max_loras`). None: on CPU every resident adapter gets
+    # a slot (max_cpu_loras), since loramux's CPU ops cost nothing for an idle slot; on CUDA
+    # vLLM's default of 8.
+    max_loras: int | None = Field(default=None, ge=1)
     max_cpu_loras: int = Field(default=64, ge=1)
     max_lora_rank: int = Field(default=64, ge=1)
     max_model_len: int | None = Field(default=None, ge=16)

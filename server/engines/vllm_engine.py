@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class VllmOptions:
     model: str
     quantization: str | None = "bitsandbytes"
-    max_loras: int = 8
+    max_loras: int | None = None  # None: max_cpu_loras on CPU, 8 on CUDA (see slot_count)
     max_cpu_loras: int = 64
     max_lora_rank: int = 64
     max_model_len: int | None = None
@@ -39,6 +39,20 @@ class VllmOptions:
     gpu_memory_utilization: float | None = None
     kv_cache_gib: float = 1.0
     enforce_eager: bool = False
+
+
+def slot_count(options: VllmOptions) -> int:
+    """vLLM's `max_loras`: what the user set, else a slot for every resident adapter on CPU.
+
+    On CPU loramux's LoRA ops (vllm_patches.py) cost grows with the adapters present in a batch,
+    not with the slots, so an idle slot costs only its memory and a batch may hold as many
+    distinct adapters as it has requests. On CUDA vLLM's kernels and its default of 8 stay.
+    """
+    if options.max_loras is not None:
+        return options.max_loras
+    from vllm.platforms import current_platform
+
+    return options.max_cpu_loras if current_platform.is_cpu() else min(8, options.max_cpu_loras)
 
 
 def _children_rss() -> int:
@@ -69,11 +83,12 @@ class VllmEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         quantization = None if options.quantization in (None, "none") else options.quantization
+        max_loras = slot_count(options)
         kwargs = dict(
             model=options.model,
             enable_lora=True,
-            max_loras=options.max_loras,
-            max_cpu_loras=max(options.max_cpu_loras, options.max_loras),
+            max_loras=max_loras,
+            max_cpu_loras=max(options.max_cpu_loras, max_loras),
             max_lora_rank=options.max_lora_rank,
             max_model_len=options.max_model_len,
             max_num_seqs=options.max_num_seqs,
@@ -94,7 +109,7 @@ class VllmEngine:
             model=options.model,
             quantization=quantization or "none",
             max_model_len=model_config.max_model_len,
-            max_loras=options.max_loras,
+            max_loras=max_loras,
             max_lora_rank=options.max_lora_rank,
             base_model_loads=1,
             resident_bytes=_children_rss(),

@@ -11,16 +11,19 @@ Why it exists:
   base and many adapters in one batch is loramux's promise.
 - **Speed.** The same gather copies a whole LoRA matrix per token (tokens x rank x hidden values
   for every layer, then a batched mat-vec), which is what makes a LoRA batch several times slower
-  than a base batch on CPU. Here every slot is computed in one dense GEMM over the stacked
-  weights (slots x rank is small), and each token keeps its own slot's share: the work grows with
-  the number of slots, not with a per-token copy, and no data-dependent shape or branch appears,
-  so the ops stay traceable by torch.compile.
+  than a base batch on CPU. Here the punica wrapper groups a step's tokens by slot once, in its
+  metadata, and every linear layer's LoRA runs one GEMM per adapter present (lora_groups.py): the
+  cost follows the distinct adapters in the batch, not the slot count, so every resident adapter
+  can have a slot. Each slot's product is cut to the rank of the adapter in it (vLLM pads every
+  slot to ``max_lora_rank``), and the shrink buffer stays in the model's dtype (bf16).
 
 How: vLLM loads ``vllm.general_plugins`` entry points in every process it spawns, which is the
 only hook that reaches the engine-core process. The plugin acts only when ``LORAMUX_VLLM_PATCHES``
 is ``1`` (VllmEngine sets it before starting the engine), so a plain ``vllm serve`` in the same
 environment, such as the benchmark's peer, stays stock vLLM. The ops keep vLLM's signatures and
 write-back rules (add or overwrite, slices, padding); only how the product is computed changes.
+The module-level ``bgmv_*`` replacements serve the paths the wrapper does not take over
+(embeddings, classifier heads); they compute every slot densely, which is cheap for those.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ import logging
 import os
 
 import torch
+
+from loramux.server.engines import lora_groups
+from loramux.server.engines.lora_groups import TokenGroups
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +98,79 @@ def bgmv_expand_slice(inputs: torch.Tensor, lora_b_weights: torch.Tensor,
 OPS = {"bgmv_shrink": bgmv_shrink, "bgmv_expand": bgmv_expand,
        "bgmv_expand_slice": bgmv_expand_slice}
 
+# lora id -> its largest rank, recorded when vLLM activates an adapter into a slot (engine-core).
+RANKS: dict[int, int] = {}
+
+
+def _record_rank(manager, lora_id: int) -> None:
+    model = manager._registered_adapters.get(lora_id)
+    if model is None:
+        return
+    ranks = [w.rank for w in model.loras.values() if isinstance(getattr(w, "rank", None), int)]
+    RANKS[lora_id] = max(ranks, default=model.rank)
+
+
+def _slot_ranks(lora_index_to_id: list[int | None]) -> dict[int, int]:
+    return {slot: RANKS[i] for slot, i in enumerate(lora_index_to_id) if i in RANKS}
+
+
+NO_GROUPS = TokenGroups(0, (), None)
+
+
+class GroupedPunica:
+    """Methods that replace PunicaWrapperCPU's: tokens grouped per step, one GEMM per adapter."""
+
+    loramux_tokens = NO_GROUPS  # until the first update_metadata
+    loramux_sampler = NO_GROUPS
+
+    def update_metadata(self, mapping, lora_index_to_id, max_loras, vocab_size, **kwargs):
+        STOCK_METHODS["update_metadata"](self, mapping, lora_index_to_id, max_loras,
+                                         vocab_size, **kwargs)
+        ranks = _slot_ranks(lora_index_to_id)
+        self.loramux_tokens = TokenGroups.build(self.token_lora_indices, ranks)
+        self.loramux_sampler = TokenGroups.build(self.sampler_indices, ranks)
+
+    def add_shrink(self, y, x, lora_a_stacked, scale: float, **kwargs) -> None:
+        x = x.view(-1, x.shape[-1])
+        for out, weights in zip(y, lora_a_stacked, strict=False):
+            lora_groups.shrink(x, weights, out.view(-1, out.shape[-1]), self.loramux_tokens,
+                               scale)
+
+    def add_expand(self, y, x, lora_b_stacked, output_slices, offset_start: int = 0,
+                   add_inputs: bool = True, **kwargs) -> None:
+        flat = y.view(-1, y.shape[-1])
+        offset = offset_start
+        for inputs, weights, size in zip(x, lora_b_stacked, output_slices, strict=True):
+            lora_groups.expand(inputs, weights, flat[:, offset: offset + size],
+                               self.loramux_tokens, add=add_inputs)
+            offset += size
+
+    def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale: float,
+                        output_slices, *, buffer=None, **kwargs) -> None:
+        if self.loramux_tokens.empty:
+            return
+        if buffer is None:
+            rank = lora_b_stacked[0].size(-1)
+            buffer = tuple(torch.empty((x.size(0), rank), dtype=x.dtype, device=x.device)
+                           for _ in output_slices)
+        self.add_shrink(buffer, x, lora_a_stacked, scale)
+        self.add_expand(y, buffer, lora_b_stacked, output_slices, add_inputs=True)
+
+    def add_lora_logits(self, y, x, lora_a_stacked, lora_b_stacked, scale, *, buffer=None,
+                        **kwargs) -> None:
+        groups = self.loramux_sampler
+        if groups.empty:
+            return
+        flat, x = y.view(-1, y.shape[-1]), x.view(-1, x.shape[-1])
+        if buffer is None:
+            buffer = torch.empty((x.size(0), lora_b_stacked.size(-1)), dtype=x.dtype)
+        lora_groups.shrink(x, lora_a_stacked, buffer, groups, scale)
+        lora_groups.expand(buffer, lora_b_stacked, flat, groups, add=True)
+
+
+GROUPED = ("update_metadata", "add_shrink", "add_expand", "add_lora_linear", "add_lora_logits")
+STOCK_METHODS: dict = {}
+
 
 def apply() -> list[str]:
     """Install the ops in this process; returns their names (idempotent)."""
@@ -105,7 +184,31 @@ def apply() -> list[str]:
         for module in (lora_ops, torch_ops, punica_cpu):
             if hasattr(module, name):
                 setattr(module, name, op)
-    return list(OPS)
+    wrapper = punica_cpu.PunicaWrapperCPU
+    for name in GROUPED:
+        STOCK_METHODS.setdefault(name, getattr(wrapper, name))
+        setattr(wrapper, name, getattr(GroupedPunica, name))
+    for name in ("loramux_tokens", "loramux_sampler"):
+        setattr(wrapper, name, NO_GROUPS)
+    _wrap_activation()
+    return [*OPS, *(f"PunicaWrapperCPU.{name}" for name in GROUPED)]
+
+
+def _wrap_activation() -> None:
+    """Record each activated adapter's rank, so products skip the slot's zero padding."""
+    from vllm.lora.model_manager import LoRAModelManager
+
+    stock = LoRAModelManager.activate_adapter
+    if getattr(stock, "loramux", False):
+        return
+
+    def activate_adapter(self, lora_id: int) -> bool:
+        result = stock(self, lora_id)
+        _record_rank(self, lora_id)
+        return result
+
+    activate_adapter.loramux = True  # type: ignore[attr-defined]
+    LoRAModelManager.activate_adapter = activate_adapter
 
 
 def register() -> None:
@@ -118,4 +221,4 @@ def register() -> None:
         return  # the CUDA kernels skip -1 and batch by adapter already
     names = apply()
     log.info("loramux: vLLM CPU LoRA ops replaced (%s): base tokens skip adapters, one GEMM "
-             "per op", ", ".join(names))
+             "per adapter present", ", ".join(names))

@@ -1,0 +1,93 @@
+"""Grouped LoRA products (one GEMM per adapter present) against a per-token reference.
+
+Fast and engine-free: the grouping is built the way the punica wrapper builds it once per step,
+with tokens of many adapters, few and many tokens per adapter, base tokens (-1), and adapters of
+different ranks padded to one stacked rank as vLLM pads them."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from loramux.server.engines import lora_groups  # noqa: E402
+from loramux.server.engines.lora_groups import TokenGroups  # noqa: E402
+
+SLOTS, MAX_RANK, HIDDEN, OUT = 6, 16, 32, 40
+RANKS = {0: 8, 1: 16, 2: 4, 3: 16, 4: 8, 5: 16}
+
+
+def _weights(dtype: torch.dtype):
+    gen = torch.Generator().manual_seed(0)
+    a = torch.zeros(SLOTS, 1, MAX_RANK, HIDDEN)
+    b = torch.zeros(SLOTS, 1, OUT, MAX_RANK)
+    for slot, rank in RANKS.items():  # vLLM zero-pads each slot up to max_lora_rank
+        a[slot, 0, :rank] = torch.randn(rank, HIDDEN, generator=gen)
+        b[slot, 0, :, :rank] = torch.randn(OUT, rank, generator=gen)
+    return a.to(dtype), b.to(dtype)
+
+
+def _reference(x, a, b, indices, scale):
+    out = torch.zeros(len(indices), OUT, dtype=torch.float64)
+    for t, slot in enumerate(indices.tolist()):
+        if slot >= 0:
+            h = scale * (x[t].double() @ a[slot, 0].double().t())
+            out[t] = h @ b[slot, 0].double().t()
+    return out
+
+
+def _indices(spec: list[tuple[int, int]]) -> torch.Tensor:
+    """(slot, count) runs, shuffled the way a scheduler interleaves requests."""
+    flat = torch.tensor([slot for slot, count in spec for _ in range(count)])
+    return flat[torch.randperm(len(flat), generator=torch.Generator().manual_seed(1))]
+
+
+CASES = {
+    "decode, every slot, base tokens": [(-1, 3), (0, 1), (1, 2), (2, 1), (3, 1), (4, 2), (5, 1)],
+    "prefill and decode mixed": [(1, 40), (0, 2), (-1, 20), (3, 1), (5, 33)],
+    "one adapter": [(4, 7)],
+    "base only": [(-1, 5)],
+}
+
+
+@pytest.mark.parametrize("ranked", [True, False], ids=["rank-cut", "padded"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", list(CASES))
+def test_grouped_products_match_per_token_reference(case, dtype, ranked) -> None:
+    indices = _indices(CASES[case])
+    a, b = _weights(dtype)
+    x = torch.randn(len(indices), HIDDEN, generator=torch.Generator().manual_seed(2)).to(dtype)
+    groups = TokenGroups.build(indices, RANKS if ranked else None, small_max=16)
+    buffer = torch.full((len(indices), MAX_RANK), 9.0, dtype=dtype)  # stale values: overwritten
+    lora_groups.shrink(x, a, buffer, groups, 0.5)
+    out = torch.ones(len(indices), OUT, dtype=dtype)  # the base layer's output
+    lora_groups.expand(buffer, b, out, groups, add=True)
+    expected = _reference(x, a, b, indices, 0.5) + 1
+    tol = {"rtol": 3e-2, "atol": 3e-1} if dtype == torch.bfloat16 else {"rtol": 1e-4, "atol": 1e-4}
+    torch.testing.assert_close(out.double(), expected, **tol)
+    base = indices < 0
+    assert torch.equal(out[base], torch.ones_like(out[base]))  # exactly no delta
+    assert torch.count_nonzero(buffer[base]) == 0
+
+
+def test_groups_split_big_and_small_and_skip_base_tokens() -> None:
+    indices = _indices([(1, 40), (0, 2), (-1, 20), (3, 1), (5, 17)])
+    groups = TokenGroups.build(indices, RANKS, small_max=16)
+    assert [g.slot for g in groups.big] == [1, 5]
+    assert groups.small is not None and groups.small.slots.tolist() == [0, 3]
+    assert groups.small.width == 2 and groups.small.rank == 16
+    assert groups.slots == [0, 1, 3, 5]
+    covered = torch.cat([*(g.rows for g in groups.big), groups.small.rows])
+    assert sorted(covered.tolist()) == torch.nonzero(indices >= 0).view(-1).tolist()
+    assert TokenGroups.build(torch.full((4,), -1)).empty
+
+
+def test_expand_overwrite_zeroes_base_rows() -> None:
+    indices = torch.tensor([2, -1, 2])
+    a, b = _weights(torch.float32)
+    groups = TokenGroups.build(indices, RANKS)
+    h = torch.randn(3, MAX_RANK)
+    out = torch.full((3, OUT), 7.0)
+    lora_groups.expand(h, b, out, groups, add=False)
+    assert torch.count_nonzero(out[1]) == 0
+    torch.testing.assert_close(out[0], h[0, :4] @ b[2, 0, :, :4].t())
