@@ -9,7 +9,7 @@ import httpx
 import pytest
 import torch
 
-from loramux.server.launch import ServerProcess
+from loramux.support.launch import ServerProcess
 
 USER_KEY, ADMIN_KEY = "sk-user-test", "sk-admin-test"
 
