@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -99,8 +100,8 @@ def _open(location: str):
 
 
 def push_worker(location: str, folder: str, name: str, start: object) -> None:
-    """One of the concurrent pushers: wait for the common start, push once."""
-    start.wait()  # type: ignore[attr-defined]
+    """One of the concurrent pushers: wait for the others (a Barrier), push once."""
+    start.wait(60)  # type: ignore[attr-defined]
     with _open(location) as registry:
         registry.push(folder, name)
 
@@ -126,13 +127,24 @@ def fetch_worker(
         results.put(str(AdapterCache(cache_root).fetch(registry, manifest)))  # type: ignore[attr-defined]
 
 
-def push_forever(location: str, name: str, folders: list[str]) -> None:
-    """Push the folders round-robin (each differs from the one before) until killed."""
+def push_forever(location: str, name: str, folders: list[str], fresh: bool = False) -> None:
+    """Push the folders round-robin (each differs from the one before) until killed.
+
+    ``fresh``: push a new adapter (like the folders, new weights) each time instead, so that
+    every push uploads bytes the store lacks; round-robin pushes over HTTP soon find every
+    blob already there and upload nothing, so a kill would never land mid-upload.
+    """
     with _open(location) as registry:
         os.write(1, f"started {os.getpid()}\n".encode())  # one write: atomic on a pipe
         i = 0
         while True:
-            registry.push(folders[i % len(folders)], name)
+            if fresh:
+                folder = Path(folders[0]).parent / f"fresh-{os.getpid()}-{i}"
+                write_adapter(folder, seed=os.getpid() * 1000 + i, hidden=4096, r=32)
+                registry.push(folder, name)
+                shutil.rmtree(folder)
+            else:
+                registry.push(folders[i % len(folders)], name)
             i += 1
 
 
@@ -140,9 +152,12 @@ def zygote(location: str, name: str, folders: list[str]) -> None:
     """Import once, then fork a pusher per ``fork`` line: the SIGKILL test kills children
     at random moments many times without paying an interpreter start-up each time.
 
-    The zygote answers ``fork`` with the child's pid; the child then says ``started <pid>``
-    once it is about to push (both on the same pipe).
+    The zygote answers ``fork`` (or ``fork fresh``) with the child's pid; the child then says
+    ``started <pid>`` once it is about to push (both on the same pipe).
     """
+    import numpy  # noqa: F401  (what ``write_adapter`` imports lazily, imported once here)
+    import safetensors.numpy  # noqa: F401
+
     import loramux.registry.remote  # noqa: F401
     from loramux.registry.validate import Limits, scan_folder, validate_adapter
 
@@ -150,11 +165,11 @@ def zygote(location: str, name: str, folders: list[str]) -> None:
     print("ready", flush=True)
     for line in sys.stdin:
         command, _, arg = line.strip().partition(" ")
-        if command == "fork":
+        if command == "fork":  # "fork" or "fork fresh"
             pid = os.fork()
             if pid == 0:
                 try:
-                    push_forever(location, name, folders)
+                    push_forever(location, name, folders, fresh=arg == "fresh")
                 finally:
                     os._exit(1)
             os.write(1, f"{pid}\n".encode())

@@ -263,15 +263,13 @@ def test_concurrent_pushes_get_consecutive_versions(backend, make_adapter) -> No
     folders = [str(make_adapter(seed=100 + i)) for i in range(8)]
     location = str(backend.root) if backend.kind == "local" else backend.server.url
     ctx = multiprocessing.get_context("spawn")
-    start = ctx.Event()
+    start = ctx.Barrier(len(folders))  # all eight push at once, however slow their start-up
     from registry_support import push_worker
 
     procs = [ctx.Process(target=push_worker, args=(location, f, "contended", start))
              for f in folders]
     for p in procs:
         p.start()
-    time.sleep(0.5)
-    start.set()
     for p in procs:
         p.join(timeout=90)
         assert p.exitcode == 0
