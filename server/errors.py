@@ -76,3 +76,18 @@ class Overloaded(ServerError):
 class EngineUnavailable(ServerError):
     status = 503
     type = "service_unavailable"
+
+
+class AdapterTooLarge(ServerError):
+    """The adapter alone exceeds the server's whole disk cache budget (`--max-cache-bytes`)."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "adapter_too_large"
+
+
+class SettingsError(ServerError):
+    """The server's settings cannot work on this machine (e.g. LoRA slots that do not fit)."""
+
+    status = 500
+    type = "invalid_settings"

@@ -17,6 +17,7 @@ which is fine: vLLM runs eager on CPU when LoRA is on (its CPU platform turns co
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,24 +28,21 @@ SMALL_GROUP_TOKENS = 16
 
 
 @dataclass(frozen=True)
-class Group:
-    """One adapter slot with many tokens: its rows in the step, in token order."""
+class Batch:
+    """Tokens whose products run as one batched GEMM: ``groups`` slots x ``width`` rows each.
 
+    A large group is a batch of its own on a view of its slot's weights (no copy); the small
+    groups share one batch on their weights gathered once per op, each padded to ``width`` rows.
+    """
+
+    rows: torch.Tensor  # token rows the batch produces, in result order
+    source: torch.Tensor  # [groups * width] token row per padded position (pads repeat one)
+    placed: torch.Tensor | None  # padded positions that hold ``rows`` (None: every position)
+    slots: torch.Tensor | None  # slots to gather (None: the single slot ``slot``, as a view)
     slot: int
-    rows: torch.Tensor
-    rank: int | None
-
-
-@dataclass(frozen=True)
-class SmallGroups:
-    """Adapters with few tokens, laid out as ``[len(slots), width]`` padded positions."""
-
-    slots: torch.Tensor  # [G] slot of each group
-    source: torch.Tensor  # [G * width] token row for each padded position (pads repeat a row)
-    placed: torch.Tensor  # [n] padded positions that hold a real token
-    rows: torch.Tensor  # [n] the token row at each of those positions
+    groups: int
     width: int
-    rank: int | None
+    rank: int | None  # largest adapter rank in the batch (None: unknown, use the padded rank)
 
 
 @dataclass(frozen=True)
@@ -52,17 +50,16 @@ class TokenGroups:
     """A step's tokens by slot; built once per step, read by every LoRA op of that step."""
 
     num_tokens: int
-    big: tuple[Group, ...]
-    small: SmallGroups | None
+    batches: tuple[Batch, ...]
 
     @property
     def empty(self) -> bool:
-        return not self.big and self.small is None
+        return not self.batches
 
     @property
     def slots(self) -> list[int]:
-        small = self.small.slots.tolist() if self.small is not None else []
-        return sorted([g.slot for g in self.big] + small)
+        return sorted(s for b in self.batches
+                      for s in (b.slots.tolist() if b.slots is not None else [b.slot]))
 
     @classmethod
     def build(cls, indices: torch.Tensor, ranks: dict[int, int] | None = None,
@@ -72,10 +69,10 @@ class TokenGroups:
         indices = indices.reshape(-1)
         rows = torch.nonzero(indices >= 0).view(-1)
         if rows.numel() == 0:
-            return cls(int(indices.numel()), (), None)
+            return cls(int(indices.numel()), ())
         rows = rows[torch.argsort(indices[rows], stable=True)]
         slots, counts = torch.unique_consecutive(indices[rows], return_counts=True)
-        big: list[Group] = []
+        batches: list[Batch] = []
         small_slots: list[int] = []
         small_runs: list[torch.Tensor] = []
         start = 0
@@ -83,20 +80,19 @@ class TokenGroups:
             run = rows[start:start + count]
             start += count
             if count > small_max:
-                big.append(Group(slot, run, _rank(ranks, [slot])))
+                batches.append(Batch(run, run, None, None, slot, 1, count, _rank(ranks, [slot])))
             else:
                 small_slots.append(slot)
                 small_runs.append(run)
-        small = None
         if small_runs:
             width = max(len(run) for run in small_runs)
             source = torch.stack([
                 torch.cat([run, run[:1].expand(width - len(run))]) for run in small_runs]).view(-1)
             placed = torch.cat([torch.arange(len(run)) + g * width
                                 for g, run in enumerate(small_runs)])
-            small = SmallGroups(torch.tensor(small_slots), source, placed,
-                                torch.cat(small_runs), width, _rank(ranks, small_slots))
-        return cls(int(indices.numel()), tuple(big), small)
+            batches.append(Batch(torch.cat(small_runs), source, placed, torch.tensor(small_slots),
+                                 -1, len(small_runs), width, _rank(ranks, small_slots)))
+        return cls(int(indices.numel()), tuple(batches))
 
 
 def _rank(ranks: dict[int, int] | None, slots: list[int]) -> int | None:
@@ -105,57 +101,42 @@ def _rank(ranks: dict[int, int] | None, slots: list[int]) -> int | None:
     return max(ranks[s] for s in slots)
 
 
-def products(x: torch.Tensor, weights: torch.Tensor, groups: TokenGroups, dtype: torch.dtype,
-             rank_dim: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``x[t] @ weights[slot(t)].T`` for every grouped token, as ``(rows, values)`` pieces.
+def _stacked(weights: torch.Tensor) -> torch.Tensor:
+    """vLLM's ``[slots, 1, out, in]`` (or ``[slots, out, in]``) as ``[slots, out, in]``."""
+    return weights.squeeze(1) if weights.dim() == 4 else weights
 
-    ``weights`` is vLLM's stacked ``[slots, (1,) out, in]``. ``rank_dim`` names the rank axis of
-    a slot's ``[out, in]`` matrix (0 for shrink, 1 for expand) so it can be cut to the rank of
-    the adapters present; None keeps it whole.
+
+def _mats(w: torch.Tensor, batch: Batch, rank_axis: int) -> torch.Tensor:
+    """The batch's ``[groups, out, in]`` weights, cut to its rank before any copy."""
+    if batch.rank is not None and batch.rank < w.shape[rank_axis]:
+        w = w.narrow(rank_axis, 0, batch.rank)
+    return w.narrow(0, batch.slot, 1) if batch.slots is None else w.index_select(0, batch.slots)
+
+
+def _run(x: torch.Tensor, mats: torch.Tensor, batch: Batch) -> torch.Tensor:
+    inputs = x.index_select(0, batch.source).view(batch.groups, batch.width, -1)
+    out = torch.bmm(inputs, mats.to(x.dtype).transpose(1, 2)).view(-1, mats.shape[1])
+    return out if batch.placed is None else out.index_select(0, batch.placed)
+
+
+def shrink(x: torch.Tensor, weights: Sequence[torch.Tensor], outs: Sequence[torch.Tensor],
+           groups: TokenGroups, scale: float) -> None:
+    """``outs[i] = scale * x @ A_i[slot].T`` for one layer's slices (q/k/v, gate/up) at once.
+
+    The slices share their input, so their weights are concatenated per batch and each batch
+    is one GEMM for all of them. Overwrites: rows of base tokens, and the padded rank, become 0.
     """
-    w = weights.squeeze(1) if weights.dim() == 4 else weights
-    x = x.to(dtype)
-    pieces = []
-    for group in groups.big:
-        pieces.append((group.rows, _mm(x.index_select(0, group.rows), w[group.slot], rank_dim,
-                                       group.rank, dtype)))
-    small = groups.small
-    if small is not None:
-        mats = w.index_select(0, small.slots)
-        if rank_dim is not None and small.rank is not None:
-            mats = mats.narrow(rank_dim + 1, 0, small.rank)
-            if rank_dim == 1:
-                x = x[:, : small.rank]
-        mats = mats.to(dtype)
-        inputs = x.index_select(0, small.source).view(len(small.slots), small.width, -1)
-        out = torch.bmm(inputs, mats.transpose(1, 2)).view(-1, mats.shape[1])
-        out = out.index_select(0, small.placed)
-        if rank_dim == 0 and small.rank is not None and small.rank < w.shape[1]:
-            out = torch.nn.functional.pad(out, (0, w.shape[1] - small.rank))
-        pieces.append((small.rows, out))
-    return pieces
-
-
-def _mm(inputs: torch.Tensor, mat: torch.Tensor, rank_dim: int | None, rank: int | None,
-        dtype: torch.dtype) -> torch.Tensor:
-    """One slot's product, its ``[out, in]`` matrix cut to ``rank`` along ``rank_dim``."""
-    full_out = mat.shape[0]
-    if rank_dim is not None and rank is not None:
-        mat = mat.narrow(rank_dim, 0, rank)
-        if rank_dim == 1:
-            inputs = inputs[:, :rank]
-    out = inputs @ mat.to(dtype).t()
-    if out.shape[1] < full_out:
-        out = torch.nn.functional.pad(out, (0, full_out - out.shape[1]))
-    return out
-
-
-def shrink(x: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, groups: TokenGroups,
-           scale: float) -> None:
-    """``out = scale * x @ A[slot].T`` (overwrites; rows of base tokens become 0)."""
-    out.zero_()
-    for rows, values in products(x, weights, groups, out.dtype, rank_dim=0):
-        out.index_copy_(0, rows, values[:, : out.shape[1]].mul_(scale))
+    stacks = [_stacked(w) for w in weights]
+    for out in outs:
+        out.zero_()
+    x = x.to(outs[0].dtype)
+    for batch in groups.batches:
+        parts = [_mats(w, batch, 1) for w in stacks]
+        rank = parts[0].shape[1]
+        values = _run(x, parts[0] if len(parts) == 1 else torch.cat(parts, dim=1), batch)
+        values.mul_(scale)
+        for i, out in enumerate(outs):
+            out[:, :rank].index_copy_(0, batch.rows, values[:, i * rank:(i + 1) * rank])
 
 
 def expand(x: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, groups: TokenGroups,
@@ -163,6 +144,10 @@ def expand(x: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, groups: To
     """``out (+)= x @ B[slot].T`` on every grouped row; other rows untouched when adding."""
     if not add:
         out.zero_()
-    common = min(out.shape[1], weights.shape[-2])
-    for rows, values in products(x, weights, groups, out.dtype, rank_dim=1):
-        out[:, :common].index_add_(0, rows, values[:, :common])
+    w = _stacked(weights)
+    common = min(out.shape[1], w.shape[1])
+    x = x.to(out.dtype)
+    for batch in groups.batches:
+        mats = _mats(w, batch, 2)
+        values = _run(x[:, : mats.shape[2]], mats, batch)
+        out[:, :common].index_add_(0, batch.rows, values[:, :common])

@@ -6,11 +6,13 @@ used (AsyncEngineArgs, AsyncLLM.generate with a TokensPrompt, LoRARequest, Sampl
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from loramux.server.engines import vllm_patches
 from loramux.server.engines.base import (
@@ -20,7 +22,7 @@ from loramux.server.engines.base import (
     GenerationRequest,
     TokenLogprob,
 )
-from loramux.server.errors import EngineUnavailable, InvalidRequest
+from loramux.server.errors import EngineUnavailable, InvalidRequest, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,49 @@ def slot_count(options: VllmOptions) -> int:
     return options.max_cpu_loras if current_platform.is_cpu() else min(8, options.max_cpu_loras)
 
 
+def slot_bytes(model_dir: Path, rank: int, dtype: str) -> int | None:
+    """Bytes one LoRA slot takes in vLLM's stacked weights: every linear layer of a Llama-shaped
+    model at ``rank`` (vLLM pads each slot to ``max_lora_rank``); None for another shape."""
+    try:
+        cfg = json.loads((model_dir / "config.json").read_text())
+        hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
+        heads, layers = cfg["num_attention_heads"], cfg["num_hidden_layers"]
+    except (OSError, ValueError, KeyError):
+        return None
+    head_dim = cfg.get("head_dim") or hidden // heads
+    q, kv = heads * head_dim, cfg.get("num_key_value_heads", heads) * head_dim
+    # (A rows x in) + (out x B cols) per module, q/k/v and gate/up each a slice of their own.
+    per_layer = (3 * hidden + q + 2 * kv) + (q + hidden) + (2 * hidden + 2 * inter) + (
+        inter + hidden)
+    width = 4 if dtype in ("float32", "float") else 2
+    return rank * per_layer * layers * width
+
+
+def check_slot_memory(options: VllmOptions, slots: int) -> None:
+    """Log what the slots take, and refuse on CPU, with the numbers, a count that cannot fit."""
+    per_slot = slot_bytes(Path(options.model), options.max_lora_rank, options.dtype)
+    if per_slot is None:
+        log.info("LoRA slots: %d (size unknown for this model shape)", slots)
+        return
+    total = per_slot * slots
+    log.info("LoRA slots: %d x %.1f MiB (rank %d, %s) = %.2f GiB", slots, per_slot / 2**20,
+             options.max_lora_rank, options.dtype, total / 2**30)
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return  # vLLM profiles GPU memory itself and says when the KV cache does not fit
+    import psutil
+
+    kv = int(options.kv_cache_gib * 2**30)
+    available = psutil.virtual_memory().available
+    if total + kv > available:
+        raise SettingsError(
+            f"{slots} LoRA slots x {per_slot / 2**20:.1f} MiB (rank {options.max_lora_rank}, "
+            f"{options.dtype}) = {total / 2**30:.2f} GiB do not fit beside the "
+            f"{options.kv_cache_gib:g} GiB KV cache in {available / 2**30:.2f} GiB of available "
+            "memory: lower --max-loras, --max-cpu-loras or --max-lora-rank")
+
+
 def _children_rss() -> int:
     """Resident bytes of this process and its engine/worker processes."""
     import psutil
@@ -84,6 +129,7 @@ class VllmEngine:
 
         quantization = None if options.quantization in (None, "none") else options.quantization
         max_loras = slot_count(options)
+        check_slot_memory(options, max_loras)
         kwargs = dict(
             model=options.model,
             enable_lora=True,

@@ -114,7 +114,7 @@ def _slot_ranks(lora_index_to_id: list[int | None]) -> dict[int, int]:
     return {slot: RANKS[i] for slot, i in enumerate(lora_index_to_id) if i in RANKS}
 
 
-NO_GROUPS = TokenGroups(0, (), None)
+NO_GROUPS = TokenGroups(0, ())
 
 
 class GroupedPunica:
@@ -132,9 +132,8 @@ class GroupedPunica:
 
     def add_shrink(self, y, x, lora_a_stacked, scale: float, **kwargs) -> None:
         x = x.view(-1, x.shape[-1])
-        for out, weights in zip(y, lora_a_stacked, strict=False):
-            lora_groups.shrink(x, weights, out.view(-1, out.shape[-1]), self.loramux_tokens,
-                               scale)
+        outs = [out.view(-1, out.shape[-1]) for out in y][: len(lora_a_stacked)]
+        lora_groups.shrink(x, list(lora_a_stacked), outs, self.loramux_tokens, scale)
 
     def add_expand(self, y, x, lora_b_stacked, output_slices, offset_start: int = 0,
                    add_inputs: bool = True, **kwargs) -> None:
@@ -164,7 +163,7 @@ class GroupedPunica:
         flat, x = y.view(-1, y.shape[-1]), x.view(-1, x.shape[-1])
         if buffer is None:
             buffer = torch.empty((x.size(0), lora_b_stacked.size(-1)), dtype=x.dtype)
-        lora_groups.shrink(x, lora_a_stacked, buffer, groups, scale)
+        lora_groups.shrink(x, [lora_a_stacked], [buffer], groups, scale)
         lora_groups.expand(buffer, lora_b_stacked, flat, groups, add=True)
 
 

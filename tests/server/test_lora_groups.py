@@ -59,7 +59,7 @@ def test_grouped_products_match_per_token_reference(case, dtype, ranked) -> None
     x = torch.randn(len(indices), HIDDEN, generator=torch.Generator().manual_seed(2)).to(dtype)
     groups = TokenGroups.build(indices, RANKS if ranked else None, small_max=16)
     buffer = torch.full((len(indices), MAX_RANK), 9.0, dtype=dtype)  # stale values: overwritten
-    lora_groups.shrink(x, a, buffer, groups, 0.5)
+    lora_groups.shrink(x, [a], [buffer], groups, 0.5)
     out = torch.ones(len(indices), OUT, dtype=dtype)  # the base layer's output
     lora_groups.expand(buffer, b, out, groups, add=True)
     expected = _reference(x, a, b, indices, 0.5) + 1
@@ -73,21 +73,37 @@ def test_grouped_products_match_per_token_reference(case, dtype, ranked) -> None
 def test_groups_split_big_and_small_and_skip_base_tokens() -> None:
     indices = _indices([(1, 40), (0, 2), (-1, 20), (3, 1), (5, 17)])
     groups = TokenGroups.build(indices, RANKS, small_max=16)
-    assert [g.slot for g in groups.big] == [1, 5]
-    assert groups.small is not None and groups.small.slots.tolist() == [0, 3]
-    assert groups.small.width == 2 and groups.small.rank == 16
+    big, small = groups.batches[:-1], groups.batches[-1]
+    assert [b.slot for b in big] == [1, 5] and all(b.slots is None for b in big)
+    assert small.slots is not None and small.slots.tolist() == [0, 3]
+    assert small.width == 2 and small.rank == 16
     assert groups.slots == [0, 1, 3, 5]
-    covered = torch.cat([*(g.rows for g in groups.big), groups.small.rows])
+    covered = torch.cat([b.rows for b in groups.batches])
     assert sorted(covered.tolist()) == torch.nonzero(indices >= 0).view(-1).tolist()
     assert TokenGroups.build(torch.full((4,), -1)).empty
 
 
 def test_expand_overwrite_zeroes_base_rows() -> None:
     indices = torch.tensor([2, -1, 2])
-    a, b = _weights(torch.float32)
+    _, b = _weights(torch.float32)
     groups = TokenGroups.build(indices, RANKS)
     h = torch.randn(3, MAX_RANK)
     out = torch.full((3, OUT), 7.0)
     lora_groups.expand(h, b, out, groups, add=False)
     assert torch.count_nonzero(out[1]) == 0
     torch.testing.assert_close(out[0], h[0, :4] @ b[2, 0, :, :4].t())
+
+
+def test_fused_slices_match_one_slice_at_a_time() -> None:
+    """q/k/v (or gate/up) shrinks in one GEMM give what each slice gives alone."""
+    indices = _indices([(0, 3), (1, 20), (-1, 2), (4, 1)])
+    gen = torch.Generator().manual_seed(3)
+    slices = [_weights(torch.float32)[0] * (i + 1) for i in range(3)]
+    x = torch.randn(len(indices), HIDDEN, generator=gen)
+    groups = TokenGroups.build(indices, RANKS)
+    fused = [torch.empty(len(indices), MAX_RANK) for _ in slices]
+    lora_groups.shrink(x, slices, fused, groups, 2.0)
+    for a, out in zip(slices, fused, strict=True):
+        alone = torch.empty(len(indices), MAX_RANK)
+        lora_groups.shrink(x, [a], [alone], groups, 2.0)
+        torch.testing.assert_close(out, alone)

@@ -49,8 +49,17 @@ def test_same_as_vllm_for_adapter_tokens_and_nothing_for_base_tokens(dtype, stac
     assert torch.equal(out[~lora], torch.ones_like(out[~lora]))
     assert torch.equal(sliced[~lora], torch.ones_like(sliced[~lora]))
     assert torch.count_nonzero(replaced[~lora]) == 0
-    assert not torch.equal(stock[1][~lora], torch.ones_like(out[~lora]))  # the bug we replace
     assert not torch.allclose(out[1], out[2])  # the slots really differ
+
+
+def test_stock_vllm_still_gives_base_tokens_the_last_slot() -> None:
+    """Why the replacement exists; once vLLM fixes its ops, this says so instead of failing."""
+    indices = torch.tensor([-1, 0, 2, 1, -1, 2])
+    _, out, _, _ = _lora_pass(STOCK, indices, torch.float32, 4)
+    base = indices < 0
+    if torch.equal(out[base], torch.ones_like(out[base])):
+        pytest.skip("stock vLLM no longer adds an adapter to base-model tokens (PR #48421 "
+                    "landed?): the -1 half of loramux's CPU ops is redundant, the speed half stays")
 
 
 def test_prefill_ops_route_through_the_replacements(monkeypatch: pytest.MonkeyPatch) -> None:
