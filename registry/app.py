@@ -23,7 +23,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from loramux.registry.auth import Identity, TokenAuth, actor_of, require_read, require_write
 from loramux.registry.errors import (
     InvalidRequest,
-    NotFound,
     RegistryError,
     TooLarge,
     Unauthorized,
@@ -37,7 +36,7 @@ from loramux.registry.manifest import (
     VerifyReport,
     VersionInfo,
 )
-from loramux.registry.refs import AdapterRef, validate_digest
+from loramux.registry.refs import AdapterRef
 from loramux.registry.store import LocalRegistry
 from loramux.registry.validate import Limits
 
@@ -145,7 +144,7 @@ def create_app(registry: LocalRegistry, auth: TokenAuth) -> FastAPI:
 
 @router.get("/health")
 def health(request: Request) -> dict[str, str]:
-    _registry(request).index.conn().execute("SELECT 1").fetchone()
+    _registry(request).ping()
     return {"status": "ok"}
 
 
@@ -191,14 +190,9 @@ async def resolve(request: Request, _: Reader, ref: str) -> Response:
 
 
 def _blob_response(request: Request, digest: str) -> _BlobResponse:
-    validate_digest(digest, full=True)
-    registry = _registry(request)
-    if registry.blobs.size(digest) is None:
-        raise NotFound(f"blob {digest} is not in the store")
+    path = _registry(request).blob_file(digest)
     headers = {"X-Content-Digest": digest, "ETag": f'"{digest}"', "Cache-Control": "immutable"}
-    return _BlobResponse(
-        registry.blobs.path(digest), media_type="application/octet-stream", headers=headers
-    )
+    return _BlobResponse(path, media_type="application/octet-stream", headers=headers)
 
 
 @router.get("/v2/blobs/{digest}", response_class=_BlobResponse)
@@ -216,25 +210,18 @@ def head_blob(request: Request, _: Reader, digest: str) -> _BlobResponse:
 @router.put("/v2/blobs/{digest}", status_code=201, response_model=None)
 async def put_blob(request: Request, _: Writer, digest: str) -> dict[str, object] | Response:
     """Stream the body to a temp file, hashing it; it becomes a blob only if it matches."""
-    validate_digest(digest, full=True)
-    registry = _registry(request)
-    limit = registry.limits.file_bytes
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise TooLarge(f"blob of {declared} bytes is larger than the limit of {limit} bytes")
-    lock = registry.lock.shared()
-    await run_in_threadpool(lock.__enter__)
-    writer = registry.blobs.writer(max_bytes=limit, what=f"upload {digest[:19]}…")
+    size = int(declared) if declared is not None and declared.isdigit() else None
+    upload = await run_in_threadpool(_registry(request).upload, digest, size=size)
     try:
         async for chunk in request.stream():
-            writer.feed(chunk)
-        hex_, size = await run_in_threadpool(writer.finish, digest)
+            upload.feed(chunk)
+        hex_, size = await run_in_threadpool(upload.finish)
     except ClientDisconnect:
         log.info("upload of %s aborted by the client; nothing stored", digest)
         return Response(status_code=400)  # nobody is listening any more
     finally:
-        writer.abort()  # no-op once committed
-        lock.__exit__(None, None, None)
+        upload.close()
     return {"digest": f"sha256:{hex_}", "size": size}
 
 

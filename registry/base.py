@@ -1,13 +1,16 @@
 """The ``Registry`` protocol both stores implement, and the argument handling they share.
 
 The trainer and the server hold a ``Registry`` and never care whether it is a local folder or a
-remote server; keeping the argument coercion here keeps the two implementations identical in
-what they accept.
+remote server. ``LocalRegistry`` and ``RemoteRegistry`` subclass the protocol explicitly, so the
+parts that must not differ between them (push's arguments turned into one ``PushRequest``, pull,
+show) are written once, here.
 """
 
 from __future__ import annotations
 
 import getpass
+import json
+import logging
 import os
 import socket
 from datetime import datetime
@@ -19,22 +22,36 @@ from pydantic import ValidationError
 from loramux.registry.errors import InvalidBaseModel, InvalidName, InvalidRequest
 from loramux.registry.fingerprint import base_components, fingerprint_of
 from loramux.registry.manifest import (
+    MAX_DESCRIPTION,
     AliasPointer,
     AuditEntry,
     GcReport,
     Lineage,
     Manifest,
+    PushRequest,
     QuantizationInfo,
     VerifyReport,
     VersionInfo,
+    check_labels,
 )
-from loramux.registry.refs import AdapterRef, validate_digest
+from loramux.registry.refs import AdapterRef, validate_alias, validate_digest, validate_name
+from loramux.registry.transfer import materialize
 
+log = logging.getLogger(__name__)
 DEFAULT_LOG_LIMIT = 100
 
 
 @runtime_checkable
 class Registry(Protocol):
+    """A store of versioned LoRA adapters: a local folder or a registry server.
+
+    Every error is a :class:`~loramux.registry.errors.RegistryError`; a remote registry that
+    cannot be reached raises ``RemoteError``, and one that refuses the token ``Unauthorized`` or
+    ``Forbidden``, from any method.
+    """
+
+    actor: str  # who the audit log records for this client's changes
+
     def push(
         self,
         folder: Path | str,
@@ -48,11 +65,52 @@ class Registry(Protocol):
         quantization: QuantizationInfo | str | dict[str, Any] | None = None,
         lineage: Lineage | dict[str, Any] | None = None,
         created_by: str | None = None,
-    ) -> Manifest: ...
+    ) -> Manifest:
+        """Validate the PEFT LoRA adapter in ``folder`` and store it as ``name``'s next version.
 
-    def resolve(self, ref: str | AdapterRef) -> Manifest: ...
+        ``alias`` is moved to the new version; ``base_model`` (a folder) is fingerprinted, or
+        ``base_fingerprint`` (``sha256:…``) is taken as given; without either, the base named
+        in ``adapter_config.json`` is fingerprinted when it is a local folder.
+        ``quantization`` is what the adapter was trained against (``nf4+dq+bf16``…), and
+        ``lineage`` how it was made. Content equal to the latest version's makes no new version.
 
-    def show(self, ref: str | AdapterRef) -> Manifest: ...
+        Returns the manifest of the version ``name`` now ends with.
+        Raises ``InvalidName`` (name, alias, labels, description), ``InvalidAdapter`` and its
+        subclasses (not a loadable LoRA adapter), ``InvalidBaseModel``, ``InvalidRequest``
+        (quantization, lineage), ``TooLarge``; nothing is stored when it raises.
+        """
+        validate_name(name)
+        request = push_request(
+            alias=alias, description=description, labels=labels, base_model=base_model,
+            base_fingerprint=base_fingerprint, quantization=quantization, lineage=lineage,
+            created_by=created_by or self.actor,
+        )
+        unfingerprinted = None
+        if base_model is None and base_fingerprint is None:
+            request, unfingerprinted = with_recorded_base(Path(folder), request)
+        manifest = self._push(Path(folder), name, request)
+        if unfingerprinted:  # said after the push: a refused adapter gets its error alone
+            log.warning("%s has no base fingerprint (%s): servers will refuse it; re-push with "
+                        "--base FOLDER or --base-fingerprint", manifest.ref, unfingerprinted)
+        return manifest
+
+    def _push(self, folder: Path, name: str, request: PushRequest) -> Manifest:
+        """Store the folder's files, then commit ``request`` as ``name``'s next version."""
+        ...
+
+    def resolve(self, ref: str | AdapterRef) -> Manifest:
+        """The manifest ``ref`` names now: ``name`` (latest), ``name@7``, ``name:prod`` or
+        ``name@sha256:<12+ hex>``.
+
+        Raises ``InvalidName`` for a malformed reference, ``NotFound`` (saying whether the
+        name, alias or version is missing, or when the version was deleted), ``Conflict`` when
+        a digest prefix matches several versions.
+        """
+        ...
+
+    def show(self, ref: str | AdapterRef) -> Manifest:
+        """What ``loramux registry show`` prints: the manifest, exactly as :meth:`resolve`."""
+        return self.resolve(ref)
 
     def list(
         self,
@@ -61,21 +119,65 @@ class Registry(Protocol):
         base_fingerprint: str | None = None,
         labels: dict[str, str] | None = None,
         include_deleted: bool = False,
-    ) -> list[VersionInfo]: ...
+    ) -> list[VersionInfo]:
+        """Versions, by name then newest first, with their current aliases.
 
-    def pull(self, ref: str | AdapterRef, to: Path | str) -> Path: ...
+        Filters: ``name``, ``base_fingerprint`` (exact), ``labels`` (every pair must match);
+        deleted versions only with ``include_deleted``. Raises ``InvalidName`` for a bad name.
+        """
+        ...
 
-    def open_blob(self, digest: str) -> BinaryIO: ...
+    def pull(self, ref: str | AdapterRef, to: Path | str) -> Path:
+        """Write ``ref``'s files into the folder ``to`` (absent or empty); returns it.
 
-    def alias_set(self, name: str, alias: str, version: int) -> AliasPointer: ...
+        Every byte is verified against the manifest; on any failure no folder is left behind.
+        Raises what :meth:`resolve` raises, ``Conflict`` if ``to`` is not an empty folder,
+        ``IntegrityError`` if a blob's bytes do not match.
+        """
+        return materialize(self.resolve(ref), self.open_blob, Path(to))
 
-    def alias_rm(self, name: str, alias: str) -> None: ...
+    def open_blob(self, digest: str) -> BinaryIO:
+        """A readable stream of the blob ``sha256:<64 hex>`` (unverified: the caller hashes).
 
-    def delete(self, ref: str | AdapterRef, *, force: bool = False) -> VersionInfo: ...
+        Raises ``NotFound`` if the store lacks it.
+        """
+        ...
 
-    def gc(self) -> GcReport: ...
+    def alias_set(self, name: str, alias: str, version: int) -> AliasPointer:
+        """Point ``name:alias`` at ``version`` (recorded in the audit log); returns the pointer.
 
-    def verify(self) -> VerifyReport: ...
+        Raises ``InvalidName`` (``latest`` and all-digit aliases are refused), ``NotFound`` if
+        the version does not exist or was deleted.
+        """
+        ...
+
+    def alias_rm(self, name: str, alias: str) -> None:
+        """Remove ``name:alias``. Raises ``InvalidName``, ``NotFound`` if it is not set."""
+        ...
+
+    def delete(self, ref: str | AdapterRef, *, force: bool = False) -> VersionInfo:
+        """Yank a version (``name@N`` or ``name@sha256:…``): it no longer resolves, and its
+        number is never reused; its blobs go at the next :meth:`gc`. Returns it, ``deleted``.
+
+        Raises ``InvalidName`` for a reference that could move (a name or an alias),
+        ``NotFound``, ``Conflict`` while aliases point at it (``force`` removes them).
+        """
+        ...
+
+    def gc(self) -> GcReport:
+        """Remove blobs no live version uses and leftovers of interrupted pushes.
+
+        Waits for running pushes. Over HTTP it needs a write token (else ``Forbidden``).
+        """
+        ...
+
+    def verify(self) -> VerifyReport:
+        """Re-hash every blob. Corrupt ones are moved to ``quarantine/`` (so the next push of
+        the same file stores it again) and reported, with missing ones, in ``problems``.
+
+        Over HTTP it needs a write token (it changes the store), else ``Forbidden``.
+        """
+        ...
 
     def log(
         self,
@@ -85,11 +187,27 @@ class Registry(Protocol):
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int = DEFAULT_LOG_LIMIT,
-    ) -> list[AuditEntry]: ...
+    ) -> list[AuditEntry]:
+        """The audit log, newest first: pushes, alias moves (with the version before and
+        after) and deletes, filtered by name, alias and time (naive times are local)."""
+        ...
 
-    def alias_at(self, name: str, alias: str, when: datetime) -> AliasPointer | None: ...
+    def alias_at(self, name: str, alias: str, when: datetime) -> AliasPointer | None:
+        """Where ``name:alias`` pointed at ``when``, or None if it was not set then.
 
-    def close(self) -> None: ...
+        Raises ``InvalidName`` for a bad name or alias.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release connections; the registry is not used afterwards."""
+        ...
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def default_actor() -> str:
@@ -99,6 +217,42 @@ def default_actor() -> str:
     except (KeyError, OSError):
         user = f"uid{os.getuid()}"
     return f"{user}@{socket.gethostname()}"
+
+
+def push_request(
+    *,
+    alias: str | None,
+    description: str,
+    labels: dict[str, str] | None,
+    base_model: Path | str | None,
+    base_fingerprint: str | None,
+    quantization: QuantizationInfo | str | dict[str, Any] | None,
+    lineage: Lineage | dict[str, Any] | None,
+    created_by: str | None,
+) -> PushRequest:
+    """A push's arguments, checked, as the request both stores commit (files added later)."""
+    fingerprint, components = base_facts(base_model, base_fingerprint)
+    return check_push_request(PushRequest(
+        files=[],
+        alias=alias,
+        description=description,
+        labels=check_labels(labels),
+        base_fingerprint=fingerprint,
+        base_components=components,
+        quantization=coerce_quantization(quantization),
+        lineage=coerce_lineage(lineage),
+        created_by=created_by,
+    ))
+
+
+def check_push_request(request: PushRequest) -> PushRequest:
+    """What a commit re-checks, since over HTTP the request comes from a client."""
+    if request.alias is not None:
+        validate_alias(request.alias)
+    if len(request.description) > MAX_DESCRIPTION:
+        raise InvalidName(f"description is longer than {MAX_DESCRIPTION} characters")
+    check_labels(request.labels)
+    return request
 
 
 def coerce_quantization(
@@ -143,6 +297,26 @@ def base_facts(
             f"{base_model} has fingerprint {fingerprint}, not the {base_fingerprint} given"
         )
     return fingerprint, components
+
+
+def with_recorded_base(folder: Path, request: PushRequest) -> tuple[PushRequest, str | None]:
+    """No base given: fingerprint the base ``adapter_config.json`` records when it is a local
+    folder. Returns the request and, when there is no fingerprint, the reason why not."""
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+        recorded = config.get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return request, None  # validation reports the broken config
+    if not isinstance(recorded, str) or not recorded:
+        return request, "adapter_config.json names no base model"
+    if not Path(recorded).expanduser().is_dir():
+        return request, f"its recorded base {recorded!r} is not a local folder"
+    try:
+        fingerprint, components = base_facts(Path(recorded).expanduser(), None)
+    except InvalidBaseModel as exc:
+        return request, str(exc)
+    update = {"base_fingerprint": fingerprint, "base_components": components}
+    return request.model_copy(update=update), None
 
 
 def labels_match(have: dict[str, str], want: dict[str, str] | None) -> bool:

@@ -140,6 +140,38 @@ class BlobWriter:
         self.temp.unlink(missing_ok=True)
 
 
+class BlobUpload:
+    """A blob arriving in pieces over HTTP: it holds the store's shared lock from the first
+    byte to ``close`` (so gc waits), and becomes a blob only if it hashes to its digest."""
+
+    def __init__(
+        self, store: BlobStore, lock: StoreLock, digest: str, *, max_bytes: int,
+        size: int | None = None,
+    ) -> None:
+        if size is not None and size > max_bytes:
+            raise TooLarge(f"blob of {size} bytes is larger than the limit of {max_bytes} bytes")
+        self.digest = digest
+        self._held = lock.shared()
+        self._held.__enter__()
+        try:
+            self._writer = store.writer(max_bytes=max_bytes, what=f"upload {digest[:19]}…")
+        except BaseException:
+            self._held.__exit__(None, None, None)
+            raise
+
+    def feed(self, chunk: bytes | bytearray) -> None:
+        self._writer.feed(chunk)
+
+    def finish(self) -> tuple[str, int]:
+        """Verify and store what was fed; returns (hex, size). Raises IntegrityError."""
+        return self._writer.finish(self.digest)
+
+    def close(self) -> None:
+        """Drop what was not stored and release the lock (a no-op for the stored blob)."""
+        self._writer.abort()
+        self._held.__exit__(None, None, None)
+
+
 class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root

@@ -19,56 +19,36 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from loramux.registry.errors import RegistryError
-from loramux.registry.manifest import AuditEntry, Manifest, VersionInfo
+from loramux.registry.errors import Conflict, RegistryError
+from loramux.registry.manifest import AliasPointer, AuditEntry, Manifest, VersionInfo
+from loramux.registry.refs import AdapterRef
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS versions(
-    name TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    digest TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    created_at INTEGER NOT NULL,
-    created_by TEXT NOT NULL,
-    base_fingerprint TEXT,
-    manifest TEXT NOT NULL,
-    deleted_at INTEGER,
-    deleted_by TEXT,
+    name TEXT NOT NULL, version INTEGER NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL,
+    created_at INTEGER NOT NULL, created_by TEXT NOT NULL, base_fingerprint TEXT,
+    manifest TEXT NOT NULL, deleted_at INTEGER, deleted_by TEXT,
     PRIMARY KEY (name, version)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS versions_by_digest ON versions(name, digest);
 CREATE INDEX IF NOT EXISTS versions_by_base ON versions(base_fingerprint);
 CREATE TABLE IF NOT EXISTS version_files(
-    name TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    path TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
+    name TEXT NOT NULL, version INTEGER NOT NULL, path TEXT NOT NULL, sha256 TEXT NOT NULL,
     size INTEGER NOT NULL,
     PRIMARY KEY (name, version, path)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS version_files_by_blob ON version_files(sha256);
 CREATE TABLE IF NOT EXISTS aliases(
-    name TEXT NOT NULL,
-    alias TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL,
-    updated_by TEXT NOT NULL,
+    name TEXT NOT NULL, alias TEXT NOT NULL, version INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL, updated_by TEXT NOT NULL,
     PRIMARY KEY (name, alias)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS aliases_by_version ON aliases(name, version);
 CREATE TABLE IF NOT EXISTS audit(
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at INTEGER NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    name TEXT NOT NULL,
-    version INTEGER,
-    digest TEXT,
-    alias TEXT,
-    old_version INTEGER,
-    old_digest TEXT,
-    detail TEXT NOT NULL DEFAULT '{}'
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, actor TEXT NOT NULL,
+    action TEXT NOT NULL, name TEXT NOT NULL, version INTEGER, digest TEXT, alias TEXT,
+    old_version INTEGER, old_digest TEXT, detail TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS audit_by_name ON audit(name, at);
 CREATE INDEX IF NOT EXISTS audit_by_alias ON audit(name, alias, at);
@@ -76,6 +56,15 @@ CREATE INDEX IF NOT EXISTS audit_by_at ON audit(at);
 """
 SCHEMA_VERSION = "1"
 LIVE = "deleted_at IS NULL"
+
+_SELECT = "SELECT v.manifest, v.digest FROM versions v"
+_BY_VERSION = f"{_SELECT} WHERE v.name=? AND v.version=? AND v.{LIVE}"
+_LATEST = f"{_SELECT} WHERE v.name=? AND v.{LIVE} ORDER BY v.version DESC LIMIT 1"
+_BY_ALIAS = (
+    f"{_SELECT} JOIN aliases a ON a.name=v.name AND a.version=v.version "
+    f"WHERE a.name=? AND a.alias=? AND v.{LIVE}"
+)
+_BY_DIGEST = f"{_SELECT} WHERE v.name=? AND v.digest GLOB ? AND v.{LIVE} ORDER BY v.version DESC"
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -102,14 +91,8 @@ class Index:
         conn = self.conn()
         if self._schema_version(conn) != SCHEMA_VERSION:
             conn.execute("PRAGMA journal_mode=WAL")
-            with self.write() as c:
-                for stmt in SCHEMA.split(";"):
-                    if stmt.strip():
-                        c.execute(stmt)
-                c.execute(
-                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
-                    (SCHEMA_VERSION,),
-                )
+            with self.write() as tx:
+                tx.create_schema()
             found = self._schema_version(conn)
             if found != SCHEMA_VERSION:
                 raise RegistryError(
@@ -150,12 +133,12 @@ class Index:
                 self._conns.pop(key).close()
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self) -> Iterator[Transaction]:
         """One write transaction; the lock is taken up front so no upgrade can deadlock."""
         conn = self.conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn
+            yield Transaction(conn)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -172,35 +155,44 @@ class Index:
                 conn.close()
         self._local = threading.local()
 
+    def ping(self) -> None:
+        """Fails (sqlite3.Error) unless the index can be read: the health check."""
+        self.conn().execute("SELECT 1").fetchone()
+
+    def checkpoint(self) -> None:
+        """Fold the WAL back into the database file (after gc freed space)."""
+        self.conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     # -- reads -------------------------------------------------------------------------------
 
-    def manifest_row(self, sql: str, args: tuple[Any, ...]) -> tuple[int, str] | None:
-        row = self.conn().execute(sql, args).fetchone()
-        return (row[0], row[1]) if row else None
+    def find(self, ref: AdapterRef) -> Manifest | None:
+        """The live version ``ref`` names now, or None; a digest prefix must be unambiguous."""
+        if ref.version is not None:
+            row = self.conn().execute(_BY_VERSION, (ref.name, ref.version)).fetchone()
+        elif ref.alias is not None:
+            row = self.conn().execute(_BY_ALIAS, (ref.name, ref.alias)).fetchone()
+        elif ref.digest is not None:
+            rows = self.conn().execute(_BY_DIGEST, (ref.name, ref.digest + "*")).fetchall()
+            if len({digest for _, digest in rows}) > 1:
+                raise Conflict(f"{ref} is ambiguous: give more digits of the digest")
+            row = rows[0] if rows else None
+        else:
+            row = self.conn().execute(_LATEST, (ref.name,)).fetchone()
+        return Manifest.model_validate_json(row[0]) if row else None
 
-    def latest(self, conn: sqlite3.Connection, name: str) -> tuple[int, str] | None:
-        return conn.execute(
-            f"SELECT version, digest FROM versions WHERE name=? AND {LIVE} "
-            "ORDER BY version DESC LIMIT 1",
-            (name,),
+    def live_versions(self, name: str) -> tuple[int, int | None]:
+        """(how many live versions ``name`` has, the highest of them)."""
+        return self.conn().execute(
+            f"SELECT count(*), max(version) FROM versions WHERE name=? AND {LIVE}", (name,)
         ).fetchone()
 
     def version_state(self, name: str, version: int) -> tuple[int | None, str | None] | None:
-        row = (
-            self.conn()
-            .execute(
-                "SELECT deleted_at, deleted_by FROM versions WHERE name=? AND version=?",
-                (name, version),
-            )
-            .fetchone()
-        )
+        """(deleted_at, deleted_by) of a version (both None if live); None if it never was."""
+        row = self.conn().execute(
+            "SELECT deleted_at, deleted_by FROM versions WHERE name=? AND version=?",
+            (name, version),
+        ).fetchone()
         return (row[0], row[1]) if row else None
-
-    def aliases_of(self, conn: sqlite3.Connection, name: str, version: int) -> list[str]:
-        rows = conn.execute(
-            "SELECT alias FROM aliases WHERE name=? AND version=? ORDER BY alias", (name, version)
-        )
-        return [r[0] for r in rows]
 
     def list_versions(
         self, *, name: str | None, base_fingerprint: str | None, include_deleted: bool
@@ -213,7 +205,7 @@ class Index:
             where.append("v.base_fingerprint=?")
             args.append(base_fingerprint)
         if not include_deleted:
-            where.append("v.deleted_at IS NULL")
+            where.append(f"v.{LIVE}")
         sql = (
             "SELECT v.manifest, v.deleted_at, "
             "(SELECT group_concat(alias, ',') FROM aliases a "
@@ -225,94 +217,27 @@ class Index:
         out = []
         for manifest_json, deleted_at, aliases in self.conn().execute(sql, args):
             m = Manifest.model_validate_json(manifest_json)
-            out.append(
-                VersionInfo(
-                    name=m.name,
-                    version=m.version,
-                    digest=m.digest,
-                    size=m.size,
-                    created_at=m.created_at,
-                    created_by=m.created_by,
-                    description=m.description,
-                    labels=m.labels,
-                    aliases=sorted(aliases.split(",")) if aliases else [],
-                    base_model_name_or_path=m.base_model_name_or_path,
-                    base_fingerprint=m.base_fingerprint,
-                    deleted=deleted_at is not None,
-                )
-            )
+            out.append(VersionInfo(
+                **m.model_dump(include=set(VersionInfo.model_fields) - {"aliases", "deleted"}),
+                aliases=sorted(aliases.split(",")) if aliases else [],
+                deleted=deleted_at is not None,
+            ))
         return out
 
-    def referenced_blobs(self, conn: sqlite3.Connection) -> set[str]:
-        rows = conn.execute(
-            "SELECT DISTINCT f.sha256 FROM version_files f JOIN versions v "
-            "ON v.name=f.name AND v.version=f.version WHERE v.deleted_at IS NULL"
-        )
-        return {r[0] for r in rows}
+    def referenced_blobs(self) -> set[str]:
+        """Every blob a live version uses (what gc keeps)."""
+        return set(self.blob_users())
 
     def blob_users(self) -> dict[str, list[str]]:
+        """Blob hex -> the live versions (``name@N``) that use it."""
         users: dict[str, list[str]] = {}
         rows = self.conn().execute(
             "SELECT f.sha256, f.name, f.version FROM version_files f JOIN versions v "
-            "ON v.name=f.name AND v.version=f.version WHERE v.deleted_at IS NULL"
+            f"ON v.name=f.name AND v.version=f.version WHERE v.{LIVE}"
         )
         for sha, name, version in rows:
             users.setdefault(sha, []).append(f"{name}@{version}")
         return users
-
-    # -- writes (inside ``write()``) ---------------------------------------------------------
-
-    def insert_version(self, conn: sqlite3.Connection, m: Manifest) -> None:
-        conn.execute(
-            "INSERT INTO versions(name, version, digest, size, created_at, created_by, "
-            "base_fingerprint, manifest) VALUES (?,?,?,?,?,?,?,?)",
-            (
-                m.name,
-                m.version,
-                m.digest,
-                m.size,
-                to_us(m.created_at),
-                m.created_by,
-                m.base_fingerprint,
-                m.model_dump_json(),
-            ),
-        )
-        conn.executemany(
-            "INSERT INTO version_files(name, version, path, sha256, size) VALUES (?,?,?,?,?)",
-            [(m.name, m.version, f.path, f.sha256, f.size) for f in m.files],
-        )
-
-    def audit(
-        self,
-        conn: sqlite3.Connection,
-        *,
-        at: int,
-        actor: str,
-        action: str,
-        name: str,
-        version: int | None = None,
-        digest: str | None = None,
-        alias: str | None = None,
-        old_version: int | None = None,
-        old_digest: str | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> None:
-        conn.execute(
-            "INSERT INTO audit(at, actor, action, name, version, digest, alias, old_version, "
-            "old_digest, detail) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (
-                at,
-                actor,
-                action,
-                name,
-                version,
-                digest,
-                alias,
-                old_version,
-                old_digest,
-                json.dumps(detail or {}, sort_keys=True),
-            ),
-        )
 
     def log(
         self,
@@ -342,20 +267,136 @@ class Index:
         rows = self.conn().execute(sql, (*args, max(0, limit)))
         return [
             AuditEntry(
-                id=r[0],
-                at=to_dt(r[1]),
-                actor=r[2],
-                action=r[3],
-                name=r[4],
-                version=r[5],
-                digest=r[6],
-                alias=r[7],
-                old_version=r[8],
-                old_digest=r[9],
+                id=r[0], at=to_dt(r[1]), actor=r[2], action=r[3], name=r[4], version=r[5],
+                digest=r[6], alias=r[7], old_version=r[8], old_digest=r[9],
                 detail=json.loads(r[10]),
             )
             for r in rows
         ]
+
+    def alias_at(self, name: str, alias: str, when: datetime) -> AliasPointer | None:
+        """Replay the audit log: where ``name:alias`` pointed at ``when``."""
+        row = self.conn().execute(
+            "SELECT action, version, digest, at, actor FROM audit WHERE name=? AND alias=? "
+            "AND action IN ('alias_set', 'alias_rm') AND at<=? ORDER BY at DESC, id DESC "
+            "LIMIT 1",
+            (name, alias, to_us(when)),
+        ).fetchone()
+        if row is None or row[0] == "alias_rm":
+            return None
+        return AliasPointer(
+            name=name, alias=alias, version=row[1], digest=row[2], since=to_dt(row[3]),
+            set_by=row[4],
+        )
+
+
+class Transaction:
+    """The statements a write runs inside one ``Index.write()`` transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def create_schema(self) -> None:
+        for stmt in SCHEMA.split(";"):
+            if stmt.strip():
+                self._conn.execute(stmt)
+        self._conn.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+            (SCHEMA_VERSION,),
+        )
+
+    def latest(self, name: str) -> tuple[int, str] | None:
+        """(version, digest) of the newest live version."""
+        return self._conn.execute(
+            f"SELECT version, digest FROM versions WHERE name=? AND {LIVE} "
+            "ORDER BY version DESC LIMIT 1",
+            (name,),
+        ).fetchone()
+
+    def manifest(self, name: str, version: int) -> Manifest:
+        (text,) = self._conn.execute(
+            "SELECT manifest FROM versions WHERE name=? AND version=?", (name, version)
+        ).fetchone()
+        return Manifest.model_validate_json(text)
+
+    def next_version(self, name: str) -> int:
+        """Deleted versions count too: a number is never handed out twice."""
+        return self._conn.execute(
+            "SELECT coalesce(max(version), 0) + 1 FROM versions WHERE name=?", (name,)
+        ).fetchone()[0]
+
+    def live_digest(self, name: str, version: int) -> str | None:
+        row = self._conn.execute(
+            f"SELECT digest FROM versions WHERE name=? AND version=? AND {LIVE}", (name, version)
+        ).fetchone()
+        return row[0] if row else None
+
+    def insert_version(self, m: Manifest) -> None:
+        self._conn.execute(
+            "INSERT INTO versions(name, version, digest, size, created_at, created_by, "
+            "base_fingerprint, manifest) VALUES (?,?,?,?,?,?,?,?)",
+            (m.name, m.version, m.digest, m.size, to_us(m.created_at), m.created_by,
+             m.base_fingerprint, m.model_dump_json()),
+        )
+        self._conn.executemany(
+            "INSERT INTO version_files(name, version, path, sha256, size) VALUES (?,?,?,?,?)",
+            [(m.name, m.version, f.path, f.sha256, f.size) for f in m.files],
+        )
+
+    def mark_deleted(self, name: str, version: int, at: int, actor: str) -> bool:
+        """False if the version was no longer live (deleted concurrently)."""
+        cur = self._conn.execute(
+            f"UPDATE versions SET deleted_at=?, deleted_by=? WHERE name=? AND version=? AND {LIVE}",
+            (at, actor, name, version),
+        )
+        return cur.rowcount == 1
+
+    def alias_target(self, name: str, alias: str) -> tuple[int, str] | None:
+        """(version, digest) the alias points at now."""
+        return self._conn.execute(
+            "SELECT a.version, v.digest FROM aliases a JOIN versions v "
+            "ON v.name=a.name AND v.version=a.version WHERE a.name=? AND a.alias=?",
+            (name, alias),
+        ).fetchone()
+
+    def aliases_of(self, name: str, version: int) -> list[str]:
+        rows = self._conn.execute(
+            "SELECT alias FROM aliases WHERE name=? AND version=? ORDER BY alias", (name, version)
+        )
+        return [r[0] for r in rows]
+
+    def put_alias(self, name: str, alias: str, version: int, at: int, actor: str) -> None:
+        self._conn.execute(
+            "INSERT INTO aliases(name, alias, version, updated_at, updated_by) "
+            "VALUES (?,?,?,?,?) ON CONFLICT(name, alias) DO UPDATE SET "
+            "version=excluded.version, updated_at=excluded.updated_at, "
+            "updated_by=excluded.updated_by",
+            (name, alias, version, at, actor),
+        )
+
+    def drop_alias(self, name: str, alias: str) -> None:
+        self._conn.execute("DELETE FROM aliases WHERE name=? AND alias=?", (name, alias))
+
+    def audit(
+        self,
+        *,
+        at: int,
+        actor: str,
+        action: str,
+        name: str,
+        version: int | None = None,
+        digest: str | None = None,
+        alias: str | None = None,
+        old_version: int | None = None,
+        old_digest: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        self._conn.execute(
+            "INSERT INTO audit(at, actor, action, name, version, digest, alias, old_version, "
+            "old_digest, detail) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (at, actor, action, name, version, digest, alias, old_version, old_digest,
+             json.dumps(detail or {}, sort_keys=True)),
+        )
 
 
 def now() -> int:

@@ -22,7 +22,7 @@ def collect_garbage(index: Index, blobs: BlobStore, lock: StoreLock) -> GcReport
     """Blobs no live version references (yanked versions' included) and push leftovers."""
     report = GcReport()
     with lock.exclusive():
-        referenced = index.referenced_blobs(index.conn())
+        referenced = index.referenced_blobs()
         for hex_ in blobs.all_hex():
             if hex_ in referenced:
                 report.kept_blobs += 1
@@ -35,7 +35,7 @@ def collect_garbage(index: Index, blobs: BlobStore, lock: StoreLock) -> GcReport
             else:
                 path.unlink(missing_ok=True)
             report.removed_temp_files += 1
-    index.conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    index.checkpoint()
     log.info("gc: %s", report)
     return report
 

@@ -17,14 +17,7 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from loramux.registry.base import (
-    DEFAULT_LOG_LIMIT,
-    base_facts,
-    coerce_lineage,
-    coerce_quantization,
-    default_actor,
-    require_pinned,
-)
+from loramux.registry.base import DEFAULT_LOG_LIMIT, Registry, default_actor, require_pinned
 from loramux.registry.digests import sha256_file
 from loramux.registry.errors import BlobMissing, Forbidden, RemoteError, error_class
 from loramux.registry.manifest import (
@@ -32,16 +25,12 @@ from loramux.registry.manifest import (
     AuditEntry,
     FileEntry,
     GcReport,
-    Lineage,
     Manifest,
     PushRequest,
-    QuantizationInfo,
     VerifyReport,
     VersionInfo,
-    check_labels,
 )
 from loramux.registry.refs import AdapterRef, validate_alias, validate_name
-from loramux.registry.transfer import materialize
 from loramux.registry.validate import Limits, scan_folder, validate_adapter
 
 log = logging.getLogger(__name__)
@@ -101,7 +90,7 @@ class _BlobStream(io.RawIOBase):
         super().close()
 
 
-class RemoteRegistry:
+class RemoteRegistry(Registry):
     def __init__(
         self,
         url: str,
@@ -123,12 +112,6 @@ class RemoteRegistry:
     def __repr__(self) -> str:
         return f"RemoteRegistry({self.url!r})"
 
-    def __enter__(self) -> RemoteRegistry:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def close(self) -> None:
         self._http.close()
 
@@ -145,59 +128,30 @@ class RemoteRegistry:
 
     # -- push --------------------------------------------------------------------------------
 
-    def push(
-        self,
-        folder: Path | str,
-        name: str,
-        *,
-        alias: str | None = None,
-        description: str = "",
-        labels: dict[str, str] | None = None,
-        base_model: Path | str | None = None,
-        base_fingerprint: str | None = None,
-        quantization: QuantizationInfo | str | dict[str, Any] | None = None,
-        lineage: Lineage | dict[str, Any] | None = None,
-        created_by: str | None = None,
-    ) -> Manifest:
-        validate_name(name)
-        if alias is not None:
-            validate_alias(alias)
-        fingerprint, components = base_facts(base_model, base_fingerprint)
-        request = PushRequest(
-            files=[],
-            alias=alias,
-            description=description,
-            labels=check_labels(labels),
-            base_fingerprint=fingerprint,
-            base_components=components,
-            quantization=coerce_quantization(quantization),
-            lineage=coerce_lineage(lineage),
-            created_by=created_by or self.actor,
-        )
+    def _push(self, folder: Path, name: str, request: PushRequest) -> Manifest:
         session = self.whoami()
         if "write" not in session["scopes"]:
             raise Forbidden(f"{session['name']} may not push: this needs a token with 'write'")
         limits = Limits(**session["limits"])
-        files = scan_folder(Path(folder), limits)
+        files = scan_folder(folder, limits)
         validate_adapter(files, limits)  # refuse before uploading anything
         sources: dict[str, Path] = {}
         for rel, path in files.items():
             hex_, size = sha256_file(path)
             request.files.append(FileEntry(path=rel, size=size, sha256=hex_))
             sources[hex_] = path
+        body = request.model_dump(mode="json")
         self._upload_missing(sources)
         try:
-            response = self._request("POST", f"/v2/adapters/{name}/versions",
-                                     json=request.model_dump(mode="json"))
+            response = self._request("POST", f"/v2/adapters/{name}/versions", json=body)
         except BlobMissing:  # a gc on the server ran between upload and commit: once more
             self._upload_missing(sources)
-            response = self._request("POST", f"/v2/adapters/{name}/versions",
-                                     json=request.model_dump(mode="json"))
+            response = self._request("POST", f"/v2/adapters/{name}/versions", json=body)
         return Manifest.model_validate_json(response.content)
 
     def _upload_missing(self, sources: dict[str, Path]) -> None:
         for hex_, path in sources.items():
-            if self.has_blob(hex_):
+            if self._has_blob(hex_):
                 continue
             size = path.stat().st_size
             self._request(
@@ -208,7 +162,7 @@ class RemoteRegistry:
             )
             log.debug("uploaded sha256:%s (%d bytes)", hex_, size)
 
-    def has_blob(self, digest: str) -> bool:
+    def _has_blob(self, digest: str) -> bool:
         digest = digest if digest.startswith("sha256:") else f"sha256:{digest}"
         try:
             response = self._http.head(f"/v2/blobs/{digest}")
@@ -227,8 +181,6 @@ class RemoteRegistry:
             self._request("GET", "/v2/resolve", params={"ref": ref}).content
         )
 
-    show = resolve
-
     def list(
         self,
         *,
@@ -246,9 +198,6 @@ class RemoteRegistry:
             params["label"] = [f"{k}={v}" for k, v in labels.items()]
         rows = self._request("GET", "/v2/adapters", params=params).json()
         return [VersionInfo.model_validate(r) for r in rows]
-
-    def pull(self, ref: str | AdapterRef, to: Path | str) -> Path:
-        return materialize(self.resolve(ref), self.open_blob, Path(to))
 
     def open_blob(self, digest: str) -> BinaryIO:
         digest = digest if digest.startswith("sha256:") else f"sha256:{digest}"

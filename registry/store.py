@@ -8,66 +8,41 @@ process killed before it leaves only blobs and temp files that ``gc`` removes, n
 from __future__ import annotations
 
 import logging
-import sqlite3
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from loramux.registry.base import (
     DEFAULT_LOG_LIMIT,
-    base_facts,
-    coerce_lineage,
-    coerce_quantization,
+    Registry,
+    check_push_request,
     default_actor,
     labels_match,
     require_pinned,
 )
-from loramux.registry.blobs import BlobStore, StoreLock
+from loramux.registry.blobs import BlobStore, BlobUpload, StoreLock
 from loramux.registry.digests import adapter_digest
-from loramux.registry.errors import (
-    BlobMissing,
-    Conflict,
-    IntegrityError,
-    InvalidName,
-    NotFound,
-)
-from loramux.registry.index import LIVE, Index, now, to_dt, to_us
+from loramux.registry.errors import BlobMissing, Conflict, IntegrityError, InvalidName, NotFound
+from loramux.registry.index import Index, Transaction, now, to_dt
 from loramux.registry.maintenance import collect_garbage, verify_blobs
 from loramux.registry.manifest import (
-    MAX_DESCRIPTION,
     AliasPointer,
     AuditEntry,
     FileEntry,
     GcReport,
-    Lineage,
     Manifest,
     PushRequest,
-    QuantizationInfo,
     VerifyReport,
     VersionInfo,
-    check_labels,
 )
-from loramux.registry.refs import AdapterRef, validate_alias, validate_name
-from loramux.registry.transfer import materialize
+from loramux.registry.refs import AdapterRef, validate_alias, validate_digest, validate_name
 from loramux.registry.validate import Limits, check_rel_path, check_sizes, scan_folder
 from loramux.registry.validate import validate_adapter as _validate
 
 log = logging.getLogger(__name__)
 
-_SELECT = "SELECT v.version, v.manifest FROM versions v"
-_BY_VERSION = f"{_SELECT} WHERE v.name=? AND v.version=? AND v.{LIVE}"
-_LATEST = f"{_SELECT} WHERE v.name=? AND v.{LIVE} ORDER BY v.version DESC LIMIT 1"
-_BY_ALIAS = (
-    f"{_SELECT} JOIN aliases a ON a.name=v.name AND a.version=v.version "
-    f"WHERE a.name=? AND a.alias=? AND v.{LIVE}"
-)
-_BY_DIGEST = (
-    "SELECT v.version, v.manifest, v.digest FROM versions v "
-    f"WHERE v.name=? AND v.digest GLOB ? AND v.{LIVE} ORDER BY v.version DESC"
-)
 
-
-class LocalRegistry:
+class LocalRegistry(Registry):
     """The registry in a local folder; safe for many threads and processes at once."""
 
     def __init__(
@@ -85,46 +60,13 @@ class LocalRegistry:
     def __repr__(self) -> str:
         return f"LocalRegistry({str(self.root)!r})"
 
-    def __enter__(self) -> LocalRegistry:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def close(self) -> None:
         self.index.close()
 
     # -- push --------------------------------------------------------------------------------
 
-    def push(
-        self,
-        folder: Path | str,
-        name: str,
-        *,
-        alias: str | None = None,
-        description: str = "",
-        labels: dict[str, str] | None = None,
-        base_model: Path | str | None = None,
-        base_fingerprint: str | None = None,
-        quantization: QuantizationInfo | str | dict[str, Any] | None = None,
-        lineage: Lineage | dict[str, Any] | None = None,
-        created_by: str | None = None,
-    ) -> Manifest:
-        validate_name(name)
-        fingerprint, components = base_facts(base_model, base_fingerprint)
-        request = PushRequest(
-            files=[],
-            alias=alias,
-            description=description,
-            labels=check_labels(labels),
-            base_fingerprint=fingerprint,
-            base_components=components,
-            quantization=coerce_quantization(quantization),
-            lineage=coerce_lineage(lineage),
-            created_by=created_by,
-        )
-        self._check_request(request)
-        files = scan_folder(Path(folder), self.limits)
+    def _push(self, folder: Path, name: str, request: PushRequest) -> Manifest:
+        files = scan_folder(folder, self.limits)
         _validate(files, self.limits)  # refuse before storing anything
         with self.lock.shared():
             for rel, path in files.items():
@@ -137,16 +79,29 @@ class LocalRegistry:
         with self.lock.shared():
             return self._commit(name, request, actor or self.actor)
 
-    def _check_request(self, request: PushRequest) -> None:
-        if request.alias is not None:
-            validate_alias(request.alias)
-        if len(request.description) > MAX_DESCRIPTION:
-            raise InvalidName(f"description is longer than {MAX_DESCRIPTION} characters")
-        check_labels(request.labels)
+    def upload(self, digest: str, *, size: int | None = None) -> BlobUpload:
+        """Receive the blob ``digest`` in pieces (the HTTP push's first step); close it always.
+
+        Blocks while gc runs. ``size``, when announced, is checked against the limit first.
+        """
+        validate_digest(digest, full=True)
+        return BlobUpload(self.blobs, self.lock, digest, max_bytes=self.limits.file_bytes,
+                          size=size)
+
+    def blob_file(self, digest: str) -> Path:
+        """The file holding blob ``sha256:<64 hex>`` (to send as is). Raises NotFound."""
+        validate_digest(digest, full=True)
+        if self.blobs.size(digest) is None:
+            raise NotFound(f"blob {digest} is not in the store")
+        return self.blobs.path(digest)
+
+    def ping(self) -> None:
+        """Raises unless the index can be read (the HTTP health check)."""
+        self.index.ping()
 
     def _commit(self, name: str, request: PushRequest, actor: str) -> Manifest:
         validate_name(name)
-        self._check_request(request)
+        check_push_request(request)
         files = sorted(request.files, key=lambda f: f.path)
         if not files:
             raise InvalidName("a push needs at least one file")
@@ -164,19 +119,16 @@ class LocalRegistry:
                 raise IntegrityError(f"{f.path}: blob {f.digest} has {size} bytes, not {f.size}")
         checked = _validate(paths, self.limits)
         digest = adapter_digest(files)
-        with self.index.write() as conn:
+        with self.index.write() as tx:
             at = now()
-            latest = self.index.latest(conn, name)
+            latest = tx.latest(name)
             if latest is not None and latest[1] == digest:
-                manifest = self._load(conn, name, latest[0])
+                manifest = tx.manifest(name, latest[0])
                 log.info("%s: same content as %s, no new version", name, manifest.ref)
             else:
-                (version,) = conn.execute(
-                    "SELECT coalesce(max(version), 0) + 1 FROM versions WHERE name=?", (name,)
-                ).fetchone()
                 manifest = Manifest(
                     name=name,
-                    version=version,
+                    version=tx.next_version(name),
                     digest=digest,
                     size=sum(f.size for f in files),
                     files=files,
@@ -191,60 +143,39 @@ class LocalRegistry:
                     created_at=to_dt(at),
                     created_by=request.created_by or actor,
                 )
-                self.index.insert_version(conn, manifest)
-                self.index.audit(
-                    conn, at=at, actor=actor, action="push", name=name, version=version,
+                tx.insert_version(manifest)
+                tx.audit(
+                    at=at, actor=actor, action="push", name=name, version=manifest.version,
                     digest=digest, detail={"size": manifest.size, "files": len(files)},
                 )
                 log.info("pushed %s (%s)", manifest.ref, digest)
             if request.alias is not None:
-                self._alias_set(conn, name, request.alias, manifest.version, actor, at)
+                self._alias_set(tx, name, request.alias, manifest.version, actor, at)
         return manifest
 
     # -- reads -------------------------------------------------------------------------------
 
     def resolve(self, ref: str | AdapterRef) -> Manifest:
         r = AdapterRef.parse(ref)
-        if r.version is not None:
-            row = self.index.manifest_row(_BY_VERSION, (r.name, r.version))
-        elif r.alias is not None:
-            row = self.index.manifest_row(_BY_ALIAS, (r.name, r.alias))
-        elif r.digest is not None:
-            rows = self.index.conn().execute(_BY_DIGEST, (r.name, r.digest + "*")).fetchall()
-            if len({d for _, _, d in rows}) > 1:
-                raise Conflict(f"{r} is ambiguous: give more digits of the digest")
-            row = (rows[0][0], rows[0][1]) if rows else None
-        else:
-            row = self.index.manifest_row(_LATEST, (r.name,))
-        if row is None:
+        manifest = self.index.find(r)
+        if manifest is None:
             raise self._not_found(r)
-        return Manifest.model_validate_json(row[1])
-
-    show = resolve
+        return manifest
 
     def _not_found(self, r: AdapterRef) -> NotFound:
-        conn = self.index.conn()
-        live = conn.execute(
-            f"SELECT count(*), max(version) FROM versions WHERE name=? AND {LIVE}", (r.name,)
-        ).fetchone()
+        live, latest = self.index.live_versions(r.name)
         if r.version is not None:
             state = self.index.version_state(r.name, r.version)
             if state is not None and state[0] is not None:
                 when = to_dt(state[0]).isoformat(timespec="seconds")
                 return NotFound(f"{r} was deleted at {when} by {state[1]}")
-        if not live[0]:
+        if not live:
             return NotFound(f"no adapter named {r.name!r}")
         if r.alias is not None:
             return NotFound(f"{r.name} has no alias {r.alias!r}")
         if r.digest is not None:
             return NotFound(f"{r.name} has no live version with digest {r.digest}")
-        return NotFound(f"{r} does not exist (latest is {r.name}@{live[1]})")
-
-    def _load(self, conn: sqlite3.Connection, name: str, version: int) -> Manifest:
-        (text,) = conn.execute(
-            "SELECT manifest FROM versions WHERE name=? AND version=?", (name, version)
-        ).fetchone()
-        return Manifest.model_validate_json(text)
+        return NotFound(f"{r} does not exist (latest is {r.name}@{latest})")
 
     def list(
         self,
@@ -261,14 +192,8 @@ class LocalRegistry:
         )
         return [v for v in rows if labels_match(v.labels, labels)]
 
-    def pull(self, ref: str | AdapterRef, to: Path | str) -> Path:
-        return materialize(self.resolve(ref), self.open_blob, Path(to))
-
     def open_blob(self, digest: str) -> BinaryIO:
         return self.blobs.open(digest)
-
-    def has_blob(self, digest: str) -> bool:
-        return self.blobs.exists(digest)
 
     # -- aliases and deletion ----------------------------------------------------------------
 
@@ -277,65 +202,43 @@ class LocalRegistry:
     ) -> AliasPointer:
         validate_name(name)
         validate_alias(alias)
-        with self.index.write() as conn:
-            return self._alias_set(conn, name, alias, int(version), actor or self.actor, now())
+        with self.index.write() as tx:
+            return self._alias_set(tx, name, alias, int(version), actor or self.actor, now())
 
     def _alias_set(
-        self, conn: sqlite3.Connection, name: str, alias: str, version: int, actor: str, at: int
+        self, tx: Transaction, name: str, alias: str, version: int, actor: str, at: int
     ) -> AliasPointer:
-        row = conn.execute(
-            f"SELECT digest FROM versions WHERE name=? AND version=? AND {LIVE}", (name, version)
-        ).fetchone()
-        if row is None:
+        digest = tx.live_digest(name, version)
+        if digest is None:
             raise self._not_found(AdapterRef(name, version=version))
-        old = conn.execute(
-            "SELECT a.version, v.digest FROM aliases a JOIN versions v "
-            "ON v.name=a.name AND v.version=a.version WHERE a.name=? AND a.alias=?",
-            (name, alias),
-        ).fetchone()
+        old = tx.alias_target(name, alias)
         if old is None or old[0] != version:
-            conn.execute(
-                "INSERT INTO aliases(name, alias, version, updated_at, updated_by) "
-                "VALUES (?,?,?,?,?) ON CONFLICT(name, alias) DO UPDATE SET "
-                "version=excluded.version, updated_at=excluded.updated_at, "
-                "updated_by=excluded.updated_by",
-                (name, alias, version, at, actor),
-            )
-            self.index.audit(
-                conn, at=at, actor=actor, action="alias_set", name=name, alias=alias,
-                version=version, digest=row[0], old_version=old[0] if old else None,
+            tx.put_alias(name, alias, version, at, actor)
+            tx.audit(
+                at=at, actor=actor, action="alias_set", name=name, alias=alias,
+                version=version, digest=digest, old_version=old[0] if old else None,
                 old_digest=old[1] if old else None,
             )
             log.info("alias %s:%s -> %s@%d", name, alias, name, version)
         return AliasPointer(
-            name=name, alias=alias, version=version, digest=row[0], since=to_dt(at), set_by=actor
+            name=name, alias=alias, version=version, digest=digest, since=to_dt(at), set_by=actor
         )
 
     def alias_rm(self, name: str, alias: str, *, actor: str | None = None) -> None:
         validate_name(name)
         validate_alias(alias)
-        with self.index.write() as conn:
-            self._alias_rm(conn, name, alias, actor or self.actor, now(), {})
+        with self.index.write() as tx:
+            self._alias_rm(tx, name, alias, actor or self.actor, now(), {})
 
     def _alias_rm(
-        self,
-        conn: sqlite3.Connection,
-        name: str,
-        alias: str,
-        actor: str,
-        at: int,
-        detail: dict[str, Any],
+        self, tx: Transaction, name: str, alias: str, actor: str, at: int, detail: dict[str, Any]
     ) -> None:
-        old = conn.execute(
-            "SELECT a.version, v.digest FROM aliases a JOIN versions v "
-            "ON v.name=a.name AND v.version=a.version WHERE a.name=? AND a.alias=?",
-            (name, alias),
-        ).fetchone()
+        old = tx.alias_target(name, alias)
         if old is None:
             raise NotFound(f"{name} has no alias {alias!r}")
-        conn.execute("DELETE FROM aliases WHERE name=? AND alias=?", (name, alias))
-        self.index.audit(
-            conn, at=at, actor=actor, action="alias_rm", name=name, alias=alias,
+        tx.drop_alias(name, alias)
+        tx.audit(
+            at=at, actor=actor, action="alias_rm", name=name, alias=alias,
             old_version=old[0], old_digest=old[1], detail=detail,
         )
 
@@ -345,8 +248,8 @@ class LocalRegistry:
         actor = actor or self.actor
         r = require_pinned(AdapterRef.parse(ref))
         manifest = self.resolve(r)
-        with self.index.write() as conn:
-            aliases = self.index.aliases_of(conn, r.name, manifest.version)
+        with self.index.write() as tx:
+            aliases = tx.aliases_of(r.name, manifest.version)
             if aliases and not force:
                 raise Conflict(
                     f"{manifest.ref} is pointed at by alias(es) {', '.join(aliases)}: "
@@ -354,18 +257,12 @@ class LocalRegistry:
                 )
             at = now()
             for alias in aliases:
-                self._alias_rm(conn, r.name, alias, actor, at, {"reason": "delete"})
-            cur = conn.execute(
-                f"UPDATE versions SET deleted_at=?, deleted_by=? WHERE name=? AND version=? "
-                f"AND {LIVE}",
-                (at, actor, r.name, manifest.version),
-            )
-            if cur.rowcount != 1:
+                self._alias_rm(tx, r.name, alias, actor, at, {"reason": "delete"})
+            if not tx.mark_deleted(r.name, manifest.version, at, actor):
                 raise NotFound(f"{manifest.ref} was deleted concurrently")
-            self.index.audit(
-                conn, at=at, actor=actor, action="delete", name=r.name,
-                version=manifest.version, digest=manifest.digest,
-                detail={"forced": force, "aliases": aliases},
+            tx.audit(
+                at=at, actor=actor, action="delete", name=r.name, version=manifest.version,
+                digest=manifest.digest, detail={"forced": force, "aliases": aliases},
             )
         log.info("deleted %s", manifest.ref)
         return VersionInfo(
@@ -397,22 +294,6 @@ class LocalRegistry:
         return self.index.log(name=name, alias=alias, since=since, until=until, limit=limit)
 
     def alias_at(self, name: str, alias: str, when: datetime) -> AliasPointer | None:
-        """Where ``name:alias`` pointed at ``when`` (None if it did not exist then)."""
         validate_name(name)
         validate_alias(alias)
-        row = (
-            self.index.conn()
-            .execute(
-                "SELECT action, version, digest, at, actor FROM audit WHERE name=? AND alias=? "
-                "AND action IN ('alias_set', 'alias_rm') AND at<=? ORDER BY at DESC, id DESC "
-                "LIMIT 1",
-                (name, alias, to_us(when)),
-            )
-            .fetchone()
-        )
-        if row is None or row[0] == "alias_rm":
-            return None
-        return AliasPointer(
-            name=name, alias=alias, version=row[1], digest=row[2], since=to_dt(row[3]),
-            set_by=row[4],
-        )
+        return self.index.alias_at(name, alias, when)
