@@ -52,7 +52,7 @@ Rt = Annotated[Runtime, Depends(get_runtime)]
 def create_app(runtime: Runtime) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await runtime.pin_all()
+        await runtime.models.pin(runtime.settings.pin)
         yield
         # Here, not after uvicorn returns: uvicorn re-raises SIGTERM once it has shut down, which
         # would end the process before any later cleanup and orphan vLLM's engine processes.
@@ -128,19 +128,32 @@ def create_app(runtime: Runtime) -> FastAPI:
         return await _respond(await runtime.handlers.completion(req, request.is_disconnected))
 
     @app.get("/v1/models", dependencies=[Depends(user)])
-    async def models(runtime: Rt) -> ModelList:
-        cards: list[ModelCard] = await runtime.model_cards()
+    async def models(runtime: Rt, include_refused: bool = False) -> ModelList:
+        """The base and the adapters it can serve; `?include_refused=true` adds every other
+        registry adapter, with the reason it is refused in `refused`."""
+        cards: list[ModelCard] = await runtime.models.cards(include_refused)
         return ModelList(data=cards)
 
     @app.post("/v1/adapters/load", dependencies=[Depends(admin)])
     async def load_adapter(request: Request, runtime: Rt) -> dict[str, Any]:
         req = await parse(request, AdapterAction, runtime)
-        return await runtime.load(req.model)
+        return await runtime.models.load(req.model)
 
     @app.post("/v1/adapters/unload", dependencies=[Depends(admin)])
     async def unload_adapter(request: Request, runtime: Rt) -> dict[str, Any]:
         req = await parse(request, AdapterAction, runtime)
-        return await runtime.unload(req.model)
+        return await runtime.models.unload(req.model)
+
+    @app.get("/v1/admin/engine", dependencies=[Depends(admin)])
+    async def engine_state(runtime: Rt) -> dict[str, Any]:
+        """The engine's process and how many times it loaded the base weights."""
+        return runtime.engine_state()
+
+    @app.post("/v1/admin/engine/restart", dependencies=[Depends(admin)])
+    async def restart_engine(runtime: Rt) -> dict[str, Any]:
+        """Operator action: reload the base weights in a fresh engine; in-flight requests fail,
+        loaded adapters are loaded again. The base-load counter goes up by one."""
+        return await runtime.restart_engine()
 
     @app.get("/health")
     async def health(runtime: Rt) -> dict[str, str]:
@@ -150,7 +163,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     @app.get("/ready")
     async def ready(runtime: Rt) -> dict[str, Any]:
         await runtime.engine_health()
-        await asyncio.to_thread(runtime.registry_health)
+        await asyncio.to_thread(runtime.models.check_registry)
         return {"status": "ready", "model": runtime.settings.name,
                 "engine": runtime.engine.info.name}
 

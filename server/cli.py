@@ -1,65 +1,80 @@
-"""`loramux serve`: the OpenAI-compatible server, base loaded once, adapters per request."""
+"""`loramux serve`: the OpenAI-compatible server, base loaded once, adapters per request.
+
+Its flags are generated from `ServerSettings`' fields (name, type, default, help), so a new
+setting is a new flag and a new `LORAMUX_<FIELD>` variable with no second list to keep in step.
+"""
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
+import inspect
+import types
+import typing
+from typing import Any
 
 import typer
 
-from loramux.server.settings import ServerSettings
+from loramux.server.errors import SettingsError
+from loramux.server.settings import ServerSettings, flag_name
 
 
-def serve_command(
-    base: str = typer.Option(..., help="Base model: a local folder or a Hub id."),
-    registry: str = typer.Option(None, envvar="LORAMUX_REGISTRY",
-                                 help="Registry path or http(s) URL."),
-    served_name: str = typer.Option(None, help="`model` value meaning the base (default: "
-                                    "the base folder's name)."),
-    quantization: str = typer.Option("bitsandbytes", help="bitsandbytes (NF4), none, or any "
-                                     "vLLM method."),
-    max_loras: int = typer.Option(None, help="Adapters in one batch (vLLM slots; default: "
-                                   "max-cpu-loras on CPU, 8 on CUDA)."),
-    max_cpu_loras: int = typer.Option(64, help="Adapters kept resident in the engine."),
-    max_lora_rank: int = typer.Option(64, help="Largest LoRA rank accepted."),
-    max_model_len: int = typer.Option(None, help="Context length (default: the model's)."),
-    host: str = typer.Option("127.0.0.1"),
-    port: int = typer.Option(8000),
-    api_keys: Path = typer.Option(None, exists=True, dir_okay=False,
-                                  help="File of API keys, one per line; `KEY admin` for admin."),
-    engine: str = typer.Option("vllm", help="vllm, or transformers (reference engine)."),
-    pin: list[str] = typer.Option([], help="Adapter refs kept resident (repeatable)."),
-    cache_dir: Path = typer.Option(Path.home() / ".cache" / "loramux" / "adapters",
-                                   help="Local adapter cache (by digest)."),
-    max_cache_bytes: int = typer.Option(8 * 2**30, help="Bound of the local adapter cache."),
-    max_pending: int = typer.Option(256, help="Running plus queued requests before 429."),
-    log_level: str = typer.Option("info"),
-) -> None:
-    """Serve the base model and every registry adapter through one OpenAI-compatible API."""
+def _flag_type(annotation: Any) -> Any:
+    """The type typer parses a flag as: `X | None` → X (None stays "not given"), no metadata."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _flag_type(inner)
+    if origin is typing.Annotated:
+        return typing.get_args(annotation)[0]
+    return annotation
+
+
+def _parameters() -> list[inspect.Parameter]:
+    params = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)]
+    for name, info in ServerSettings.model_fields.items():
+        required = info.is_required()
+        default = ... if required else info.get_default(call_default_factory=True)
+        kind = _flag_type(info.annotation)
+        option = typer.Option(default, flag_name(name), help=info.description,
+                              show_default=default not in (None, [], ...),
+                              metavar="<str>" if kind == list[str] else None)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                        annotation=kind))
+    return params
+
+
+def serve_command(ctx: typer.Context, **values: Any) -> None:
+    """Serve the base model and every registry adapter through one OpenAI-compatible API.
+
+    Every flag can also be set in the environment as LORAMUX_<FLAG> (e.g. LORAMUX_REGISTRY,
+    LORAMUX_MAX_NUM_SEQS); a flag given on the command line wins.
+    """
     import asyncio
 
     import uvicorn
 
     from loramux.server.app import create_app
+    from loramux.server.logs import configure_logging
     from loramux.server.runtime import Runtime
 
-    logging.basicConfig(level=log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Only flags typed on the command line beat the environment (typer vendors its own click,
+    # so the source is compared by name).
+    given = {name: value for name, value in values.items()
+             if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}
     try:
-        settings = ServerSettings(
-            base=base, registry=registry, served_name=served_name, engine=engine,
-            quantization=quantization, max_loras=max_loras, max_cpu_loras=max_cpu_loras,
-            max_lora_rank=max_lora_rank, max_model_len=max_model_len, host=host, port=port,
-            api_keys=api_keys, pin=pin, cache_dir=cache_dir, max_cache_bytes=max_cache_bytes,
-            max_pending=max_pending)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        settings = ServerSettings.from_sources(given)
+    except SettingsError as exc:
+        raise typer.BadParameter(exc.message) from None
+    configure_logging(settings.log_level)
     runtime = Runtime(settings)
     app = create_app(runtime)  # its lifespan pins adapters at start and closes the engine at exit
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(),
-                            timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port,
+                            log_level=settings.log_level, timeout_graceful_shutdown=5,
+                            log_config=None)
     asyncio.run(uvicorn.Server(config).serve())
 
+
+serve_command.__signature__ = inspect.Signature(_parameters())  # type: ignore[attr-defined]
+serve_command.__annotations__ = {}
 
 if __name__ == "__main__":
     typer.run(serve_command)

@@ -41,10 +41,13 @@ def _module_names(target: list[str] | str) -> set[str]:
 def check(manifest: Manifest, base: ServedBase) -> str | None:
     """Raise IncompatibleAdapter with the reason, or return a warning (quantization mismatch)."""
     ref = manifest.ref
+    if base.fingerprint and manifest.base_fingerprint is None:
+        raise IncompatibleAdapter(
+            f"adapter {ref} has no base fingerprint: re-push with --base", param="model")
     if base.fingerprint and manifest.base_fingerprint != base.fingerprint:
         raise IncompatibleAdapter(
             f"adapter {ref} was trained for another base model (fingerprint "
-            f"{(manifest.base_fingerprint or 'none')[:19]}, served base {base.fingerprint[:19]})",
+            f"{manifest.base_fingerprint[:19]}, served base {base.fingerprint[:19]})",
             param="model")
     lora = manifest.lora
     if lora.max_rank > base.max_lora_rank:

@@ -1,49 +1,55 @@
 """The server's errors, each with the HTTP status and OpenAI error type it maps to.
 
-Handlers raise these; `app.py` turns them into OpenAI-shaped JSON in one exception handler.
+Handlers raise these; `app.py` turns them into OpenAI-shaped JSON in one exception handler. The
+root is `loramux.errors.LoramuxError`, so the CLI reports them like every other part's errors.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
 
-class ServerError(Exception):
-    status = 500
-    type = "internal_error"
+from loramux.errors import LoramuxError
+
+
+class ServerError(LoramuxError):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "internal_error"
     code: str | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
-        self.message = message
         self.param = param
         if code is not None:
             self.code = code
 
 
 class InvalidRequest(ServerError):
+    """The request itself is wrong; subclasses name what about it (the `code`)."""
+
     status = 400
     type = "invalid_request_error"
 
 
-class ModelNotFound(ServerError):
+class ModelNotFound(InvalidRequest):
     status = 404
-    type = "invalid_request_error"
     code = "model_not_found"
 
 
-class IncompatibleAdapter(ServerError):
+class IncompatibleAdapter(InvalidRequest):
     """The adapter exists but cannot be served on this base/engine (fingerprint, rank, modules)."""
 
-    status = 400
-    type = "invalid_request_error"
     code = "incompatible_adapter"
 
 
-class AdapterUnavailable(ServerError):
+class AdapterUnavailable(InvalidRequest):
     """The adapter could not be fetched or loaded (corrupt, unreadable); only its requests fail."""
 
-    status = 400
-    type = "invalid_request_error"
     code = "adapter_unavailable"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status = 413
+    code = "request_too_large"
 
 
 class Unauthorized(ServerError):
@@ -57,12 +63,6 @@ class Forbidden(ServerError):
     type = "permission_error"
 
 
-class PayloadTooLarge(ServerError):
-    status = 413
-    type = "invalid_request_error"
-    code = "request_too_large"
-
-
 class Overloaded(ServerError):
     status = 429
     type = "rate_limit_error"
@@ -73,21 +73,32 @@ class Overloaded(ServerError):
         self.retry_after = retry_after
 
 
-class EngineUnavailable(ServerError):
+class ServiceUnavailable(ServerError):
+    """Something the server depends on is down; the request may succeed later."""
+
     status = 503
     type = "service_unavailable"
 
 
-class AdapterTooLarge(ServerError):
-    """The adapter alone exceeds the server's whole disk cache budget (`--max-cache-bytes`)."""
+class EngineUnavailable(ServiceUnavailable):
+    pass
 
-    status = 400
-    type = "invalid_request_error"
-    code = "adapter_too_large"
+
+class RegistryUnavailable(ServiceUnavailable):
+    """The registry cannot answer (unreachable, refusing our token, failing): not the client's
+    fault, so 503 rather than a 4xx that would tell the client its request was wrong."""
+
+    code = "registry_unavailable"
 
 
 class SettingsError(ServerError):
     """The server's settings cannot work on this machine (e.g. LoRA slots that do not fit)."""
 
-    status = 500
+    exit_code = 2
     type = "invalid_settings"
+
+
+class AdapterTooLarge(InvalidRequest):
+    """The adapter alone exceeds the server's whole disk cache budget (`--max-cache-bytes`)."""
+
+    code = "adapter_too_large"

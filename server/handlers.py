@@ -11,48 +11,24 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
-from loramux.registry.manifest import Manifest
-from loramux.server import compat
-from loramux.server.adapters import AdapterManager
+from loramux.server.admission import Admission
 from loramux.server.engines.base import Delta, Engine, GenerationRequest, Sampling
-from loramux.server.errors import InvalidRequest, Overloaded
-from loramux.server.metrics import BASE, OTHER, Metrics
+from loramux.server.errors import InvalidRequest
+from loramux.server.metrics import Metrics
+from loramux.server.models import ServingModels
 from loramux.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     new_id,
     now,
 )
-from loramux.server.resolver import Resolver
 
 log = logging.getLogger(__name__)
 Disconnected = Callable[[], Awaitable[bool]]
-
-
-class Admission:
-    """A bound on running plus queued requests; past it a request is refused, never dropped."""
-
-    def __init__(self, limit: int, metrics: Metrics) -> None:
-        self.limit = limit
-        self.count = 0
-        self._metrics = metrics
-
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        if self.count >= self.limit:
-            raise Overloaded(f"server is at its limit of {self.limit} running and queued "
-                             "requests; retry shortly", retry_after=1)
-        self.count += 1
-        self._metrics.in_flight.set(self.count)
-        try:
-            yield
-        finally:
-            self.count -= 1
-            self._metrics.in_flight.set(self.count)
 
 
 @dataclass
@@ -61,7 +37,6 @@ class _Job:
 
     request: GenerationRequest
     model: str
-    adapter_name: str | None
     label: str
     prompt_tokens: int
     endpoint: str
@@ -71,16 +46,15 @@ class _Job:
 
 
 class Handlers:
-    def __init__(self, engine: Engine, tokenizer, resolver: Resolver, adapters: AdapterManager,
-                 metrics: Metrics, base: compat.ServedBase, admission: Admission) -> None:
+    """The completion endpoints; what `model` names comes from `ServingModels`, nowhere else."""
+
+    def __init__(self, engine: Engine, tokenizer, models: ServingModels, metrics: Metrics,
+                 admission: Admission) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
-        self.resolver = resolver
-        self.adapters = adapters
+        self.models = models
         self.metrics = metrics
-        self.base = base
         self.admission = admission
-        self._warned: set[str] = set()
 
     # -- public entry points -------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest, disconnected: Disconnected):
@@ -131,17 +105,14 @@ class Handlers:
     async def _run(self, endpoint: str, req, ids: list[int], sampling: Sampling,
                    disconnected: Disconnected):
         stack = AsyncExitStack()
-        label = BASE if self.resolver.is_base(req.model) else OTHER
+        label = self.models.unknown_label(req.model)
         try:
             await stack.enter_async_context(self.admission.slot())
-            manifest = None if label == BASE else await self.resolver.resolve(req.model)
-            adapter = None
-            if manifest is not None:
-                label = self.metrics.label(manifest.name)
-                self._check(manifest)
-                adapter = await stack.enter_async_context(self.adapters.lease(manifest))
+            target = await self.models.target(req.model)
+            label = target.label
+            adapter = await stack.enter_async_context(self.models.lease(target))
             job = _Job(GenerationRequest(new_id("cmpl"), ids, sampling, adapter), req.model,
-                       manifest.name if manifest else None, label, len(ids), endpoint)
+                       label, len(ids), endpoint)
         except BaseException as exc:
             await stack.aclose()
             self._count(endpoint, label, exc)
@@ -153,12 +124,6 @@ class Handlers:
             return await self._collect(job, disconnected)
         finally:
             await stack.aclose()
-
-    def _check(self, manifest: Manifest) -> None:
-        warning = compat.check(manifest, self.base)
-        if warning and manifest.digest not in self._warned:
-            self._warned.add(manifest.digest)
-            log.warning(warning)
 
     def _count(self, endpoint: str, label: str, exc: BaseException | None) -> None:
         status = "200" if exc is None else str(getattr(exc, "status", 500))

@@ -76,8 +76,6 @@ class Metrics:
                                  registry=r)
         self.in_flight = Gauge("loramux_requests_in_flight", "Running plus queued requests.",
                                registry=r)
-        self.base_loads = Counter("loramux_base_model_loads_total",
-                                  "Times the base model was loaded (stays 1).", registry=r)
-        # prometheus_client appends _total to counters; expose the name the docs promise too.
-        self.base_loads_plain = Gauge("base_model_loads_total",
-                                      "Times the base model was loaded (stays 1).", registry=r)
+        self.base_loads = Counter(
+            "loramux_base_model_loads", "Times the engine loaded the base weights: 1 for the "
+            "server's life, unless an operator restarted the engine.", registry=r)

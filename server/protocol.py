@@ -104,29 +104,12 @@ class CompletionRequest(_Request):
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
 def now() -> int:
     return int(time.time())
-
-
-class ErrorBody(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
 
 
 class ModelCard(BaseModel):
@@ -141,6 +124,7 @@ class ModelCard(BaseModel):
     resident: bool = False
     aliases: list[str] = Field(default_factory=list)
     quantization_mismatch: str | None = None
+    refused: str | None = None  # why this server will not serve it (listed on request only)
 
 
 class ModelList(BaseModel):

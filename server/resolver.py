@@ -2,31 +2,48 @@
 
 Moving references (a bare name, an alias) are cached for a short TTL so that an alias moved in
 the registry takes effect within seconds; pinned ones (`name@7`, `name@sha256:…`) never change
-and are cached for longer.
+and are cached for longer. `registry_failure` is the one place a registry error becomes the
+server's answer: unknown names are 404, a registry that cannot answer is 503.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass
 
-from loramux.registry.errors import InvalidName, NotFound, RegistryError
+from loramux.registry.errors import Conflict, InvalidName, NotFound, RegistryError
 from loramux.registry.manifest import Manifest
 from loramux.registry.refs import AdapterRef
-from loramux.server.errors import AdapterUnavailable, ModelNotFound
+from loramux.server.errors import InvalidRequest, ModelNotFound, RegistryUnavailable, ServerError
 
 log = logging.getLogger(__name__)
 
 # A pinned reference never points elsewhere, but it can be yanked: keep that visible soon too.
 PINNED_TTL_S = 30.0
+# What a registry (local store or HTTP client) may raise when it cannot answer at all.
+REGISTRY_FAILURES = (RegistryError, OSError, sqlite3.Error)
+
+
+def registry_failure(exc: Exception, model: str | None, served_name: str) -> ServerError:
+    """The server's error for a failed registry call about `model` (None: not about one)."""
+    if model is not None and isinstance(exc, (NotFound, InvalidName)):
+        detail = (f"it is neither the served base `{served_name}` nor a registry adapter ({exc})"
+                  if isinstance(exc, NotFound) else str(exc))
+        return ModelNotFound(f"The model `{model}` does not exist: {detail}", param="model")
+    if model is not None and isinstance(exc, Conflict):
+        return InvalidRequest(f"The model `{model}` is ambiguous: {exc}", param="model")
+    about = f" for `{model}`" if model is not None else ""
+    log.warning("registry call%s failed: %s: %s", about, type(exc).__name__, exc)
+    return RegistryUnavailable(f"the adapter registry cannot answer{about}: {exc}")
 
 
 @dataclass
 class _Entry:
     manifest: Manifest | None
-    error: Exception | None
+    error: ServerError | None
     expires: float
 
 
@@ -42,7 +59,8 @@ class Resolver:
         return model == self.served_name
 
     async def resolve(self, model: str) -> Manifest:
-        """Manifest for an adapter reference; raises ModelNotFound for unknown or invalid refs."""
+        """Manifest for an adapter reference; ModelNotFound for unknown or invalid refs,
+        RegistryUnavailable when the registry cannot answer (remembered for the TTL too)."""
         entry = self._cache.get(model)
         now = time.monotonic()
         if entry is None or entry.expires < now:
@@ -59,24 +77,12 @@ class Resolver:
         try:
             ref = AdapterRef.parse(model)
         except InvalidName as exc:
-            error = ModelNotFound(f"The model `{model}` does not exist: {exc}", param="model")
+            error = registry_failure(exc, model, self.served_name)
             return _Entry(None, error, time.monotonic() + PINNED_TTL_S)
         ttl = PINNED_TTL_S if ref.pins_version else self.ttl_s
         try:
             manifest = self._registry.resolve(ref)
-        except NotFound as exc:
-            error = ModelNotFound(
-                f"The model `{model}` does not exist: it is neither the served base "
-                f"`{self.served_name}` nor a registry adapter ({exc})", param="model")
+        except REGISTRY_FAILURES as exc:
+            error = registry_failure(exc, model, self.served_name)
             return _Entry(None, error, time.monotonic() + self.ttl_s)
-        except RegistryError as exc:
-            log.warning("registry lookup of %s failed: %s", model, exc)
-            return _Entry(None, AdapterUnavailable(f"registry lookup of `{model}` failed: {exc}"),
-                          time.monotonic() + self.ttl_s)
         return _Entry(manifest, None, time.monotonic() + ttl)
-
-    def forget(self, model: str | None = None) -> None:
-        if model is None:
-            self._cache.clear()
-        else:
-            self._cache.pop(model, None)

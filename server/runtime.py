@@ -1,25 +1,24 @@
-"""The server's shared state, built once: engine, tokenizer, registry, resolver, adapters.
+"""The server's parts, built once from the settings and wired together.
 
-The app receives one Runtime and reaches everything through it, so tests can build one around
-an engine they share across the session.
+The app receives one Runtime and reaches everything through it. The logic lives in the parts:
+`models.ServingModels` (what a `model` string names), `handlers.Handlers` (completions),
+`admission.Admission` (overload), the engine and the adapter manager.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import os
 from pathlib import Path
-from typing import Any
 
-from loramux.registry.errors import RegistryError
-from loramux.registry.manifest import Manifest
 from loramux.server import compat
 from loramux.server.adapters import AdapterManager, AdapterManagerOptions
+from loramux.server.admission import Admission
 from loramux.server.engines.base import Engine
-from loramux.server.errors import AdapterUnavailable, EngineUnavailable, IncompatibleAdapter
-from loramux.server.handlers import Admission, Handlers
+from loramux.server.errors import EngineUnavailable
+from loramux.server.handlers import Handlers
 from loramux.server.metrics import Metrics
-from loramux.server.protocol import ModelCard, now
+from loramux.server.models import ServingModels
 from loramux.server.resolver import Resolver
 from loramux.server.settings import ServerSettings, read_api_keys
 
@@ -36,23 +35,35 @@ def local_model_dir(base: str) -> Path:
     return Path(snapshot_download(base))
 
 
-def build_engine(settings: ServerSettings, model_dir: Path) -> Engine:
+def build_engine(settings: ServerSettings, model_dir: Path, metrics: Metrics) -> Engine:
+    """The engine the settings name; every base-weight load it does counts in the metrics."""
     if settings.engine == "transformers":
         from loramux.server.engines.transformers_engine import TransformersEngine
 
         return TransformersEngine(model_dir, quantization=settings.quantization,
-                                  max_model_len=settings.max_model_len)
-    from loramux.server.engines.vllm_engine import VllmEngine, VllmOptions
+                                  max_model_len=settings.max_model_len,
+                                  on_base_load=metrics.base_loads.inc)
+    from loramux.server.engines.vllm_engine import VllmEngine
 
-    return VllmEngine(VllmOptions(
-        model=str(model_dir), quantization=settings.quantization, max_loras=settings.max_loras,
-        max_cpu_loras=settings.max_cpu_loras, max_lora_rank=settings.max_lora_rank,
-        max_model_len=settings.max_model_len, max_num_seqs=settings.max_num_seqs,
-        kv_cache_gib=settings.kv_cache_gib))
+    return VllmEngine(settings.vllm_options(model_dir), on_base_load=metrics.base_loads.inc)
+
+
+def engine_core_pid() -> int | None:
+    """The pid of vLLM's engine-core process under this server (None for an in-process engine):
+    an outside witness of base loads, since a new engine core means the weights were loaded."""
+    import psutil
+
+    for child in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if "EngineCore" in " ".join(child.cmdline()):
+                return child.pid
+        except psutil.Error:
+            continue
+    return None
 
 
 class Runtime:
-    def __init__(self, settings: ServerSettings, engine: Engine | None = None) -> None:
+    def __init__(self, settings: ServerSettings) -> None:
         from transformers import AutoTokenizer
 
         import loramux.registry as registry_lib
@@ -62,49 +73,27 @@ class Runtime:
         self.api_keys = read_api_keys(settings.api_keys)
         model_dir = local_model_dir(settings.base)
         self.metrics = Metrics(settings.max_adapter_labels)
-        self.engine = engine or build_engine(settings, model_dir)
-        self.metrics.base_loads.inc(self.engine.info.base_model_loads)
-        self.metrics.base_loads_plain.set(self.engine.info.base_model_loads)
+        self.engine = build_engine(settings, model_dir, self.metrics)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.registry = registry_lib.open(settings.registry)
-        self.base = compat.ServedBase(
+        base = compat.ServedBase(
             fingerprint=base_fingerprint(model_dir),
             quantization=compat.served_quantization(self.engine.info.quantization),
             max_lora_rank=settings.max_lora_rank)
-        self.resolver = Resolver(self.registry, settings.name, ttl_s=settings.resolve_ttl_s)
         self.adapters = AdapterManager(self.engine, self.registry, self.metrics,
                                        AdapterManagerOptions(
                                            cache_dir=settings.cache_dir,
                                            max_resident=settings.max_cpu_loras,
                                            max_cache_bytes=settings.max_cache_bytes))
-        self.handlers = Handlers(self.engine, self.tokenizer, self.resolver, self.adapters,
-                                 self.metrics, self.base,
+        resolver = Resolver(self.registry, settings.name, ttl_s=settings.resolve_ttl_s)
+        self.models = ServingModels(self.registry, resolver, self.adapters, base, self.metrics,
+                                    root=settings.base)
+        self.handlers = Handlers(self.engine, self.tokenizer, self.models, self.metrics,
                                  Admission(settings.max_pending, self.metrics))
-        self._manifests: dict[str, Manifest] = {}
         self._closed = False
         log.info("serving %s as `%s` (engine %s, quantization %s, fingerprint %s)",
-                 model_dir, settings.name, self.engine.info.name, self.base.quantization,
-                 self.base.fingerprint[:19])
-
-    async def pin_all(self) -> None:
-        for ref in self.settings.pin:
-            manifest = await self.resolver.resolve(ref)
-            compat.check(manifest, self.base)
-            self.adapters.pin(manifest.digest)
-            await self.adapters.load(manifest)
-
-    async def load(self, model: str) -> dict[str, Any]:
-        manifest = await self.resolver.resolve(model)
-        warning = compat.check(manifest, self.base)
-        handle = await self.adapters.load(manifest)
-        return {"model": model, "ref": manifest.ref, "digest": manifest.digest,
-                "lora_id": handle.lora_id, "resident": True, "warning": warning}
-
-    async def unload(self, model: str) -> dict[str, Any]:
-        manifest = await self.resolver.resolve(model)
-        unloaded = await self.adapters.unload(manifest.digest)
-        return {"model": model, "ref": manifest.ref, "digest": manifest.digest,
-                "unloaded": unloaded, "resident": self.adapters.is_resident(manifest.digest)}
+                 model_dir, settings.name, self.engine.info.name, base.quantization,
+                 (base.fingerprint or "none")[:19])
 
     async def engine_health(self) -> None:
         try:
@@ -114,34 +103,18 @@ class Runtime:
         except Exception as exc:  # whatever the engine raises, the answer is "not healthy"
             raise EngineUnavailable(f"engine unhealthy: {exc}") from exc
 
-    def registry_health(self) -> None:
-        try:
-            self.registry.list(name="loramux-ready-probe")
-        except RegistryError as exc:
-            raise AdapterUnavailable(f"registry unreachable: {exc}") from exc
+    def engine_state(self) -> dict[str, object]:
+        """For operators and tests: which process holds the engine and how often it loaded."""
+        return {"engine": self.engine.info.name, "server_pid": os.getpid(),
+                "engine_pid": engine_core_pid(),
+                "base_model_loads": int(self.metrics.registry.get_sample_value(
+                    "loramux_base_model_loads_total") or 0)}
 
-    def _cards(self) -> list[ModelCard]:
-        created = now()
-        cards = [ModelCard(id=self.settings.name, created=created, resident=True,
-                           root=self.settings.base)]
-        for info in self.registry.list(base_fingerprint=self.base.fingerprint):
-            manifest = self._manifests.get(info.digest)
-            if manifest is None:
-                manifest = self.registry.show(f"{info.name}@{info.version}")
-                self._manifests[info.digest] = manifest
-            try:
-                warning = compat.check(manifest, self.base)
-            except IncompatibleAdapter:  # not offered: requests for it get the reason
-                continue
-            cards.append(ModelCard(
-                id=f"{info.name}@{info.version}", created=int(info.created_at.timestamp()),
-                parent=self.settings.name, root=info.name, digest=info.digest,
-                resident=self.adapters.is_resident(info.digest), aliases=info.aliases,
-                quantization_mismatch=warning))
-        return cards
-
-    async def model_cards(self) -> list[ModelCard]:
-        return await asyncio.to_thread(self._cards)
+    async def restart_engine(self) -> dict[str, object]:
+        """Operator action: reload the base weights (a new vLLM engine core); adapters stay."""
+        log.warning("restarting the engine on an operator's request")
+        await self.engine.restart()
+        return self.engine_state()
 
     def close(self) -> None:
         if self._closed:

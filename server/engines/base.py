@@ -70,7 +70,6 @@ class EngineInfo:
     max_model_len: int
     max_loras: int
     max_lora_rank: int
-    base_model_loads: int
     resident_bytes: int | None = None
     extra: dict = field(default_factory=dict)
 
@@ -87,5 +86,10 @@ class Engine(Protocol):
     async def unload_adapter(self, adapter: AdapterHandle) -> None: ...
 
     async def check_health(self) -> None: ...
+
+    async def restart(self) -> None:
+        """Load the base weights anew (an operator action), keeping the loaded adapters; each
+        engine reports every base load through the `on_base_load` callback it was built with."""
+        ...
 
     def shutdown(self) -> None: ...

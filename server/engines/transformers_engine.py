@@ -15,7 +15,7 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +29,9 @@ from loramux.server.engines.base import (
 )
 from loramux.server.errors import InvalidRequest
 
-log = logging.getLogger(__name__)
 BASE_ROW = "__base__"
 MAX_BATCH = 32
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,9 +53,10 @@ class _Job:
 
 class TransformersEngine:
     def __init__(self, model_dir: Path | str, quantization: str | None = "bitsandbytes",
-                 max_model_len: int | None = None, dtype: str = "bfloat16") -> None:
+                 max_model_len: int | None = None, dtype: str = "bfloat16",
+                 on_base_load: Callable[[], None] = lambda: None) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+        from transformers import AutoTokenizer, BitsAndBytesConfig
 
         self._torch = torch
         torch_dtype = getattr(torch, dtype)
@@ -67,10 +68,11 @@ class TransformersEngine:
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                 bnb_4bit_compute_dtype=torch_dtype)
-        self._base = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs).eval()
-        self._tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self._model = None  # becomes a PeftModel with the first adapter
+        self._model_dir, self._load_kwargs, self._on_base_load = model_dir, kwargs, on_base_load
         self._lock = threading.Lock()  # adapters change only between generate calls
+        self._adapters: dict[str, AdapterHandle] = {}  # what a restart loads again
+        self._load_base()
+        self._tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self._aborted: set[str] = set()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.largest_batch = 0  # for tests and logs: how much batching actually happened
@@ -80,8 +82,23 @@ class TransformersEngine:
         self.info = EngineInfo(
             name="transformers", model=str(model_dir),
             quantization="bitsandbytes" if quantized else "none", max_model_len=limit,
-            max_loras=1_000_000, max_lora_rank=1_000_000, base_model_loads=1,
+            max_loras=1_000_000, max_lora_rank=1_000_000,
             resident_bytes=int(self._base.get_memory_footprint()))
+
+    def _load_base(self) -> None:
+        """Load the base weights (and drop every adapter): at start, and on `restart`."""
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(self._model_dir, **self._load_kwargs).eval()
+        with self._lock:
+            self._base, self._model = base, None  # a PeftModel once the first adapter loads
+        self._on_base_load()
+
+    async def restart(self) -> None:
+        """Operator action: load the base weights again, then the adapters that were loaded."""
+        await asyncio.to_thread(self._load_base)
+        for handle in list(self._adapters.values()):
+            await self.load_adapter(handle)
 
     async def load_adapter(self, adapter: AdapterHandle) -> None:
         await asyncio.to_thread(self._load, adapter)
@@ -96,10 +113,12 @@ class TransformersEngine:
             elif adapter.name not in self._model.peft_config:
                 self._model.load_adapter(str(adapter.path), adapter_name=adapter.name)
             self._model.eval()
+            self._adapters[adapter.name] = adapter
 
     async def unload_adapter(self, adapter: AdapterHandle) -> None:
         def drop() -> None:
             with self._lock:
+                self._adapters.pop(adapter.name, None)
                 if self._model is not None and adapter.name in self._model.peft_config:
                     self._model.delete_adapter(adapter.name)
 

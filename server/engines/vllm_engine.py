@@ -6,11 +6,12 @@ used (AsyncEngineArgs, AsyncLLM.generate with a TokensPrompt, LoRARequest, Sampl
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,18 +116,20 @@ def _children_rss() -> int:
 
 
 class VllmEngine:
-    """Streams deltas from vLLM's AsyncLLM; adapters arrive as LoRARequests keyed by digest."""
+    """Streams deltas from vLLM's AsyncLLM; adapters arrive as LoRARequests keyed by digest.
 
-    def __init__(self, options: VllmOptions) -> None:
+    `on_base_load` is called each time vLLM has loaded the base weights (its engine-core process
+    is up): once at start, and again only on an operator's `restart`.
+    """
+
+    def __init__(self, options: VllmOptions,
+                 on_base_load: Callable[[], None] = lambda: None) -> None:
         # CPU builds size the KV cache from this variable; the GPU build ignores it.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(max(1, options.kv_cache_gib))))
         # Inherited by the engine-core process, where vLLM loads our plugin that replaces its CPU
         # LoRA ops: base-model tokens in mixed batches get no adapter delta, and each op is one
         # GEMM instead of a per-token weight copy (see vllm_patches.py).
         os.environ[vllm_patches.ENV] = "1"
-        from vllm import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
         quantization = None if options.quantization in (None, "none") else options.quantization
         max_loras = slot_count(options)
         check_slot_memory(options, max_loras)
@@ -146,8 +149,11 @@ class VllmEngine:
         )
         if options.gpu_memory_utilization is not None:
             kwargs["gpu_memory_utilization"] = options.gpu_memory_utilization
+        self._kwargs = kwargs
+        self._on_base_load = on_base_load
+        self._loaded: dict[int, AdapterHandle] = {}  # what a restart loads again
         started = time.perf_counter()
-        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        self._engine = self._start()
         seconds = time.perf_counter() - started
         model_config = self._engine.model_config
         self.info = EngineInfo(
@@ -157,13 +163,30 @@ class VllmEngine:
             max_model_len=model_config.max_model_len,
             max_loras=max_loras,
             max_lora_rank=options.max_lora_rank,
-            base_model_loads=1,
             resident_bytes=_children_rss(),
             extra={"startup_seconds": round(seconds, 2)},
         )
         log.info("vLLM engine loaded %s (quantization=%s, max_model_len=%d) in %.1fs; "
                  "process tree holds %.2f GiB resident", options.model, self.info.quantization,
                  self.info.max_model_len, seconds, self.info.resident_bytes / 2**30)
+
+    def _start(self):
+        """A new AsyncLLM: vLLM starts an engine-core process, which loads the base weights."""
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self._kwargs))
+        self._on_base_load()
+        return engine
+
+    async def restart(self) -> None:
+        """Operator action: stop vLLM (in-flight requests fail) and start it again, base weights
+        loaded anew, with the same adapters loaded."""
+        self._engine.shutdown()
+        self._engine = await asyncio.to_thread(self._start)
+        for handle in list(self._loaded.values()):
+            await self.load_adapter(handle)
+        log.info("vLLM engine restarted with %d adapters", len(self._loaded))
 
     def _sampling_params(self, request: GenerationRequest):
         from vllm import SamplingParams
@@ -225,8 +248,10 @@ class VllmEngine:
         ok = await self._engine.add_lora(self._lora_request(adapter))
         if ok is False:
             raise EngineUnavailable(f"vLLM refused to load adapter {adapter.name}")
+        self._loaded[adapter.lora_id] = adapter
 
     async def unload_adapter(self, adapter: AdapterHandle) -> None:
+        self._loaded.pop(adapter.lora_id, None)
         await self._engine.remove_lora(adapter.lora_id)
 
     async def check_health(self) -> None:

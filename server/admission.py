@@ -1,0 +1,31 @@
+"""Admission: a bound on running plus queued requests, so that overload is refused, not queued
+without end. Past the bound a request gets 429 with `Retry-After`; nothing admitted is dropped."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from loramux.server.errors import Overloaded
+from loramux.server.metrics import Metrics
+
+
+class Admission:
+    def __init__(self, limit: int, metrics: Metrics) -> None:
+        self.limit = limit
+        self.count = 0
+        self._metrics = metrics
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of `limit` places for the body of the `async with`; raise Overloaded if none."""
+        if self.count >= self.limit:
+            raise Overloaded(f"server is at its limit of {self.limit} running and queued "
+                             "requests; retry shortly", retry_after=1)
+        self.count += 1
+        self._metrics.in_flight.set(self.count)
+        try:
+            yield
+        finally:
+            self.count -= 1
+            self._metrics.in_flight.set(self.count)
