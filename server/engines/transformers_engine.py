@@ -92,6 +92,7 @@ class TransformersEngine:
         base = AutoModelForCausalLM.from_pretrained(self._model_dir, **self._load_kwargs).eval()
         with self._lock:
             self._base, self._model = base, None  # a PeftModel once the first adapter loads
+        log.info("reference engine loaded the base weights from %s", self._model_dir)
         self._on_base_load()
 
     async def restart(self) -> None:

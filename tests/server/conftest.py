@@ -3,6 +3,9 @@ registry on disk, real HTTP on loopback and the real `openai` client."""
 
 from __future__ import annotations
 
+import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -92,3 +95,41 @@ def server(demo_base: Path, tmp_path_factory) -> Server:
     url = process.start()
     yield Server(url, registry_dir, demo_base, adapters, process.proc)
     process.stop()
+
+
+# Weight-loading lines vLLM writes once per engine-core process (vllm/model_executor/
+# model_loader/default_loader.py), the transformers engine's load line as a fallback.
+WEIGHT_LOAD_LINE = re.compile(r"Loading weights took|loaded the base weights")
+
+
+@dataclass(frozen=True)
+class BaseLoads:
+    """Three witnesses that the base was (not) loaded again: the server's own counter, the
+    engine-core process id (a new process is a new load) and the weight-loading lines in the
+    server's log, which the code under test cannot fake."""
+
+    counter: float
+    engine_pid: int | None
+    log_lines: int
+
+
+def read_base_loads(url: str, log: Path, admin_key: str = ADMIN_KEY) -> BaseLoads:
+    state = httpx.get(f"{url}/v1/admin/engine", timeout=30,
+                      headers={"Authorization": f"Bearer {admin_key}"})
+    state.raise_for_status()
+    metrics = httpx.get(f"{url}/metrics", timeout=30).text
+    counter = next(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                   if line.startswith("loramux_base_model_loads_total "))
+    lines = len(WEIGHT_LOAD_LINE.findall(log.read_text(errors="replace")))
+    return BaseLoads(counter, state.json()["engine_pid"], lines)
+
+
+def base_loads(server: Server) -> BaseLoads:
+    """`read_base_loads` for the session server (its log is the file its stdout goes to)."""
+    return read_base_loads(server.url, Path(os.readlink(f"/proc/{server.proc.pid}/fd/1")))
+
+
+@pytest.fixture(scope="session")
+def base_load_reader():
+    """`read_base_loads(url, log)` for tests that start a server of their own."""
+    return read_base_loads
