@@ -56,7 +56,15 @@ def default_location() -> str:
 
 
 def is_url(location: str | Path) -> bool:
-    return str(location).startswith(("http://", "https://"))
+    """True for ``http(s)://``; any other ``scheme://`` is refused (a typo, not a folder)."""
+    text = str(location)
+    if text.startswith(("http://", "https://")):
+        return True
+    scheme, sep, _ = text.partition("://")
+    if sep and scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
+        raise InvalidName(f"unknown registry URL scheme {scheme + '://'!r} in {text!r}: use "
+                          "http://, https:// or a folder path")
+    return False
 
 
 def open(
@@ -64,16 +72,18 @@ def open(
     *,
     token: str | None = None,
     limits: Limits | None = None,
+    create: bool = True,
 ) -> Registry:
     """A registry at a local path or an ``http(s)://`` URL (default: env, then home).
 
     For a URL, ``token`` defaults to ``LORAMUX_TOKEN``; ``limits`` apply to a local store only
-    (a server enforces its own).
+    (a server enforces its own). Without ``create``, a folder that holds no registry raises
+    ``NotFound`` ("no registry at …") instead of becoming a new, empty one.
     """
     location = str(path_or_url) if path_or_url is not None else default_location()
     if is_url(location):
         return RemoteRegistry(location, token=token)
-    return LocalRegistry(Path(location).expanduser(), limits=limits)
+    return LocalRegistry(Path(location).expanduser(), limits=limits, create=create)
 
 
 __all__ = [

@@ -35,6 +35,7 @@ from loramux.registry.manifest import (
     PushRequest,
     VerifyReport,
     VersionInfo,
+    parse_labels,
 )
 from loramux.registry.refs import AdapterRef
 from loramux.registry.store import LocalRegistry
@@ -172,7 +173,7 @@ def list_versions(
     label: Annotated[list[str] | None, Query(description="k=v, repeatable")] = None,
     include_deleted: bool = False,
 ) -> list[VersionInfo]:
-    labels = dict(item.split("=", 1) for item in (label or []) if "=" in item)
+    labels = parse_labels(label or [])
     return _registry(request).list(
         name=name, base_fingerprint=base_fingerprint, labels=labels,
         include_deleted=include_deleted,

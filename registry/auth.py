@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from loramux.registry.errors import Forbidden, RegistryError, Unauthorized
 
 ENV_TOKENS = "LORAMUX_REGISTRY_TOKENS"
+TOKENS_FORMAT = (
+    "File of tokens, one SECRET:read|write[:NAME] per line (or comma-separated; # comments). "
+    "write includes read; NAME is what the audit log records. Also env LORAMUX_REGISTRY_TOKENS. "
+    "Clients pass SECRET as LORAMUX_TOKEN or --token."
+)
 SCOPES = {"read": frozenset({"read"}), "write": frozenset({"read", "write"})}
 
 
@@ -41,8 +45,8 @@ class Identity:
 
 def parse_tokens(text: str, *, source: str = "tokens") -> list[Token]:
     tokens = []
-    for raw in re.split(r"[,\n]", text):
-        entry = raw.split("#", 1)[0].strip()
+    entries = (e.strip() for line in text.splitlines() for e in line.split("#", 1)[0].split(","))
+    for entry in entries:
         if not entry:
             continue
         parts = entry.split(":")

@@ -7,6 +7,7 @@ deletion) lives next to it in the index and appears in :class:`VersionInfo` inst
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -36,6 +37,18 @@ def check_labels(labels: dict[str, str] | None) -> dict[str, str]:
         if not isinstance(value, str) or len(value) > MAX_LABEL_VALUE:
             raise InvalidName(f"label {key!r}: value must be a string of <= {MAX_LABEL_VALUE}")
     return labels
+
+
+def parse_labels(items: Iterable[str]) -> dict[str, str]:
+    """``["team=cx", "task=sql"]`` -> ``{"team": "cx", "task": "sql"}``: the one parser of
+    ``k=v`` labels (CLI options, the HTTP API's ``label`` query, tools); checked as above."""
+    labels = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidName(f"invalid label {item!r}: expected key=value")
+        labels[key] = value
+    return check_labels(labels)
 
 
 class FileEntry(BaseModel):

@@ -40,22 +40,30 @@ from loramux.registry.validate import Limits, check_rel_path, check_sizes, scan_
 from loramux.registry.validate import validate_adapter as _validate
 
 log = logging.getLogger(__name__)
+INDEX_FILE = "index.db"
 
 
 class LocalRegistry(Registry):
     """The registry in a local folder; safe for many threads and processes at once."""
 
     def __init__(
-        self, root: Path | str, *, limits: Limits | None = None, actor: str | None = None
+        self,
+        root: Path | str,
+        *,
+        limits: Limits | None = None,
+        actor: str | None = None,
+        create: bool = True,
     ) -> None:
         self.root = Path(root).expanduser()
+        if not create and not (self.root / INDEX_FILE).is_file():
+            raise NotFound(f"no registry at {self.root}")
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "locks").mkdir(exist_ok=True)
         self.limits = limits or Limits()
         self.actor = actor or default_actor()
         self.blobs = BlobStore(self.root)
         self.lock = StoreLock(self.root / "locks" / "gc.lock")
-        self.index = Index(self.root / "index.db")
+        self.index = Index(self.root / INDEX_FILE)
 
     def __repr__(self) -> str:
         return f"LocalRegistry({str(self.root)!r})"

@@ -32,6 +32,7 @@ def write_adapter(
     hidden: int = 32,
     peft_type: str = "LORA",
     drop: tuple[str, ...] = (),
+    base: str = "tiny-llama",
 ) -> Path:
     """A tiny real LoRA adapter in PEFT's on-disk format (config + safetensors)."""
     import numpy as np  # here, so that the SIGKILL workers start fast
@@ -56,10 +57,36 @@ def write_adapter(
         "lora_dropout": 0.05,
         "bias": "none",
         "target_modules": list(modules) if target_modules is None else target_modules,
-        "base_model_name_or_path": "tiny-llama",
+        "base_model_name_or_path": base,
         "task_type": "CAUSAL_LM",
     }
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return folder
+
+
+TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+
+
+def make_base(folder: Path, *, seed: int = 0, template: str | None = TEMPLATE) -> Path:
+    """A tiny base model folder with everything a fingerprint reads."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True)
+    config = {"architectures": ["LlamaForCausalLM"], "hidden_size": 32, "num_hidden_layers": 2,
+              "vocab_size": 64, "_name_or_path": str(folder), "transformers_version": "4.56.0",
+              "torch_dtype": "bfloat16"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "tokenizer.json").write_text(json.dumps({"model": {"vocab": {"a": 0, "b": 1}}}))
+    tok_config = {"eos_token": "<|end|>", "name_or_path": str(folder)}
+    if template is not None:
+        tok_config["chat_template"] = template
+    (folder / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    rng = np.random.default_rng(seed)
+    save_file({"model.embed_tokens.weight": rng.standard_normal((64, 32), dtype=np.float32),
+               "lm_head.weight": rng.standard_normal((64, 32), dtype=np.float32)},
+              str(folder / "model.safetensors"))
+    (folder / "generation_config.json").write_text("{}")
     return folder
 
 

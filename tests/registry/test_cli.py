@@ -134,6 +134,7 @@ def test_error_mapping_survives_mounting(tmp_path: Path) -> None:
         pass
 
     root.add_typer(app, name="registry")
+    LocalRegistry(tmp_path / "s").close()
     r = runner.invoke(root, ["registry", "--registry", str(tmp_path / "s"), "show", "ghost"])
     assert r.exit_code == 3
     assert r.stderr == "error: no adapter named 'ghost'\n"

@@ -6,33 +6,11 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from safetensors.numpy import save_file
+from registry_support import TEMPLATE, make_base
 
 from loramux.registry import InvalidBaseModel, LocalRegistry
 from loramux.registry.fingerprint import base_components, base_fingerprint, compare
-
-TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
-
-
-def make_base(folder: Path, *, seed: int = 0, template: str | None = TEMPLATE) -> Path:
-    folder.mkdir(parents=True)
-    config = {"architectures": ["LlamaForCausalLM"], "hidden_size": 32, "num_hidden_layers": 2,
-              "vocab_size": 64, "_name_or_path": str(folder), "transformers_version": "4.56.0",
-              "torch_dtype": "bfloat16"}
-    (folder / "config.json").write_text(json.dumps(config))
-    (folder / "tokenizer.json").write_text(json.dumps({"model": {"vocab": {"a": 0, "b": 1}}}))
-    tok_config = {"eos_token": "<|end|>", "name_or_path": str(folder)}
-    if template is not None:
-        tok_config["chat_template"] = template
-    (folder / "tokenizer_config.json").write_text(json.dumps(tok_config))
-    rng = np.random.default_rng(seed)
-    save_file({"model.embed_tokens.weight": rng.standard_normal((64, 32), dtype=np.float32),
-               "lm_head.weight": rng.standard_normal((64, 32), dtype=np.float32)},
-              str(folder / "model.safetensors"))
-    (folder / "generation_config.json").write_text("{}")
-    return folder
 
 
 @pytest.fixture

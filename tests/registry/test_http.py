@@ -247,3 +247,13 @@ def test_tokens_file_and_env_parsing(tmp_path: Path, monkeypatch) -> None:
         auth.identify("epsilon")
     with pytest.raises(RegistryError, match="SECRET:read\\|write"):
         parse_tokens("oops:admin")
+
+
+def test_readme_tokens_example_parses() -> None:
+    """The tokens file shown in the README, comments (with commas) and all."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Registry"):readme.index("## Serving")]
+    example = section.split("```\n")[-2]  # the untagged block: the tokens file
+    tokens = parse_tokens(example + "solo:read  # a comment, with a comma\n")
+    assert [(t.scope, t.name) for t in tokens][:2] == [("write", "ci"), ("read", "fleet")]
+    assert [t.secret for t in tokens] == ["s3cr3t-for-ci", "s3cr3t-for-servers", "solo"]
