@@ -1,117 +1,98 @@
 """Registry errors: one hierarchy shared by the store, the HTTP server, the client and the CLI.
 
-Each class carries the HTTP status and the CLI exit code it maps to, so the three translation
-points (FastAPI exception handler, remote client, CLI group) stay one-liners and agree. The class
-name travels over HTTP as ``error.type``; the remote client turns it back into the same class.
+Under :class:`loramux.errors.LoramuxError`, each class carries the HTTP status and the CLI exit
+code it maps to, so the three translation points (FastAPI exception handler, remote client, CLI
+group) stay one-liners and agree. The class name travels over HTTP as ``error.type`` (and its
+snake_case as ``error.code``); the remote client turns it back into the same class.
 """
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
+from loramux.errors import LoramuxError
 
-class RegistryError(Exception):
+
+class RegistryError(LoramuxError):
     """Base of every error the registry raises on purpose."""
 
     status: ClassVar[int] = 400
     code: ClassVar[str] = "registry_error"
-    exit_code: ClassVar[int] = 1
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.code = re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()  # NotLora -> not_lora
 
 
 class NotFound(RegistryError):
     status = 404
-    code = "not_found"
     exit_code = 3
 
 
 class BlobMissing(NotFound):
     """A push references a blob the store does not have (not uploaded, or collected)."""
 
-    code = "blob_missing"
-
 
 class Conflict(RegistryError):
     status = 409
-    code = "conflict"
     exit_code = 4
 
 
-class InvalidName(RegistryError):
-    """A name, alias, reference or file path inside an adapter that does not match the rules."""
+class Invalid(RegistryError):
+    """Input that does not fit the rules; the subclasses say which input."""
 
     status = 422
-    code = "invalid_name"
     exit_code = 5
 
 
-class InvalidRequest(RegistryError):
+class InvalidName(Invalid):
+    """A name, alias, reference, label or file path inside an adapter that breaks the rules."""
+
+
+class InvalidRequest(Invalid):
     """Arguments that do not fit the API (a malformed lineage, quantization, request body)."""
 
-    status = 422
-    code = "invalid_request"
-    exit_code = 5
 
-
-class InvalidAdapter(RegistryError):
+class InvalidAdapter(Invalid):
     """The folder is not something the server could load as a LoRA adapter."""
-
-    status = 422
-    code = "invalid_adapter"
-    exit_code = 5
 
 
 class PickleWeights(InvalidAdapter):
-    code = "pickle_weights"
+    """Weights in a pickle ``.bin``: loading runs code, so they are refused."""
 
 
 class NotLora(InvalidAdapter):
-    code = "not_lora"
+    """A PEFT adapter of another kind (prefix tuning, IA3…)."""
 
 
 class ConfigMismatch(InvalidAdapter):
     """adapter_config.json and the safetensors tensors disagree (rank, modules, pairs)."""
 
-    code = "config_mismatch"
 
-
-class InvalidBaseModel(RegistryError):
+class InvalidBaseModel(Invalid):
     """A folder given as the base model cannot be fingerprinted."""
-
-    status = 422
-    code = "invalid_base_model"
-    exit_code = 5
 
 
 class IntegrityError(RegistryError):
     """Bytes do not hash to the digest they are stored or announced under."""
 
     status = 422
-    code = "integrity_error"
     exit_code = 6
 
 
 class TooLarge(RegistryError):
     status = 413
-    code = "too_large"
     exit_code = 7
 
 
 class Unauthorized(RegistryError):
     status = 401
-    code = "unauthorized"
     exit_code = 8
 
 
 class Forbidden(RegistryError):
     status = 403
-    code = "forbidden"
     exit_code = 8
 
 
@@ -119,7 +100,6 @@ class RemoteError(RegistryError):
     """The remote registry could not be reached or answered something unexpected."""
 
     status = 502
-    code = "remote_error"
     exit_code = 9
 
 

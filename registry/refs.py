@@ -96,10 +96,6 @@ class AdapterRef:
         return cls(validate_name(ref))
 
     @property
-    def is_latest(self) -> bool:
-        return self.version is None and self.alias is None and self.digest is None
-
-    @property
     def pins_version(self) -> bool:
         """True when the reference can never move (a number or a digest)."""
         return self.version is not None or self.digest is not None

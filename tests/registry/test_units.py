@@ -135,3 +135,27 @@ def test_real_peft_adapters_round_trip(peft_adapters: dict[str, Path], tmp_path:
 
         saved = load_file(peft_adapters["plain"] / "adapter_model.safetensors")
         assert torch.equal(state[key], saved[key.replace(".default", "")])
+
+
+def test_errors_share_the_loramux_root() -> None:
+    """One root for every part: the CLI and the HTTP apps read status and exit code off it."""
+    from loramux.errors import LoramuxError
+    from loramux.registry.errors import RegistryError, _all_subclasses
+
+    for cls in _all_subclasses(RegistryError):
+        assert issubclass(cls, LoramuxError)
+        assert 400 <= cls.status < 600 and cls.exit_code > 0
+    assert (reg.NotLora.code, reg.NotLora("x").status) == ("not_lora", 422)
+    assert str(reg.NotFound("gone")) == "gone"
+
+
+def test_the_registry_protocol_documents_every_method() -> None:
+    methods = [n for n, v in vars(reg.Registry).items()
+               if callable(v) and not n.startswith("_")]
+    assert {"push", "resolve", "show", "list", "pull", "open_blob", "alias_set", "alias_rm",
+            "delete", "gc", "verify", "log", "alias_at", "close"} <= set(methods)
+    for name in methods:
+        doc = getattr(reg.Registry, name).__doc__
+        assert doc and len(doc.split()) > 5, name
+    for impl in (LocalRegistry, RemoteRegistry):
+        assert impl.show is reg.Registry.show and impl.pull is reg.Registry.pull
