@@ -19,10 +19,12 @@ import pytest
 
 from loramux.server import compat
 from loramux.server.adapters import AdapterManager, AdapterManagerOptions
+from loramux.server.admission import Admission
 from loramux.server.app import create_app
 from loramux.server.engines.base import Delta, EngineInfo, GenerationRequest
-from loramux.server.handlers import Admission, Handlers
+from loramux.server.handlers import Handlers
 from loramux.server.metrics import Metrics
+from loramux.server.models import ServingModels
 from loramux.server.resolver import Resolver
 from loramux.server.settings import ServerSettings
 
@@ -72,12 +74,13 @@ class GatedEngine:
 def app_and_engine(tmp_path: Path):
     engine, metrics = GatedEngine(), Metrics()
     registry = SimpleNamespace()  # base-model requests never reach the registry
-    handlers = Handlers(
-        engine, FakeTokenizer(), Resolver(registry, BASE_NAME), AdapterManager(
+    models = ServingModels(
+        registry, Resolver(registry, BASE_NAME), AdapterManager(
             engine, registry, metrics, AdapterManagerOptions(cache_dir=tmp_path / "cache")),
-        metrics, compat.ServedBase(None, "none", 64), Admission(LIMIT, metrics))
+        compat.ServedBase(None, "none", 64), metrics, BASE_NAME)
+    handlers = Handlers(engine, FakeTokenizer(), models, metrics, Admission(LIMIT, metrics))
     runtime = SimpleNamespace(settings=ServerSettings(base=BASE_NAME), api_keys={},
-                              handlers=handlers, metrics=metrics)
+                              handlers=handlers, metrics=metrics, models=models)
     return create_app(runtime), engine
 
 

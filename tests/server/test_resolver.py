@@ -13,7 +13,7 @@ import pytest
 
 import loramux.registry as reg
 from loramux.server import resolver as resolver_module
-from loramux.server.errors import AdapterUnavailable, ModelNotFound
+from loramux.server.errors import ModelNotFound, RegistryUnavailable
 from loramux.server.resolver import PINNED_TTL_S, Resolver
 from loramux.support.adapters import write_adapter
 
@@ -112,10 +112,11 @@ def test_registry_failure_expires(registry, clock) -> None:
     spy = SpyRegistry(registry)
     spy.fail = RegistryError("connection refused")
     resolver = Resolver(spy, "base", ttl_s=TTL)
-    with pytest.raises(AdapterUnavailable, match="connection refused"):
+    with pytest.raises(RegistryUnavailable, match="connection refused") as info:
         resolve(resolver, "sql")
+    assert info.value.status == 503
     spy.fail = None
-    with pytest.raises(AdapterUnavailable):
+    with pytest.raises(RegistryUnavailable):
         resolve(resolver, "sql")
     clock.now += TTL + 0.1
     assert resolve(resolver, "sql").version == 2
