@@ -16,11 +16,13 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from loramux.registry.auth import Identity, TokenAuth, actor_of, require_read, require_write
+from loramux.registry.base import DEFAULT_LOG_LIMIT
 from loramux.registry.errors import (
     InvalidRequest,
     RegistryError,
@@ -258,17 +260,19 @@ def delete(
     return _registry(request).delete(ref, force=force, actor=actor_of(identity, request))
 
 
+class LogQuery(BaseModel):
+    """``GET /v2/log``'s filters: the arguments of ``Registry.log``."""
+
+    name: str | None = None
+    alias: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = Field(DEFAULT_LOG_LIMIT, ge=0, le=100_000)
+
+
 @router.get("/v2/log")
-def audit_log(
-    request: Request,
-    _: Reader,
-    name: str | None = None,
-    alias: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    limit: Annotated[int, Query(ge=0, le=100_000)] = 100,
-) -> list[AuditEntry]:
-    return _registry(request).log(name=name, alias=alias, since=since, until=until, limit=limit)
+def audit_log(request: Request, _: Reader, query: Annotated[LogQuery, Query()]) -> list[AuditEntry]:
+    return _registry(request).log(**query.model_dump())
 
 
 @router.get("/v2/alias-at")

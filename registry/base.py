@@ -125,7 +125,12 @@ class Registry(Protocol):
         Filters: ``name``, ``base_fingerprint`` (exact), ``labels`` (every pair must match);
         deleted versions only with ``include_deleted``. Raises ``InvalidName`` for a bad name.
         """
-        ...
+        if name is not None:
+            validate_name(name)
+        return self._list(name, base_fingerprint, check_labels(labels), include_deleted)
+
+    def _list(self, name: str | None, base_fingerprint: str | None, labels: dict[str, str],
+              include_deleted: bool) -> list[VersionInfo]: ...
 
     def pull(self, ref: str | AdapterRef, to: Path | str) -> Path:
         """Write ``ref``'s files into the folder ``to`` (absent or empty); returns it.
@@ -190,7 +195,10 @@ class Registry(Protocol):
     ) -> list[AuditEntry]:
         """The audit log, newest first: pushes, alias moves (with the version before and
         after) and deletes, filtered by name, alias and time (naive times are local)."""
-        ...
+        return self._log(name, alias, since, until, max(0, limit))
+
+    def _log(self, name: str | None, alias: str | None, since: datetime | None,
+             until: datetime | None, limit: int) -> list[AuditEntry]: ...
 
     def alias_at(self, name: str, alias: str, when: datetime) -> AliasPointer | None:
         """Where ``name:alias`` pointed at ``when``, or None if it was not set then.

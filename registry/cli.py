@@ -7,9 +7,11 @@ stderr and the exit code of its class, in :class:`_Group` and nowhere else. ``--
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import re
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -93,11 +95,27 @@ def main(
     ctx.call_on_close(lambda: state.registry.close() if state.registry else None)
 
 
-def _open(
-    ctx: typer.Context, location: str | None, token: str | None, *, create: bool = False
-) -> reg.Registry:
-    """The registry; only ``push`` may create one (a typo must not make an empty store)."""
-    return ctx.find_object(_State).open(location, token, create=create)  # type: ignore[union-attr]
+def verb(name: str | None = None, *, group: typer.Typer = app, create: bool = False) -> Any:
+    """Register a verb that receives the opened registry as its first argument.
+
+    The command gets ``--registry`` and ``--token`` of its own, so that they may follow the
+    verb; only ``push`` may create a registry (a typo must not make an empty store).
+    """
+
+    def decorate(fn: Callable[..., Any]) -> Any:
+        def command(ctx: typer.Context, registry: Location = None, token: Token = None,
+                    **options: Any) -> Any:
+            state = ctx.find_object(_State)
+            assert state is not None
+            return fn(state.open(registry, token, create=create), **options)
+
+        ctx, *shared = list(inspect.signature(command, eval_str=True).parameters.values())[:3]
+        own = list(inspect.signature(fn, eval_str=True).parameters.values())[1:]
+        command.__signature__ = inspect.Signature([ctx, *own, *shared])  # type: ignore[attr-defined]
+        command.__doc__, command.__name__ = fn.__doc__, fn.__name__
+        return group.command(name)(command)
+
+    return decorate
 
 
 def _emit_json(data: Any) -> None:
@@ -128,11 +146,9 @@ def _when(text: str | None, option: str) -> datetime | None:
 # -- commands ----------------------------------------------------------------------------------
 
 
-@app.command()
+@verb(create=True)
 def push(
-    ctx: typer.Context,
-    registry: Location = None,
-    token: Token = None,
+    registry: reg.Registry,
     folder: Path = typer.Argument(..., help="PEFT LoRA adapter folder (save_pretrained output)."),
     name: str = typer.Option(..., "--name", "-n", help="Adapter name."),
     alias: str | None = typer.Option(None, "--alias", "-a", help="Point this alias at it."),
@@ -156,7 +172,7 @@ def push(
             lineage_data = json.loads(lineage.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise typer.BadParameter(f"{lineage}: {exc}", param_hint="--lineage") from None
-    manifest = _open(ctx, registry, token, create=True).push(
+    manifest = registry.push(
         folder, name, alias=alias, description=description, labels=parse_labels(label),
         base_model=base, base_fingerprint=base_fingerprint, quantization=quantization,
         lineage=lineage_data, created_by=created_by,
@@ -167,11 +183,9 @@ def push(
         render.console().print(f"{manifest.ref}  {manifest.digest}  {render.size(manifest.size)}")
 
 
-@app.command("list")
+@verb("list")
 def list_(
-    ctx: typer.Context,
-    registry: Location = None,
-    token: Token = None,
+    registry: reg.Registry,
     name: str | None = typer.Option(None, "--name", "-n"),
     base: str | None = typer.Option(None, "--base", help="Base fingerprint or model folder."),
     label: list[str] = typer.Option([], "--label", "-l", help="k=v, repeatable."),
@@ -182,7 +196,7 @@ def list_(
     fingerprint = base
     if base is not None and not base.startswith("sha256:"):
         fingerprint = reg.base_fingerprint(Path(base))
-    rows = _open(ctx, registry, token).list(
+    rows = registry.list(
         name=name, base_fingerprint=fingerprint, labels=parse_labels(label),
         include_deleted=include_deleted,
     )
@@ -193,17 +207,15 @@ def list_(
         out.print(render.versions_table(rows, out.width))
 
 
-@app.command()
+@verb()
 def show(
-    ctx: typer.Context,
-    registry: Location = None,
-    token: Token = None,
+    registry: reg.Registry,
     ref: str = typer.Argument(..., help="name, name@7, name:prod or name@sha256:…"),
     as_json: bool = typer.Option(False, "--json", help="The whole manifest (full digests, "
                                  "lineage)."),
 ) -> None:
     """The manifest of the version REF resolves to."""
-    manifest = _open(ctx, registry, token).show(ref)
+    manifest = registry.show(ref)
     if as_json:
         _emit_json(manifest)
     else:
@@ -212,17 +224,14 @@ def show(
             out.print(table)
 
 
-@app.command()
+@verb()
 def pull(
-    ctx: typer.Context,
-    registry: Location = None,
-    token: Token = None,
+    registry: reg.Registry,
     ref: str = typer.Argument(...),
     to: Path = typer.Option(..., "--to", help="Folder to create (absent or empty)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Download REF into a folder, verifying every byte (no partial folder on failure)."""
-    registry = _open(ctx, registry, token)
     manifest = registry.resolve(ref)
     path = registry.pull(f"{manifest.name}@{manifest.version}", to)
     if as_json:
@@ -231,54 +240,43 @@ def pull(
         render.console().print(f"{manifest.ref}  {manifest.digest}  -> {path}")
 
 
-@alias_app.command("set")
+@verb("set", group=alias_app)
 def alias_set(
-    ctx: typer.Context,
-    name: str,
-    alias: str,
-    version: int = typer.Argument(..., min=1),
-    registry: Location = None,
-    token: Token = None,
+    registry: reg.Registry, name: str, alias: str, version: int = typer.Argument(..., min=1)
 ) -> None:
     """Point NAME:ALIAS at VERSION (recorded in the audit log)."""
-    pointer = _open(ctx, registry, token).alias_set(name, alias, version)
+    pointer = registry.alias_set(name, alias, version)
     render.console().print(f"{name}:{alias} -> {name}@{pointer.version}  {pointer.digest}")
 
 
-@alias_app.command("rm")
-def alias_rm(
-    ctx: typer.Context, name: str, alias: str, registry: Location = None, token: Token = None
-) -> None:
+@verb("rm", group=alias_app)
+def alias_rm(registry: reg.Registry, name: str, alias: str) -> None:
     """Remove NAME:ALIAS."""
-    _open(ctx, registry, token).alias_rm(name, alias)
+    registry.alias_rm(name, alias)
     render.console().print(f"removed {name}:{alias}")
 
 
-@app.command()
+@verb()
 def delete(
-    ctx: typer.Context,
-    registry: Location = None,
-    token: Token = None,
+    registry: reg.Registry,
     ref: str = typer.Argument(..., help="name@N or name@sha256:…"),
     force: bool = typer.Option(False, "--force", help="Also remove aliases pointing at it."),
 ) -> None:
     """Yank a version: it no longer resolves; its number is never reused."""
-    info = _open(ctx, registry, token).delete(ref, force=force)
+    info = registry.delete(ref, force=force)
     render.console().print(f"deleted {info.name}@{info.version}  {info.digest}")
 
 
-@app.command()
+@verb()
 def gc(
-    ctx: typer.Context,
-    registry: Location = None,
-    token: Token = None,
+    registry: reg.Registry,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Remove blobs no live version references, and leftovers of interrupted pushes.
 
     Over HTTP it needs a write token.
     """
-    report = _open(ctx, registry, token).gc()
+    report = registry.gc()
     if as_json:
         _emit_json(report)
     else:
@@ -288,11 +286,9 @@ def gc(
         )
 
 
-@app.command()
+@verb()
 def verify(
-    ctx: typer.Context,
-    registry: Location = None,
-    token: Token = None,
+    registry: reg.Registry,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Re-hash every blob; exit non-zero if any is corrupt or missing.
@@ -300,7 +296,7 @@ def verify(
     Corrupt blobs are moved to quarantine/ in the store (the next push of the same file stores
     it again). Over HTTP it needs a write token.
     """
-    report = _open(ctx, registry, token).verify()
+    report = registry.verify()
     if as_json:
         _emit_json(report)
     else:
@@ -313,11 +309,9 @@ def verify(
         raise IntegrityError(f"{len(report.problems)} blob(s) corrupt or missing")
 
 
-@app.command("log")
+@verb("log")
 def log_(
-    ctx: typer.Context,
-    registry: Location = None,
-    token: Token = None,
+    registry: reg.Registry,
     name: str | None = typer.Option(None, "--name", "-n"),
     alias: str | None = typer.Option(None, "--alias", "-a"),
     since: str | None = typer.Option(None, "--since", help="ISO time or age (2h, 7d)."),
@@ -329,7 +323,6 @@ def log_(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """The audit log (newest first), or where an alias pointed at a given time."""
-    registry = _open(ctx, registry, token)
     out = render.console()
     if at is not None:
         if not (name and alias):

@@ -20,30 +20,29 @@ class RegistryError(LoramuxError):
     status: ClassVar[int] = 400
     code: ClassVar[str] = "registry_error"
 
-    def __init_subclass__(cls, **kwargs: object) -> None:
+    def __init_subclass__(
+        cls, *, status: int | None = None, exit_code: int | None = None, **kwargs: object
+    ) -> None:
         super().__init_subclass__(**kwargs)
         cls.code = re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()  # NotLora -> not_lora
+        cls.status = status or cls.status
+        cls.exit_code = exit_code or cls.exit_code
 
 
-class NotFound(RegistryError):
-    status = 404
-    exit_code = 3
+class NotFound(RegistryError, status=404, exit_code=3):
+    """A name, alias, version, blob or registry that is not there."""
 
 
 class BlobMissing(NotFound):
     """A push references a blob the store does not have (not uploaded, or collected)."""
 
 
-class Conflict(RegistryError):
-    status = 409
-    exit_code = 4
+class Conflict(RegistryError, status=409, exit_code=4):
+    """The request contradicts the store's state (aliases on a version, an ambiguous digest)."""
 
 
-class Invalid(RegistryError):
+class Invalid(RegistryError, status=422, exit_code=5):
     """Input that does not fit the rules; the subclasses say which input."""
-
-    status = 422
-    exit_code = 5
 
 
 class InvalidName(Invalid):
@@ -74,33 +73,24 @@ class InvalidBaseModel(Invalid):
     """A folder given as the base model cannot be fingerprinted."""
 
 
-class IntegrityError(RegistryError):
+class IntegrityError(RegistryError, status=422, exit_code=6):
     """Bytes do not hash to the digest they are stored or announced under."""
 
-    status = 422
-    exit_code = 6
+
+class TooLarge(RegistryError, status=413, exit_code=7):
+    """More bytes than the store's limits allow."""
 
 
-class TooLarge(RegistryError):
-    status = 413
-    exit_code = 7
+class Unauthorized(RegistryError, status=401, exit_code=8):
+    """No bearer token, or one the server does not know."""
 
 
-class Unauthorized(RegistryError):
-    status = 401
-    exit_code = 8
+class Forbidden(RegistryError, status=403, exit_code=8):
+    """A token whose scope does not allow the operation."""
 
 
-class Forbidden(RegistryError):
-    status = 403
-    exit_code = 8
-
-
-class RemoteError(RegistryError):
+class RemoteError(RegistryError, status=502, exit_code=9):
     """The remote registry could not be reached or answered something unexpected."""
-
-    status = 502
-    exit_code = 9
 
 
 def _all_subclasses(cls: type[RegistryError]) -> list[type[RegistryError]]:

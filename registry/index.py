@@ -224,12 +224,8 @@ class Index:
             ))
         return out
 
-    def referenced_blobs(self) -> set[str]:
-        """Every blob a live version uses (what gc keeps)."""
-        return set(self.blob_users())
-
     def blob_users(self) -> dict[str, list[str]]:
-        """Blob hex -> the live versions (``name@N``) that use it."""
+        """Blob hex -> the live versions (``name@N``) that use it: what gc keeps."""
         users: dict[str, list[str]] = {}
         rows = self.conn().execute(
             "SELECT f.sha256, f.name, f.version FROM version_files f JOIN versions v "

@@ -22,7 +22,7 @@ def collect_garbage(index: Index, blobs: BlobStore, lock: StoreLock) -> GcReport
     """Blobs no live version references (yanked versions' included) and push leftovers."""
     report = GcReport()
     with lock.exclusive():
-        referenced = index.referenced_blobs()
+        referenced = index.blob_users()
         for hex_ in blobs.all_hex():
             if hex_ in referenced:
                 report.kept_blobs += 1

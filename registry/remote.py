@@ -17,19 +17,10 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from loramux.registry.base import DEFAULT_LOG_LIMIT, Registry, default_actor, require_pinned
+from loramux.registry import manifest as records
+from loramux.registry.base import Registry, default_actor, require_pinned
 from loramux.registry.digests import sha256_file
 from loramux.registry.errors import BlobMissing, Forbidden, RemoteError, error_class
-from loramux.registry.manifest import (
-    AliasPointer,
-    AuditEntry,
-    FileEntry,
-    GcReport,
-    Manifest,
-    PushRequest,
-    VerifyReport,
-    VersionInfo,
-)
 from loramux.registry.refs import AdapterRef, validate_alias, validate_name
 from loramux.registry.validate import Limits, scan_folder, validate_adapter
 
@@ -128,7 +119,7 @@ class RemoteRegistry(Registry):
 
     # -- push --------------------------------------------------------------------------------
 
-    def _push(self, folder: Path, name: str, request: PushRequest) -> Manifest:
+    def _push(self, folder: Path, name: str, request: records.PushRequest) -> records.Manifest:
         session = self.whoami()
         if "write" not in session["scopes"]:
             raise Forbidden(f"{session['name']} may not push: this needs a token with 'write'")
@@ -138,7 +129,7 @@ class RemoteRegistry(Registry):
         sources: dict[str, Path] = {}
         for rel, path in files.items():
             hex_, size = sha256_file(path)
-            request.files.append(FileEntry(path=rel, size=size, sha256=hex_))
+            request.files.append(records.FileEntry(path=rel, size=size, sha256=hex_))
             sources[hex_] = path
         body = request.model_dump(mode="json")
         self._upload_missing(sources)
@@ -147,7 +138,7 @@ class RemoteRegistry(Registry):
         except BlobMissing:  # a gc on the server ran between upload and commit: once more
             self._upload_missing(sources)
             response = self._request("POST", f"/v2/adapters/{name}/versions", json=body)
-        return Manifest.model_validate_json(response.content)
+        return records.Manifest.model_validate_json(response.content)
 
     def _upload_missing(self, sources: dict[str, Path]) -> None:
         for hex_, path in sources.items():
@@ -175,29 +166,19 @@ class RemoteRegistry(Registry):
 
     # -- reads -------------------------------------------------------------------------------
 
-    def resolve(self, ref: str | AdapterRef) -> Manifest:
+    def resolve(self, ref: str | AdapterRef) -> records.Manifest:
         ref = str(AdapterRef.parse(ref))
-        return Manifest.model_validate_json(
+        return records.Manifest.model_validate_json(
             self._request("GET", "/v2/resolve", params={"ref": ref}).content
         )
 
-    def list(
-        self,
-        *,
-        name: str | None = None,
-        base_fingerprint: str | None = None,
-        labels: dict[str, str] | None = None,
-        include_deleted: bool = False,
-    ) -> list[VersionInfo]:
-        params: dict[str, Any] = {"include_deleted": include_deleted}
-        if name is not None:
-            params["name"] = validate_name(name)
-        if base_fingerprint is not None:
-            params["base_fingerprint"] = base_fingerprint
-        if labels:
-            params["label"] = [f"{k}={v}" for k, v in labels.items()]
+    def _list(self, name: str | None, base_fingerprint: str | None, labels: dict[str, str],
+              include_deleted: bool) -> list[records.VersionInfo]:
+        label = [f"{k}={v}" for k, v in labels.items()] or None
+        params = _params(name=name, base_fingerprint=base_fingerprint, label=label,
+                         include_deleted=include_deleted)
         rows = self._request("GET", "/v2/adapters", params=params).json()
-        return [VersionInfo.model_validate(r) for r in rows]
+        return [records.VersionInfo.model_validate(r) for r in rows]
 
     def open_blob(self, digest: str) -> BinaryIO:
         digest = digest if digest.startswith("sha256:") else f"sha256:{digest}"
@@ -214,58 +195,51 @@ class RemoteRegistry(Registry):
 
     # -- aliases and deletion ----------------------------------------------------------------
 
-    def alias_set(self, name: str, alias: str, version: int) -> AliasPointer:
+    def alias_set(self, name: str, alias: str, version: int) -> records.AliasPointer:
         validate_name(name)
         validate_alias(alias)
         response = self._request(
             "PUT", f"/v2/adapters/{name}/aliases/{alias}", json={"version": int(version)}
         )
-        return AliasPointer.model_validate_json(response.content)
+        return records.AliasPointer.model_validate_json(response.content)
 
     def alias_rm(self, name: str, alias: str) -> None:
         validate_name(name)
         validate_alias(alias)
         self._request("DELETE", f"/v2/adapters/{name}/aliases/{alias}")
 
-    def delete(self, ref: str | AdapterRef, *, force: bool = False) -> VersionInfo:
+    def delete(self, ref: str | AdapterRef, *, force: bool = False) -> records.VersionInfo:
         r = require_pinned(AdapterRef.parse(ref))
         selector = str(r).partition("@")[2]
         response = self._request(
             "DELETE", f"/v2/adapters/{r.name}/versions/{selector}", params={"force": force}
         )
-        return VersionInfo.model_validate_json(response.content)
+        return records.VersionInfo.model_validate_json(response.content)
 
     # -- maintenance and audit ---------------------------------------------------------------
 
-    def gc(self) -> GcReport:
-        return GcReport.model_validate_json(self._request("POST", "/v2/gc").content)
+    def gc(self) -> records.GcReport:
+        return records.GcReport.model_validate_json(self._request("POST", "/v2/gc").content)
 
-    def verify(self) -> VerifyReport:
-        return VerifyReport.model_validate_json(self._request("POST", "/v2/verify").content)
+    def verify(self) -> records.VerifyReport:
+        return records.VerifyReport.model_validate_json(self._request("POST", "/v2/verify").content)
 
-    def log(
-        self,
-        *,
-        name: str | None = None,
-        alias: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = DEFAULT_LOG_LIMIT,
-    ) -> list[AuditEntry]:
-        params: dict[str, Any] = {"limit": limit}
-        for key, value in (("name", name), ("alias", alias)):
-            if value is not None:
-                params[key] = value
-        for key, when in (("since", since), ("until", until)):
-            if when is not None:
-                params[key] = _iso(when)
+    def _log(self, name: str | None, alias: str | None, since: datetime | None,
+             until: datetime | None, limit: int) -> list[records.AuditEntry]:
+        params = _params(name=name, alias=alias, since=since and _iso(since),
+                         until=until and _iso(until), limit=limit)
         rows = self._request("GET", "/v2/log", params=params).json()
-        return [AuditEntry.model_validate(r) for r in rows]
+        return [records.AuditEntry.model_validate(r) for r in rows]
 
-    def alias_at(self, name: str, alias: str, when: datetime) -> AliasPointer | None:
+    def alias_at(self, name: str, alias: str, when: datetime) -> records.AliasPointer | None:
         params = {"name": name, "alias": alias, "when": _iso(when)}
         data = self._request("GET", "/v2/alias-at", params=params).json()
-        return AliasPointer.model_validate(data) if data else None
+        return records.AliasPointer.model_validate(data) if data else None
+
+
+def _params(**values: Any) -> dict[str, Any]:
+    """Query parameters: the ones given (None means not given)."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _iso(when: datetime) -> str:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from loramux.registry.base import (
-    DEFAULT_LOG_LIMIT,
     Registry,
     check_push_request,
     default_actor,
@@ -185,16 +184,8 @@ class LocalRegistry(Registry):
             return NotFound(f"{r.name} has no live version with digest {r.digest}")
         return NotFound(f"{r} does not exist (latest is {r.name}@{latest})")
 
-    def list(
-        self,
-        *,
-        name: str | None = None,
-        base_fingerprint: str | None = None,
-        labels: dict[str, str] | None = None,
-        include_deleted: bool = False,
-    ) -> list[VersionInfo]:
-        if name is not None:
-            validate_name(name)
+    def _list(self, name: str | None, base_fingerprint: str | None, labels: dict[str, str],
+              include_deleted: bool) -> list[VersionInfo]:
         rows = self.index.list_versions(
             name=name, base_fingerprint=base_fingerprint, include_deleted=include_deleted
         )
@@ -290,15 +281,8 @@ class LocalRegistry(Registry):
 
     # -- audit -------------------------------------------------------------------------------
 
-    def log(
-        self,
-        *,
-        name: str | None = None,
-        alias: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = DEFAULT_LOG_LIMIT,
-    ) -> list[AuditEntry]:
+    def _log(self, name: str | None, alias: str | None, since: datetime | None,
+             until: datetime | None, limit: int) -> list[AuditEntry]:
         return self.index.log(name=name, alias=alias, since=since, until=until, limit=limit)
 
     def alias_at(self, name: str, alias: str, when: datetime) -> AliasPointer | None:

@@ -121,7 +121,7 @@ def _check_store(root: Path, folders: list[Path]) -> int:
 
         report = store.gc()
         assert list((root / "tmp").iterdir()) == []
-        referenced = store.index.referenced_blobs()
+        referenced = set(store.index.blob_users())
         assert set(store.blobs.all_hex()) == referenced
         assert store.verify().ok
         # and the store still takes pushes
