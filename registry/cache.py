@@ -4,7 +4,15 @@
 does not exist. Many threads and processes may ask for the same adapter at once: the first
 takes a per-digest ``flock`` and downloads, the others block on the lock and then find the
 folder. A crashed download leaves only a ``.partial-`` folder that the next fetch of the same
-digest removes. Hits take no lock at all: the folder appears by an atomic rename.
+digest (or a `sweep`) removes. Hits take no lock at all: the folder appears by an atomic rename.
+
+Sharing one folder between processes (several servers, a server and `registry pull`) is safe by
+design, with no per-process subfolders: a consumer that needs a folder to stay *holds* it
+(`hold`/`release`), which is a shared ``flock`` on ``locks/<hex>.use``. Removal (`remove`,
+`trim`) takes that lock exclusively without waiting, so it skips any folder that some thread or
+process holds, and waits for no one. The kernel drops the locks of a process that dies, so a
+crash never pins a folder forever. Every process counts the same bytes: `trim` scans the folder
+itself (sizes, and mtimes as last use), including what earlier runs left behind.
 """
 
 from __future__ import annotations
@@ -14,8 +22,9 @@ import fcntl
 import logging
 import os
 import shutil
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +45,13 @@ class CacheEntry:
     last_used: float
 
 
+@dataclass(frozen=True)
+class TrimResult:
+    total_bytes: int  # on disk after trimming
+    removed: tuple[str, ...]  # digests removed, oldest first
+    held: tuple[str, ...]  # digests that would have gone but are held (here or elsewhere)
+
+
 class AdapterCache:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).expanduser()
@@ -43,18 +59,58 @@ class AdapterCache:
         self.locks = self.root / "locks"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.locks.mkdir(parents=True, exist_ok=True)
+        self._holds: dict[str, tuple[int, int]] = {}  # digest -> (fd with LOCK_SH, count)
+        self._holds_lock = threading.Lock()
 
     def path(self, digest: str) -> Path:
         return self.dir / hex_of(validate_digest(digest, full=True))
 
+    def _lock_file(self, digest: str, kind: str) -> int:
+        return os.open(self.locks / f"{hex_of(digest)}.{kind}", os.O_RDWR | os.O_CREAT, 0o644)
+
     @contextlib.contextmanager
     def _locked(self, digest: str) -> Iterator[None]:
-        fd = os.open(self.locks / f"{hex_of(digest)}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._lock_file(digest, "lock")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # own descriptor: excludes threads and processes
             yield
         finally:
             os.close(fd)
+
+    def hold(self, digest: str) -> None:
+        """Keep ``digest``'s folder from being removed (by anyone) until `release`.
+
+        Take it before fetching, so nothing can remove the folder between its download and its
+        use. Holds nest; blocks only while a removal of this very digest is under way.
+        """
+        validate_digest(digest, full=True)
+        with self._holds_lock:
+            fd, count = self._holds.get(digest, (-1, 0))
+            if count == 0:
+                fd = self._lock_file(digest, "use")
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH)
+                except BaseException:
+                    os.close(fd)
+                    raise
+            self._holds[digest] = (fd, count + 1)
+
+    def release(self, digest: str) -> None:
+        """Undo one `hold`; the last one marks the folder used now (for LRU) and unlocks it."""
+        with self._holds_lock:
+            fd, count = self._holds[digest]
+            if count > 1:
+                self._holds[digest] = (fd, count - 1)
+                return
+            del self._holds[digest]
+            with contextlib.suppress(OSError):
+                os.utime(self.path(digest))
+            os.close(fd)
+
+    def held(self) -> set[str]:
+        """The digests this instance holds (other instances' and processes' holds not shown)."""
+        with self._holds_lock:
+            return set(self._holds)
 
     def get(self, digest: str) -> Path | None:
         """The cached folder for ``digest`` if present (and mark it used), else None."""
@@ -66,7 +122,10 @@ class AdapterCache:
         return path
 
     def fetch(self, registry: Registry, manifest: Manifest) -> Path:
-        """A local folder holding ``manifest``'s adapter, downloading it at most once."""
+        """A local folder holding ``manifest``'s adapter, downloading it at most once.
+
+        The folder may be removed by a `trim` as soon as this returns unless it is held.
+        """
         hit = self.get(manifest.digest)
         if hit is not None:
             return hit
@@ -85,17 +144,78 @@ class AdapterCache:
             return path
 
     def remove(self, digest: str) -> bool:
-        """Drop one adapter; a consumer that already opened its files keeps reading them."""
+        """Drop one adapter unless it is absent or held; True when it was removed.
+
+        A consumer that already opened its files keeps reading them.
+        """
         with self._locked(digest):
             path = self.path(digest)
             if not path.is_dir():
                 return False
-            trash = path.with_name(f".{path.name}.partial-removing-{os.getpid()}")
-            os.rename(path, trash)  # disappears atomically for new fetches
-            shutil.rmtree(trash, ignore_errors=True)
-            return True
+            fd = self._lock_file(digest, "use")
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return False  # held by a thread or process: it stays
+                trash = path.with_name(f".{path.name}.partial-removing-{os.getpid()}")
+                os.rename(path, trash)  # disappears atomically for new fetches
+                shutil.rmtree(trash, ignore_errors=True)
+                return True
+            finally:
+                os.close(fd)
+
+    def trim(self, max_bytes: int, keep: Iterable[str] = ()) -> TrimResult:
+        """Remove least recently used folders until at most ``max_bytes`` remain on disk.
+
+        Held folders and those in ``keep`` stay even when that leaves the cache over budget:
+        the caller decides what to release (the result says what was in the way).
+        """
+        keep = set(keep)
+        entries = self.entries()
+        total = sum(e.size_bytes for e in entries)
+        removed: list[str] = []
+        held: list[str] = []
+        for entry in entries:
+            if total <= max_bytes:
+                break
+            if entry.digest in keep:
+                continue
+            try:
+                gone = self.remove(entry.digest)
+            except OSError as exc:
+                log.warning("could not remove cached adapter %s: %s", entry.path, exc)
+                continue
+            if gone:
+                total -= entry.size_bytes
+                removed.append(entry.digest)
+            elif entry.path.is_dir():
+                held.append(entry.digest)
+            else:  # removed by another process meanwhile
+                total -= entry.size_bytes
+        return TrimResult(total, tuple(removed), tuple(held))
+
+    def sweep(self) -> int:
+        """Remove ``.partial-`` folders that crashed fetches or removals left; returns how many.
+
+        One whose fetch is still running (its lock taken) stays.
+        """
+        swept = 0
+        for stale in self.dir.glob(".*.partial-*"):
+            fd = self._lock_file(stale.name[1:].split(".", 1)[0], "lock")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            else:
+                shutil.rmtree(stale, ignore_errors=True)
+                swept += 1
+            finally:
+                os.close(fd)
+        return swept
 
     def entries(self) -> list[CacheEntry]:
+        """Complete folders on disk, least recently used first."""
         out = []
         for path in self.dir.iterdir():
             if path.name.startswith(".") or not path.is_dir():

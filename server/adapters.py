@@ -3,13 +3,22 @@
 The digest is the identity: two names for the same bytes share one LoRA id, and a new version
 always gets a new id, so the engine can never serve a previous version's weights under a reused
 id (vLLM has done exactly that when an adapter was reloaded under the same name).
+
+Two tiers, each bounded. The engine holds at most ``max_resident`` adapters; the disk cache at
+most ``max_cache_bytes``, counted from what is really on disk (earlier runs and other processes
+sharing the folder included). An adapter's folder is *held* in the cache (see
+`loramux.registry.cache`) from before its fetch until it leaves the engine, so no thread or
+process deletes it while it is fetched, loaded or used: vLLM may re-read it from disk whenever
+its own CPU cache drops it. When the disk is over budget, idle adapters leave the engine so
+that their folders can go; if everything left is in use, the cache overshoots for a while and
+trims again as soon as a request lets go of its adapter. Requests never fail for lack of room,
+only an adapter larger than the whole budget is refused (`AdapterTooLarge`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -17,11 +26,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loramux.registry.cache import AdapterCache
+from loramux.registry.cache import AdapterCache, TrimResult
 from loramux.registry.errors import RegistryError
 from loramux.registry.manifest import Manifest
 from loramux.server.engines.base import AdapterHandle, Engine
-from loramux.server.errors import AdapterUnavailable, ServerError
+from loramux.server.errors import AdapterTooLarge, AdapterUnavailable, ServerError
 from loramux.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -47,7 +56,7 @@ class AdapterManagerOptions:
     cache_dir: Path
     max_resident: int = 64  # the engine's CPU-side LoRA slots (vLLM max_cpu_loras)
     max_cache_bytes: int = 8 * 2**30
-    failure_ttl_s: float = 60.0
+    failure_ttl_s: float = 60.0  # how long a failed fetch/load is answered from memory
     pinned: set[str] = field(default_factory=set)  # digests never evicted
 
 
@@ -63,7 +72,14 @@ class AdapterManager:
         self._resident: OrderedDict[str, _Slot] = OrderedDict()  # LRU order, oldest first
         self._locks: dict[str, asyncio.Lock] = {}
         self._failures: dict[str, _Failure] = {}
-        self._disk: OrderedDict[str, int] = OrderedDict()  # digest -> bytes, LRU order
+        self._trim_lock = asyncio.Lock()
+        self._over_budget = False
+        self._tasks: set[asyncio.Task] = set()
+        swept = self._cache.sweep()
+        before = self._cache.size_bytes()
+        self._note_trim(self._cache.trim(options.max_cache_bytes, options.pinned))
+        log.info("adapter cache %s: %d bytes on disk at start (%d partial folders swept), "
+                 "budget %d bytes", self._cache.root, before, swept, options.max_cache_bytes)
 
     def lora_id(self, digest: str) -> int:
         """A stable small int per digest for this process (never hash(): it is salted)."""
@@ -86,22 +102,37 @@ class AdapterManager:
     async def lease(self, manifest: Manifest) -> AsyncIterator[AdapterHandle]:
         """The adapter loaded and held for one request; never evicted while a request uses it."""
         slot = await self._acquire(manifest)
-        slot.in_use += 1
         try:
             yield slot.handle
         finally:
-            slot.in_use -= 1
+            self._let_go(slot)
 
     async def load(self, manifest: Manifest) -> AdapterHandle:
-        return (await self._acquire(manifest)).handle
+        slot = await self._acquire(manifest)
+        self._let_go(slot)
+        return slot.handle
+
+    def _let_go(self, slot: _Slot) -> None:
+        slot.in_use -= 1
+        if slot.in_use == 0 and self._over_budget:  # this adapter may be what kept disk full
+            task = asyncio.get_running_loop().create_task(self._trim_quietly())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _acquire(self, manifest: Manifest) -> _Slot:
+        """The adapter's slot with one use taken (the caller gives it back with `_let_go`)."""
         digest = manifest.digest
         slot = self._resident.get(digest)
         if slot is not None:
             self._resident.move_to_end(digest)
             self._metrics.cache_hits.inc()
+            slot.in_use += 1
             return slot
+        if manifest.size > self.options.max_cache_bytes:  # no amount of eviction helps
+            raise AdapterTooLarge(
+                f"adapter {manifest.ref} is {manifest.size} bytes, more than this server's "
+                f"whole adapter cache ({self.options.max_cache_bytes} bytes, "
+                f"--max-cache-bytes)", param="model")
         failure = self._failures.get(digest)
         if failure is not None and failure.until > time.monotonic():
             raise failure.error
@@ -110,6 +141,7 @@ class AdapterManager:
             slot = self._resident.get(digest)
             if slot is not None:
                 self._metrics.cache_hits.inc()
+                slot.in_use += 1
                 return slot
             failure = self._failures.get(digest)
             if failure is not None and failure.until > time.monotonic():
@@ -121,7 +153,12 @@ class AdapterManager:
                 self._remember_failure(manifest, exc)
                 raise self._failures[digest].error from exc
             self._failures.pop(digest, None)
-            return slot
+        try:
+            await self._trim_quietly()  # a new folder on disk: keep the budget
+        except BaseException:  # cancelled meanwhile: give the use back, then go
+            self._let_go(slot)
+            raise
+        return slot
 
     def _remember_failure(self, manifest: Manifest, exc: ServerError) -> None:
         label = self._metrics.label(manifest.name)
@@ -133,6 +170,15 @@ class AdapterManager:
                   manifest.digest[:19], self.options.failure_ttl_s, error.message)
 
     async def _fetch_and_load(self, manifest: Manifest) -> _Slot:
+        """Fetch and load under a cache hold, which the slot keeps until it is unloaded."""
+        await asyncio.to_thread(self._cache.hold, manifest.digest)
+        try:
+            return await self._fetch_and_load_held(manifest)
+        except BaseException:
+            self._cache.release(manifest.digest)
+            raise
+
+    async def _fetch_and_load_held(self, manifest: Manifest) -> _Slot:
         label = self._metrics.label(manifest.name)
         started = time.perf_counter()
         try:
@@ -142,7 +188,6 @@ class AdapterManager:
                 f"adapter {manifest.ref} could not be fetched: {exc}", param="model") from exc
         self._metrics.fetches.labels(label).inc()
         self._metrics.fetch_seconds.labels(label).observe(time.perf_counter() - started)
-        self._note_disk(manifest.digest, manifest.size)
 
         handle = AdapterHandle(lora_id=self.lora_id(manifest.digest),
                                name=f"{manifest.name}@{manifest.digest[7:19]}", path=Path(path),
@@ -159,7 +204,8 @@ class AdapterManager:
                 f"{type(exc).__name__}: {exc}", param="model") from exc
         self._metrics.loads.labels(label).inc()
         self._metrics.load_seconds.labels(label).observe(time.perf_counter() - started)
-        slot = _Slot(handle, label, manifest.size, pinned=manifest.digest in self.options.pinned)
+        slot = _Slot(handle, label, manifest.size, in_use=1,
+                     pinned=manifest.digest in self.options.pinned)
         self._resident[manifest.digest] = slot
         self._metrics.resident.set(len(self._resident))
         log.info("loaded adapter %s as LoRA id %d in %.3fs", manifest.ref, handle.lora_id,
@@ -180,24 +226,55 @@ class AdapterManager:
         if slot is None or slot.in_use:
             return False
         del self._resident[digest]
-        await self._engine.unload_adapter(slot.handle)
+        try:
+            await self._engine.unload_adapter(slot.handle)
+        finally:
+            self._cache.release(digest)  # its folder may go now
         self._metrics.evictions.labels("engine").inc()
         self._metrics.resident.set(len(self._resident))
         return True
 
-    def _note_disk(self, digest: str, size: int) -> None:
-        self._disk[digest] = size
-        self._disk.move_to_end(digest)
-        total = sum(self._disk.values())
-        for victim in list(self._disk):
-            if total <= self.options.max_cache_bytes:
-                break
-            if victim in self._resident or victim in self.options.pinned:
-                continue
-            total -= self._disk.pop(victim)
-            self._cache.remove(victim)
-            self._metrics.evictions.labels("disk").inc()
-        self._metrics.cache_bytes.set(total)
+    async def _trim_quietly(self) -> None:
+        """`_trim_disk`, logging a disk error instead of failing the request that ran it."""
+        try:
+            await self._trim_disk()
+        except OSError as exc:
+            log.warning("could not trim the adapter cache %s: %s", self._cache.root, exc)
 
-    def clear_disk_cache(self) -> None:
-        shutil.rmtree(self.options.cache_dir, ignore_errors=True)
+    async def _trim_disk(self) -> None:
+        """Bring the disk cache within budget: LRU folders first, then idle engine adapters."""
+        budget = self.options.max_cache_bytes
+        async with self._trim_lock:
+            result = await asyncio.to_thread(self._cache.trim, budget, self.options.pinned)
+            excess = result.total_bytes - budget
+            if excess > 0:
+                held = set(result.held)
+                for digest in [d for d, s in self._resident.items()
+                               if d in held and s.in_use == 0 and not s.pinned]:
+                    if excess <= 0:
+                        break
+                    size = self._resident[digest].size
+                    if await self.unload(digest):
+                        excess -= size
+                first = result
+                result = await asyncio.to_thread(self._cache.trim, budget, self.options.pinned)
+                result = TrimResult(result.total_bytes, first.removed + result.removed,
+                                    result.held)
+            self._note_trim(result)
+
+    def _note_trim(self, result: TrimResult) -> None:
+        budget = self.options.max_cache_bytes
+        if result.removed:
+            self._metrics.evictions.labels("disk").inc(len(result.removed))
+            log.debug("disk cache evicted %d adapters: %s", len(result.removed),
+                      ", ".join(d[:19] for d in result.removed))
+        self._metrics.cache_bytes.set(result.total_bytes)
+        over = result.total_bytes > budget
+        if over and not self._over_budget:
+            log.warning("adapter cache over budget: %d bytes on disk, budget %d; %d adapters "
+                        "on disk are in use or pinned (here or by another process) and stay "
+                        "until their requests end", result.total_bytes, budget, len(result.held))
+        elif self._over_budget and not over:
+            log.info("adapter cache back within budget: %d of %d bytes", result.total_bytes,
+                     budget)
+        self._over_budget = over

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -114,3 +117,70 @@ def test_remove_and_crash_leftovers(adapters, tmp_path: Path) -> None:
         assert not path.exists() and cache.get(manifest.digest) is None
         assert cache.remove(manifest.digest) is False
         assert cache.fetch(registry, manifest) == path
+
+
+def _three_cached(adapters, tmp_path: Path):
+    """Three different adapters in one cache, last used in the order a, b, c."""
+    from loramux.registry.store import LocalRegistry
+
+    registry = LocalRegistry(tmp_path / "store")
+    cache = AdapterCache(tmp_path / "cache")
+    manifests = []
+    for age, name in zip((30, 20, 10), ("a", "b", "c8"), strict=True):
+        manifest = registry.push(adapters[name], name)
+        path = cache.fetch(registry, manifest)
+        os.utime(path, (time.time() - age,) * 2)
+        manifests.append(manifest)
+    return registry, cache, manifests
+
+
+def test_trim_goes_lru_and_skips_held(adapters, tmp_path: Path) -> None:
+    registry, cache, (a, b, c) = _three_cached(adapters, tmp_path)
+    with registry:
+        assert [e.digest for e in cache.entries()] == [a.digest, b.digest, c.digest]
+        cache.hold(a.digest)
+        cache.hold(a.digest)  # holds nest
+        assert cache.remove(a.digest) is False  # held: stays
+        result = cache.trim(a.size + c.size)  # a is held, so b (the next LRU) goes
+        assert result.removed == (b.digest,) and result.held == (a.digest,)
+        assert result.total_bytes == a.size + c.size == cache.size_bytes()
+        cache.release(a.digest)
+        assert cache.remove(a.digest) is False  # still held once
+        cache.release(a.digest)  # the last release marks it used now: c is the LRU now
+        assert cache.trim(a.size).removed == (c.digest,)
+        assert cache.trim(0).removed == (a.digest,) and cache.size_bytes() == 0
+        cache.hold(b.digest)  # a hold before the fetch keeps the fetched folder
+        cache.fetch(registry, b)
+        assert cache.trim(0).held == (b.digest,)
+        cache.release(b.digest)
+
+
+def test_a_hold_in_another_process_keeps_the_folder(adapters, tmp_path: Path) -> None:
+    """Two processes on one folder: one's trim never removes what the other holds, and a
+    holder that dies (SIGKILL) leaves nothing locked."""
+    registry, cache, (a, b, _) = _three_cached(adapters, tmp_path)
+    script = ("import sys; from loramux.registry.cache import AdapterCache; "
+              "c = AdapterCache(sys.argv[1]); c.hold(sys.argv[2]); print('held', flush=True); "
+              "sys.stdin.read()")
+    child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "cache"), a.digest],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        result = cache.trim(0)
+        assert result.held == (a.digest,) and cache.get(a.digest) is not None
+        assert cache.get(b.digest) is None
+    finally:
+        child.kill()
+        child.wait(10)
+    assert cache.trim(0).removed == (a.digest,)
+    registry.close()
+
+
+def test_sweep_removes_crash_leftovers_but_not_a_running_fetch(tmp_path: Path) -> None:
+    cache = AdapterCache(tmp_path / "cache")
+    running, crashed = "1" * 64, "2" * 64
+    for hex_ in (running, crashed):
+        (cache.dir / f".{hex_}.partial-x").mkdir()
+    with cache._locked(f"sha256:{running}"):  # a fetch of `running` is under way
+        assert cache.sweep() == 1
+    assert [p.name for p in cache.dir.iterdir()] == [f".{running}.partial-x"]

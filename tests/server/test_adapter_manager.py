@@ -1,10 +1,14 @@
-"""Adapter manager logic (single flight, LRU eviction, pins, failure memo) against a real local
-registry and a recording fake engine: the behaviours that need vLLM are in test_api.py."""
+"""Adapter manager logic (single flight, LRU eviction, pins, failure memo, disk budget) against a
+real local registry and a recording fake engine: the behaviours that need vLLM are in
+test_api.py, the cache under concurrent pressure in test_cache_pressure.py."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +16,10 @@ import pytest
 from safetensors.numpy import save_file
 
 import loramux.registry as reg
+from loramux.registry.cache import AdapterCache
 from loramux.server.adapters import AdapterManager, AdapterManagerOptions
 from loramux.server.engines.base import AdapterHandle, EngineInfo
-from loramux.server.errors import AdapterUnavailable
+from loramux.server.errors import AdapterTooLarge, AdapterUnavailable
 from loramux.server.metrics import Metrics
 
 
@@ -54,7 +59,7 @@ def setup(tmp_path: Path):
     manifests = [registry.push(write_adapter(tmp_path / f"a{i}", i), f"a{i}") for i in range(4)]
     engine, metrics = RecordingEngine(), Metrics()
 
-    def manager(**kw) -> AdapterManager:
+    def manager(registry=registry, **kw) -> AdapterManager:
         options = AdapterManagerOptions(cache_dir=tmp_path / "cache", **kw)
         return AdapterManager(engine, registry, metrics, options)
 
@@ -94,26 +99,113 @@ def test_lru_eviction_respects_pins_and_leases(setup) -> None:
     assert set(engine.loaded) == {m.lora_id(d) for d in resident}
 
 
-def test_failure_is_remembered_not_retried(setup, tmp_path: Path) -> None:
-    manager, manifests, engine, _ = setup
+class SpyRegistry:
+    """The registry, counting blob opens: each fetch attempt opens the first file's blob once."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.opened: list[str] = []
+
+    def open_blob(self, digest: str):
+        self.opened.append(digest)
+        return self.inner.open_blob(digest)
+
+    def attempts(self, manifest) -> int:
+        return self.opened.count(manifest.files[0].digest)
+
+
+def test_failure_is_remembered_then_retried(setup, tmp_path: Path) -> None:
+    """Inside the memo window a failed adapter is not fetched again; after it, it is."""
+    manager, manifests, engine, registry = setup
     weights = manifests[1].file("adapter_model.safetensors")
     blob = tmp_path / "registry" / "blobs" / "sha256" / weights.sha256
+    good = blob.read_bytes()
     blob.chmod(0o644)
     blob.write_bytes(b"not what was pushed")
-    m = manager()
+    spy = SpyRegistry(registry)
+    ttl = 1.0
+    m = manager(registry=spy, failure_ttl_s=ttl)
 
-    async def twice():
+    async def scenario():
         errors = []
-        for _ in range(2):
+        for _ in range(3):
             with pytest.raises(AdapterUnavailable) as info:
                 await m.load(manifests[1])
             errors.append(str(info.value))
-        return errors
+        first_failure = time.monotonic()
+        inside = spy.attempts(manifests[1])
+        blob.write_bytes(good)  # repaired: only a new attempt can find out
+        with pytest.raises(AdapterUnavailable):
+            await m.load(manifests[1])
+        assert time.monotonic() - first_failure < ttl, "machine too slow for the memo window"
+        assert spy.attempts(manifests[1]) == inside
+        await asyncio.sleep(ttl - (time.monotonic() - first_failure) + 0.1)
+        handle = await m.load(manifests[1])
+        return errors, inside, handle
 
-    errors = asyncio.run(twice())
-    assert errors[0] == errors[1] and "could not be fetched" in errors[0]
-    assert engine.load_calls == []
-    assert asyncio.run(m.load(manifests[2])).lora_id == 1  # others are unaffected
+    errors, inside, handle = asyncio.run(scenario())
+    assert inside == 1, "a remembered failure was fetched again inside its window"
+    assert errors[0] == errors[1] == errors[2] and "could not be fetched" in errors[0]
+    assert spy.attempts(manifests[1]) == 2  # one retry once the window passed
+    assert handle.digest == manifests[1].digest
+    assert engine.load_calls == [manifests[1].digest]
+    assert asyncio.run(m.load(manifests[2])).lora_id == 2  # others are unaffected
+
+
+def test_adapter_larger_than_cache_is_refused_not_memoed(setup) -> None:
+    manager, manifests, engine, registry = setup
+    size = manifests[0].size
+    spy = SpyRegistry(registry)
+    m = manager(registry=spy, max_cache_bytes=size - 1)
+    with pytest.raises(AdapterTooLarge) as info:
+        asyncio.run(m.load(manifests[0]))
+    error = info.value
+    assert (error.status, error.code, error.param) == (400, "adapter_too_large", "model")
+    assert f"{size} bytes" in error.message and f"{size - 1} bytes" in error.message
+    assert spy.opened == [] and engine.load_calls == []
+    m.options.max_cache_bytes = size  # nothing remembered: it loads as soon as it fits
+    assert asyncio.run(m.load(manifests[0])).digest == manifests[0].digest
+
+
+def test_budget_counts_folders_left_by_earlier_runs(setup, tmp_path: Path) -> None:
+    _, manifests, _, registry = setup
+    size = manifests[0].size
+    earlier = AdapterCache(tmp_path / "cache")
+    for age, manifest in zip((300, 200, 100), manifests[:3], strict=True):
+        path = earlier.fetch(registry, manifest)
+        os.utime(path, (time.time() - age,) * 2)  # last used `age` seconds ago
+    metrics = Metrics()
+    m = AdapterManager(RecordingEngine(), registry, metrics,
+                       AdapterManagerOptions(cache_dir=tmp_path / "cache",
+                                             max_cache_bytes=int(size * 2.5)))
+    on_disk = {e.digest for e in earlier.entries()}
+    assert on_disk == {manifests[1].digest, manifests[2].digest}  # the oldest went at start
+    assert metrics.cache_bytes._value.get() == 2 * size
+    asyncio.run(m.load(manifests[3]))  # a new one pushes out the next oldest
+    assert {e.digest for e in earlier.entries()} == {manifests[2].digest, manifests[3].digest}
+
+
+def test_budget_overshoots_while_in_use_then_trims(setup, tmp_path: Path) -> None:
+    """Every adapter in use and the disk full: requests still succeed, the cache trims after."""
+    manager, manifests, engine, _ = setup
+    size = manifests[0].size
+    m = manager(max_cache_bytes=int(size * 1.5))
+    cache = AdapterCache(tmp_path / "cache")
+
+    async def scenario():
+        async with contextlib.AsyncExitStack() as stack:
+            handles = [await stack.enter_async_context(m.lease(x)) for x in manifests[:3]]
+            assert all((h.path / "adapter_config.json").is_file() for h in handles)
+            assert cache.size_bytes() == 3 * size  # over budget: all three are in use
+        for _ in range(100):  # the trim runs as a task once the leases end
+            if cache.size_bytes() <= size * 1.5:
+                break
+            await asyncio.sleep(0.02)
+
+    asyncio.run(scenario())
+    assert [e.digest for e in cache.entries()] == [manifests[2].digest]
+    assert m.resident_digests() == [manifests[2].digest]  # idle ones left the engine for it
+    assert set(engine.loaded) == {m.lora_id(manifests[2].digest)}
 
 
 def test_disk_cache_bounded_by_bytes(setup, tmp_path: Path) -> None:
@@ -133,34 +225,14 @@ def test_disk_cache_bounded_by_bytes(setup, tmp_path: Path) -> None:
 
 def test_fetch_from_remote_registry_over_http(tmp_path: Path) -> None:
     """Adapters come from a registry server too: downloaded once, digest-verified, cached."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    import time
+    from loramux.support.launch import RegistryProcess
 
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     tokens = tmp_path / "tokens"
     tokens.write_text("tok-w:write\n")
-    proc = subprocess.Popen([sys.executable, "-m", "loramux.cli", "registry", "serve", "--root",
-                             str(tmp_path / "remote"), "--port", str(port), "--tokens",
-                             str(tokens)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=os.environ | {"LORAMUX_TOKEN": ""})
-    url = f"http://127.0.0.1:{port}"
+    server = RegistryProcess(tmp_path / "remote", tmp_path / "registry.log",
+                             args=["--tokens", str(tokens)], env={"LORAMUX_TOKEN": ""})
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "registry did not start"
-            time.sleep(0.2)
+        url = server.start()
         remote = reg.open(url, token="tok-w")
         manifest = remote.push(write_adapter(tmp_path / "r0", 42), "remote-a")
         engine = RecordingEngine()
@@ -172,5 +244,4 @@ def test_fetch_from_remote_registry_over_http(tmp_path: Path) -> None:
         assert pulled == (tmp_path / "r0" / "adapter_model.safetensors").read_bytes()
         remote.close()
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
