@@ -124,9 +124,12 @@ def read_base_loads(url: str, log: Path, admin_key: str = ADMIN_KEY) -> BaseLoad
     return BaseLoads(counter, state.json()["engine_pid"], lines)
 
 
-def base_loads(server: Server) -> BaseLoads:
-    """`read_base_loads` for the session server (its log is the file its stdout goes to)."""
-    return read_base_loads(server.url, Path(os.readlink(f"/proc/{server.proc.pid}/fd/1")))
+@pytest.fixture(scope="session")
+def base_loads(server: Server):
+    """`base_loads()` → BaseLoads of the session server (its log: the file its stdout goes to).
+    Compare before and after a swap: `assert base_loads() == before`."""
+    log = Path(os.readlink(f"/proc/{server.proc.pid}/fd/1"))
+    return lambda: read_base_loads(server.url, log)
 
 
 @pytest.fixture(scope="session")
