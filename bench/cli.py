@@ -1,10 +1,12 @@
 """`loramux bench …`: the whole benchmark (`all`) or one part of it.
 
     loramux bench all [--quick]      every part; writes bench/results/<UTC timestamp>.{json,md,png}
-    loramux bench serve              1+2: loramux vs vLLM's OpenAI server, multi-LoRA overhead
+    loramux bench serve              1+2: loramux vs vLLM's OpenAI server: K adapters, Zipf over
+                                     many, mixed ranks; tokens/s against base, TTFT, tail TTFT
     loramux bench swap               3: cold adapter vs warm adapter vs base reload
     loramux bench naive              4: transformers + peft, one request at a time
     loramux bench components         5: the registry's and the trainer's own benchmarks
+    loramux bench registry|trainer   one of those two alone, its table printed
     loramux bench show [FILE]        print the tables of a results file (default: the latest)
 """
 
@@ -18,12 +20,13 @@ from pathlib import Path
 import typer
 
 from loramux.bench import runner, workload
+from loramux.bench.config import PARTS, BenchConfig, with_overrides
 
 app = typer.Typer(help="Benchmarks: loramux side by side with vLLM's own server and a naive "
                        "transformers + peft loop, same load, same machine.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 
-QUICK = typer.Option(False, "--quick", help="Every part at a tiny size (under 3 minutes); a "
+QUICK = typer.Option(False, "--quick", help="Every part at a tiny size (2-4 minutes); a "
                                             "smoke test, not a measurement.")
 OUT = typer.Option(runner.RESULTS_DIR, "--out", help="Folder for <timestamp>.json/.md/.png.")
 CACHE = typer.Option(workload.DEFAULT_CACHE, "--cache-dir",
@@ -32,13 +35,14 @@ QUANT = typer.Option([], "--quantization", "-q",
                      help="bitsandbytes (NF4) or none; repeat to measure several (the first is "
                           "used for the hot-swap and naive parts). Default: bitsandbytes.")
 TRIALS = typer.Option(None, "--trials", help="Trials per K and server (default 3; quick 2).")
-REQUESTS = typer.Option(None, "--requests", help="Requests per trial (default 64; quick 8).")
+REQUESTS = typer.Option(None, "--requests", help="Requests per uniform or Zipf trial (default "
+                                                  "64; quick 8).")
 
 
 def _run(parts: tuple[str, ...], quick: bool, out: Path, cache: Path, quantization: list[str],
          trials: int | None, requests: int | None) -> None:
-    cfg = runner.with_overrides(
-        runner.BenchConfig.preset(quick), trials=trials, requests=requests,
+    cfg = with_overrides(
+        BenchConfig.preset(quick), trials=trials, requests=requests,
         quantizations=tuple(quantization) or None)
     args = " ".join(shlex.quote(a) for a in sys.argv[1:])
     # `loramux bench all ...` (argv holds `bench`) or `python -m loramux.bench.cli all ...`
@@ -57,14 +61,14 @@ def all_parts(quick: bool = QUICK, out: Path = OUT, cache_dir: Path = CACHE,
               quantization: list[str] = QUANT, trials: int = TRIALS,
               requests: int = REQUESTS) -> None:
     """Every part in one run (what `make bench` runs)."""
-    _run(runner.PARTS, quick, out, cache_dir, quantization, trials, requests)
+    _run(PARTS, quick, out, cache_dir, quantization, trials, requests)
 
 
 @app.command("serve")
 def serve(quick: bool = QUICK, out: Path = OUT, cache_dir: Path = CACHE,
           quantization: list[str] = QUANT, trials: int = TRIALS,
           requests: int = REQUESTS) -> None:
-    """Parts 1 and 2: loramux vs `vllm serve` under the same load, and multi-LoRA overhead."""
+    """Parts 1 and 2: loramux vs vLLM's server over K adapters, Zipf and mixed ranks."""
     _run(("serve",), quick, out, cache_dir, quantization, trials, requests)
 
 
@@ -87,6 +91,28 @@ def naive(quick: bool = QUICK, out: Path = OUT, cache_dir: Path = CACHE,
 def components(quick: bool = QUICK, out: Path = OUT) -> None:
     """Part 5: the registry's and the trainer's own benchmarks, in this run's report."""
     _run(("components",), quick, out, workload.DEFAULT_CACHE, [], None, None)
+
+
+@app.command("registry")
+def registry(quick: bool = QUICK, as_json: bool = typer.Option(False, "--json")) -> None:
+    """The registry alone: resolve latency (local, HTTP) and push/pull against a plain copy."""
+    from loramux.bench import registry_bench
+
+    results = registry_bench.run(quick=quick, show=not as_json)
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+
+
+@app.command("trainer")
+def trainer(quick: bool = QUICK, as_json: bool = typer.Option(False, "--json")) -> None:
+    """The trainer alone: `loramux train` vs a plain transformers + peft loop."""
+    from loramux.bench import trainer_bench
+
+    result = trainer_bench.run(quick=quick)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        trainer_bench.print_table(result)
 
 
 @app.command("show")

@@ -44,6 +44,7 @@ class LoadResult:
     first_error: str | None
     ttft_s: list[float] = field(default_factory=list)
     latency_s: list[float] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)  # of each good request, as ttft_s
 
     @property
     def ok(self) -> bool:
@@ -53,8 +54,13 @@ class LoadResult:
     def tokens_per_s(self) -> float:
         return self.output_tokens / self.wall_s if self.wall_s > 0 else 0.0
 
-    def summary(self) -> dict[str, Any]:
-        return {"ok": self.ok, "requests": self.requests, "concurrency": self.concurrency,
+    def tail_ttft(self, adapters: set[str]) -> list[float]:
+        """TTFTs of the good requests for `adapters` (e.g. the least popular ones)."""
+        return [t for m, t in zip(self.models, self.ttft_s, strict=True) if m in adapters]
+
+    def summary(self, tail: set[str] | None = None) -> dict[str, Any]:
+        """Figures of this trial; with `tail`, also TTFT over the requests for those adapters."""
+        out = {"ok": self.ok, "requests": self.requests, "concurrency": self.concurrency,
                 "failures": self.failures, "first_error": self.first_error,
                 "wall_s": round(self.wall_s, 4), "output_tokens": self.output_tokens,
                 "tokens_per_s": round(self.tokens_per_s, 2),
@@ -62,6 +68,12 @@ class LoadResult:
                 "ttft_p99_ms": _ms(percentile(self.ttft_s, 99)),
                 "latency_p50_ms": _ms(percentile(self.latency_s, 50)),
                 "latency_p99_ms": _ms(percentile(self.latency_s, 99))}
+        if tail:
+            ttft = self.tail_ttft(tail)
+            out |= {"tail_adapters": len(tail), "tail_requests": len(ttft),
+                    "tail_ttft_p50_ms": _ms(percentile(ttft, 50)),
+                    "tail_ttft_p99_ms": _ms(percentile(ttft, 99))}
+        return out
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -136,11 +148,12 @@ async def run_load_async(url: str, requests: list[Request], concurrency: int,
         results = await asyncio.gather(*(_one(client, sem, r) for r in requests))
         wall = time.perf_counter() - started
     failed = [r for r in results if not r.ok]
+    timed = [r for r in results if r.ok and r.ttft_s is not None]
     return LoadResult(
         requests=len(requests), concurrency=concurrency, wall_s=wall,
         output_tokens=sum(r.output_tokens for r in results if r.ok), failures=len(failed),
         first_error=(f"{failed[0].model}: {failed[0].error}" if failed else None),
-        ttft_s=[r.ttft_s for r in results if r.ok and r.ttft_s is not None],
+        ttft_s=[r.ttft_s for r in timed], models=[r.model for r in timed],
         latency_s=[r.latency_s for r in results if r.ok and r.latency_s is not None])
 
 

@@ -161,8 +161,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quantization", default="bitsandbytes")
     parser.add_argument("--port", type=int, default=8100)
     args = parser.parse_args(argv)
-    adapters = dict(item.split("=", 1) for item in args.adapter)
     import uvicorn
+
+    from loramux.registry.manifest import parse_labels  # the one k=v parser
+
+    adapters = parse_labels(args.adapter)
 
     naive = NaiveModel(args.model, {k: Path(v) for k, v in adapters.items()}, args.quantization,
                        args.served_name)

@@ -1,4 +1,4 @@
-"""``loramux registry bench``: resolve latency and push/pull throughput, measured.
+"""``loramux bench registry``: the registry's resolve latency and push/pull throughput, measured.
 
 Resolve: a store seeded with 10,000 versions across 1,000 names (``quick``: 1,000 across 100).
 Seeding pushes one real adapter through ``LocalRegistry.push`` and then inserts the other
@@ -23,47 +23,30 @@ import os
 import platform
 import random
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-import numpy as np
-from safetensors.numpy import save_file
-
 from loramux.registry.auth import ENV_TOKENS
 from loramux.registry.digests import adapter_digest
 from loramux.registry.index import now, to_dt
 from loramux.registry.manifest import FileEntry
 from loramux.registry.store import LocalRegistry
+from loramux.support.adapters import filler_shapes
+from loramux.support.adapters import write_adapter as write_random
+from loramux.support.launch import RegistryProcess
 
 TOKEN = "bench-token"
 TARGETS = {"local_p99_ms": 2.0, "http_p99_ms": 10.0, "throughput_ratio": 0.5}
 
 
 def write_adapter(folder: Path, *, mib: float, seed: int = 0, rank: int = 64) -> Path:
-    """A valid LoRA adapter of about ``mib`` MiB (pairs of 1 MiB fp32 A/B matrices)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    width = 4096
-    pairs = max(1, round(mib * (1 << 20) / (2 * rank * width * 4)))
-    tensors = {}
-    for i in range(pairs):
-        layer, module = divmod(i, 2)
-        key = f"base_model.model.model.layers.{layer}.self_attn.{('q_proj', 'v_proj')[module]}"
-        tensors[f"{key}.lora_A.weight"] = rng.standard_normal((rank, width), dtype=np.float32)
-        tensors[f"{key}.lora_B.weight"] = rng.standard_normal((width, rank), dtype=np.float32)
-    save_file(tensors, str(folder / "adapter_model.safetensors"))
-    config = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "bias": "none",
-              "target_modules": ["q_proj", "v_proj"], "base_model_name_or_path": "bench/base"}
-    (folder / "adapter_config.json").write_text(json.dumps(config))
-    return folder
+    """A valid fp32 LoRA adapter of about ``mib`` MiB."""
+    return write_random(folder, filler_shapes(mib, rank), rank=rank, seed=seed, b_std=1.0,
+                        base="bench/base")
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
@@ -77,7 +60,7 @@ def seed(store: LocalRegistry, template_dir: Path, names: int, per_name: int) ->
     """Fill the index (see the module docstring); returns one digest per (name, version)."""
     template = store.push(template_dir, "template")
     digests = []
-    with store.index.write() as conn:
+    with store.index.write() as tx:
         at = now()
         for n in range(names):
             name = f"adapter-{n:04d}"
@@ -90,12 +73,9 @@ def seed(store: LocalRegistry, template_dir: Path, names: int, per_name: int) ->
                     "name": name, "version": v, "digest": digest, "files": files,
                     "created_at": to_dt(at), "labels": {"team": f"t{n % 10}"},
                 })
-                store.index.insert_version(conn, manifest)
+                tx.insert_version(manifest)
                 digests.append(digest)
-            conn.execute(
-                "INSERT INTO aliases(name, alias, version, updated_at, updated_by) "
-                "VALUES (?, 'prod', ?, ?, 'bench')", (name, max(1, per_name - 1), at),
-            )
+            tx.put_alias(name, "prod", max(1, per_name - 1), at, "bench")
     return digests
 
 
@@ -122,37 +102,12 @@ def _time_calls(fn: Callable[[str], Any], refs: list[str], warmup: int = 200) ->
     return samples
 
 
-class _Server:
+def _server(root: Path, log: Path) -> RegistryProcess:
     """``loramux registry serve`` in its own process, as in production (no shared GIL)."""
-
-    def __init__(self, root: Path) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        env = {**os.environ, ENV_TOKENS: f"{TOKEN}:write:bench"}
-        cmd = [sys.executable, "-m", "loramux.registry.cli", "serve", "--root", str(root),
-               "--port", str(self.port), "--log-level", "warning"]
-        self.proc = subprocess.Popen(cmd, env=env)
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.stop()
-                raise RuntimeError("bench server did not start")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+    server = RegistryProcess(root, log, args=["--log-level", "warning"],
+                             env={ENV_TOKENS: f"{TOKEN}:write:bench"}, timeout_s=30)
+    server.start()
+    return server
 
 
 def _throughput(tmp: Path, mib: float, reps: int) -> dict[str, Any]:
@@ -174,7 +129,7 @@ def _throughput(tmp: Path, mib: float, reps: int) -> dict[str, Any]:
         os.close(fd)
 
     store = LocalRegistry(tmp / "throughput-store")
-    server = _Server(tmp / "throughput-remote")
+    server = _server(tmp / "throughput-remote", tmp / "throughput-remote.log")
     client = RemoteRegistry(server.url, token=TOKEN)
     steps: dict[str, Callable[[int], Any]] = {
         "copyfile": copy,
@@ -230,7 +185,7 @@ def run(quick: bool = False, out: Path | None = None, show: bool = True) -> dict
                            "method": "1 real push + Index.insert_version in one transaction"}
         refs = _refs(names, per_name, digests, samples)
         results["resolve_local"] = _percentiles(_time_calls(store.resolve, refs))
-        server = _Server(store.root)
+        server = _server(store.root, tmp / "resolve.log")
         try:
             with RemoteRegistry(server.url, token=TOKEN) as client:
                 results["resolve_http"] = _percentiles(

@@ -16,10 +16,15 @@ from loramux.support.launch import ChildServer, ServerProcess
 
 @dataclass(frozen=True)
 class EngineLimits:
-    """What both vLLM-based servers are configured with, identically."""
+    """What both vLLM-based servers are configured with, identically.
+
+    `max_loras` is never passed to loramux (its default is what is measured); it is what
+    loramux's default comes to (see `loramux_slots`), passed to vLLM's server so both have the
+    same slots.
+    """
 
     quantization: str = "bitsandbytes"  # or "none"
-    max_loras: int = 8
+    max_loras: int = 64
     max_cpu_loras: int = 64
     max_lora_rank: int = 16
     max_model_len: int = 512
@@ -44,8 +49,7 @@ def loramux_server(model_dir: Path, registry_dir: Path, cache_dir: Path, limits:
                    log: Path) -> ServerProcess:
     """`loramux serve` through the project's own launcher (the command a user runs)."""
     args = ["--base", str(model_dir), "--registry", str(registry_dir),
-            "--quantization", limits.quantization, "--max-loras", str(limits.max_loras),
-            "--max-cpu-loras", str(limits.max_cpu_loras),
+            "--quantization", limits.quantization, "--max-cpu-loras", str(limits.max_cpu_loras),
             "--max-lora-rank", str(limits.max_lora_rank),
             "--max-model-len", str(limits.max_model_len), "--cache-dir", str(cache_dir),
             "--max-pending", "4096"]
@@ -77,6 +81,25 @@ def naive_server(model_dir: Path, served_name: str, adapters: dict[str, Path],
            "--served-name", served_name, "--quantization", limits.quantization, "--port", "0",
            *[f"--adapter={name}={path}" for name, path in adapters.items()]]
     return ChildServer(cmd, log, None, "/health", bench_env(limits), 600, "naive server")
+
+
+def loramux_slots(max_cpu_loras: int) -> int:
+    """The `--max-loras` loramux's engine uses when the flag is omitted, by its own rule."""
+    from loramux.server.engines.vllm_engine import VllmOptions, slot_count
+
+    return slot_count(VllmOptions(model="", max_loras=None, max_cpu_loras=max_cpu_loras))
+
+
+_SLOTS_LOGGED = re.compile(r"max_loras[=: ]+([0-9]+)")
+
+
+def logged_slots(log: Path) -> int | None:
+    """The `max_loras` a loramux server's log states, if it states one."""
+    try:
+        match = _SLOTS_LOGGED.search(log.read_text(errors="replace"))
+    except OSError:
+        return None
+    return int(match.group(1)) if match else None
 
 
 _ENGINE_LOADED = re.compile(r"vLLM engine loaded .* in ([0-9.]+)s")

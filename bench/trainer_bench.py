@@ -6,7 +6,8 @@ schedule with warmup, gradient clipping); each side runs in its own subprocess s
 is its own. Reported: tokens/s (non-padding input tokens over the training loop's wall time)
 and the process's peak RSS, side by side, and their ratios.
 
-    python -m loramux.trainer.bench [--quick]
+    loramux bench trainer [--quick]      (python -m loramux.bench.trainer_bench --worker ... is
+                                         how each side runs in its own process)
 
 No GPU is used here; on a CUDA machine both sides run unchanged on the GPU (the trainer then
 uses paged 8-bit AdamW, the plain loop bitsandbytes' PagedAdamW8bit).
@@ -29,7 +30,6 @@ SETTINGS: dict[str, Any] = {
     "batch_size": 16, "learning_rate": 2e-3, "r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
     "warmup_ratio": 0.05, "max_seq_length": 128, "seed": 42, "threads": 2,
 }
-DEFAULT_BASE = Path(".cache/demo-base")
 
 
 def _loramux_worker(base: str, data: str, out: str, steps: int) -> dict[str, Any]:
@@ -127,20 +127,22 @@ WORKERS = {"loramux": _loramux_worker, "plain": _plain_worker}
 
 
 def _spawn(kind: str, base: Path, data: Path, out: Path, steps: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "loramux.trainer.bench", "--worker", kind, str(base), str(data),
-           str(out), str(steps)]
+    cmd = [sys.executable, "-m", "loramux.bench.trainer_bench", "--worker", kind, str(base),
+           str(data), str(out), str(steps)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} worker failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run(quick: bool = False, base: Path | str = DEFAULT_BASE) -> dict[str, Any]:
-    """Run both sides (plain loop first, then loramux) and return their figures and ratios."""
-    from loramux.trainer.demo_tasks import write_demo_data
+def run(quick: bool = False, base: Path | str | None = None) -> dict[str, Any]:
+    """Run both sides (plain loop first, then loramux) and return their figures and ratios;
+    `base` defaults to the demo base model (built on first use)."""
+    from loramux.bench.workload import demo_base
+    from loramux.demo.tasks import write_demo_data
 
     steps = STEPS["quick" if quick else "full"]
-    base = Path(base)
+    base = demo_base() if base is None else Path(base)
     if not (base / "config.json").is_file():
         raise FileNotFoundError(f"{base} holds no model; run `loramux demo base` first")
     with tempfile.TemporaryDirectory(prefix="loramux-train-bench-") as tmp:
@@ -177,12 +179,6 @@ def print_table(result: dict[str, Any]) -> None:
     console = Console()
     console.print(table)
     console.print(f"GPU: {result['gpu']}")
-
-
-def bench_command(quick: bool = False) -> None:
-    """CLI entry (mountable with typer): run and print the table."""
-    result = run(quick=quick)
-    print_table(result)
 
 
 def main(argv: list[str]) -> None:

@@ -1,8 +1,9 @@
 """The benchmark's own workload, built deterministically: model, adapters, registry, requests.
 
-Full size: a random-weight Llama of about 82 M parameters (hidden 768, 12 layers, 12 heads with 4
-KV heads, MLP 2048, the demo tokenizer's 4 k vocabulary, untied embeddings) and 64 + a few random
-rank-16 LoRA adapters on every linear layer. Quick size: the demo base model itself and a handful
+Full size: a random-weight Llama of about 77 M parameters (hidden 768, 12 layers, 12 heads with 4
+KV heads, MLP 2048, the demo tokenizer's 4 k vocabulary, untied embeddings); 256 random rank-16
+LoRA adapters on every linear layer for the load tests, a few more for the hot-swap test, and
+rank-8/16/64 ones for the mixed-rank batch. Quick size: the demo base model itself and a handful
 of adapters. Model and adapters are cached under the bench cache folder by a hash of what made
 them; the registry is a scratch one per run, so every adapter in it is cold for a new server.
 """
@@ -23,7 +24,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 MARKER = "loramux_bench_recipe.json"
 _SOURCE = Path(__file__).resolve().parent.parent
 # The checkout (editable install, `make bench`); an installed copy works from the current folder.
@@ -48,11 +49,12 @@ class ModelRecipe:
 
 @dataclass(frozen=True)
 class AdapterRecipe:
-    count: int = 64  # the adapters the load tests draw from
+    count: int = 256  # the rank-`rank` adapters the load tests draw from
     cold: int = 5  # extra adapters only the hot-swap test asks for (never loaded before)
     rank: int = 16
-    alpha: int = 32
-    seed: int = 7
+    mixed_ranks: tuple[int, ...] = (8, 16, 64)
+    mixed_per_rank: int = 4  # adapters of each rank for the mixed-rank batch
+    seed: int = 7  # lora_alpha is 2 x rank everywhere
 
 
 @dataclass
@@ -60,8 +62,9 @@ class Workload:
     model_dir: Path
     parameters: int
     served_name: str
-    adapters: dict[str, Path]  # load-test adapters, name -> folder (a00, a01, ...)
+    adapters: dict[str, Path]  # load-test adapters, name -> folder (a000, a001, ...)
     cold_adapters: dict[str, Path]  # hot-swap adapters (cold-0, ...)
+    mixed_adapters: dict[str, Path]  # the mixed-rank batch's adapters (r8-0, r16-0, r64-0, ...)
     registry_dir: Path
     scratch: Path
     recipe: dict[str, Any] = field(default_factory=dict)
@@ -146,45 +149,41 @@ def demo_parameters(model_dir: Path) -> int:
     return int(json.loads((model_dir / RECIPE_FILE).read_text())["parameters"])
 
 
-def adapter_names(recipe: AdapterRecipe) -> tuple[list[str], list[str]]:
+def adapter_names(recipe: AdapterRecipe) -> tuple[list[str], list[str], list[str]]:
+    """Names of the load-test, hot-swap and mixed-rank adapters."""
     width = max(2, len(str(recipe.count - 1)))
     return ([f"a{i:0{width}d}" for i in range(recipe.count)],
-            [f"cold-{i}" for i in range(recipe.cold)])
+            [f"cold-{i}" for i in range(recipe.cold)],
+            [f"r{rank}-{i}" for i in range(recipe.mixed_per_rank)
+             for rank in recipe.mixed_ranks])
+
+
+def adapter_rank(name: str, recipe: AdapterRecipe) -> int:
+    return int(name[1:].split("-", 1)[0]) if name.startswith("r") else recipe.rank
 
 
 def build_adapters(model_dir: Path, cache: Path, recipe: AdapterRecipe,
                    progress: Callable[[int, int], None] | None = None) -> dict[str, Path]:
-    """Random rank-r LoRA adapters on every linear layer (distinct weights per adapter)."""
+    """Random LoRA adapters on every linear layer of the model (distinct weights per adapter),
+    in bf16 like a trained adapter, written from the model's shapes (loramux.support)."""
+    from loramux.support.adapters import llama_shapes, write_adapter
+
     model_digest = json.loads((model_dir / MARKER).read_text())["digest"] if (
         model_dir / MARKER).is_file() else _file_digest(model_dir / "model.safetensors")
     digest = _digest(asdict(recipe), model_digest)
     out = cache / f"adapters-{digest[:12]}"
-    load_names, cold_names = adapter_names(recipe)
-    names = load_names + cold_names
+    names = [n for group in adapter_names(recipe) for n in group]
     if _marked(out, digest) is not None:
         return {n: out / n for n in names}
-
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
-    peft_model = get_peft_model(
-        model, LoraConfig(r=recipe.rank, lora_alpha=recipe.alpha, target_modules="all-linear",
-                          lora_dropout=0.0, init_lora_weights=False),
-        autocast_adapter_dtype=False)
-    lora = [(n, p) for n, p in peft_model.named_parameters() if "lora_" in n]
+    shapes = llama_shapes(model_dir)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=cache))
     try:
         for i, name in enumerate(names):
-            gen = torch.Generator().manual_seed(recipe.seed * 100_003 + i)
-            with torch.no_grad():
-                for pname, param in lora:
-                    fan_in = param.shape[1]
-                    std = (1.0 / fan_in) ** 0.5 if "lora_A" in pname else 0.02
-                    param.copy_(torch.randn(param.shape, generator=gen) * std)
-            peft_model.save_pretrained(tmp / name)
+            rank = adapter_rank(name, recipe)
+            write_adapter(tmp / name, shapes, rank=rank, alpha=2 * rank,
+                          seed=recipe.seed * 100_003 + i, dtype="bfloat16",
+                          base=str(model_dir))
             if progress:
                 progress(i + 1, len(names))
         (tmp / MARKER).write_text(json.dumps({"digest": digest, "recipe": asdict(recipe)}))
@@ -240,18 +239,6 @@ def make_prompts(model_dir: Path, count: int, tokens: int, seed: int) -> list[st
         if len(tokenizer(text, add_special_tokens=False)["input_ids"]) == tokens:
             prompts.append(text)
     return prompts
-
-
-def assign_models(names: list[str], k: int, count: int, base: str, seed: int) -> list[str]:
-    """`model` for each of `count` requests: the base for k == 0, else k distinct adapters drawn
-    uniformly at random from `names`, each used equally often (±1) in a random order."""
-    if k == 0:
-        return [base] * count
-    rng = random.Random(seed)
-    chosen = rng.sample(names, k)
-    models = [chosen[i % k] for i in range(count)]
-    rng.shuffle(models)
-    return models
 
 
 @dataclass(frozen=True)

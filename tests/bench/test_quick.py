@@ -33,20 +33,34 @@ def test_quick_run_writes_json_markdown_and_plot(tmp_path: Path) -> None:
     # Every part of the harness itself ran on every side, with figures and ratios.
     harness_errors = [e for e in results["errors"] if not e.startswith("components")]
     assert not harness_errors, tail
-    for k, row in gateway["serve"]["per_k"].items():
-        assert row["loramux"]["ok"] and row["vllm"]["ok"], (k, tail)
+    rows = gateway["serve"]["mixes"]
+    assert set(rows) == {"base", "1", "4", "zipf", "mixed", "rank16"}
+    for key, row in rows.items():
+        assert row["loramux"]["ok"] and row["vllm"]["ok"], (key, tail)
         assert row["ratio_loramux_over_vllm"]["median"] > 0
-    assert set(gateway["serve"]["multi_lora_overhead"]) == {
-        k for k in gateway["serve"]["per_k"] if k != "0"}
-    assert gateway["swap"]["ok"] and gateway["swap"]["cold_ttft_ms"]["n"] >= 1
-    assert gateway["swap"]["ratio_reload_over_cold_swap"] > 0
+    assert set(gateway["serve"]["ratio_to_base"]) == {"1", "4", "zipf"}
+    assert all(r["loramux"]["median"] > 0 and r["vllm"]["median"] > 0
+               for r in gateway["serve"]["ratio_to_base"].values())
+    assert gateway["serve"]["mixed_over_rank16"]["loramux"]["median"] > 0
+    for side in ("loramux", "vllm"):
+        assert rows["zipf"][side]["tail_ttft_p99_ms"]["median"] > 0
+    # Same slots on both servers: loramux's default (one per resident adapter on CPU), which
+    # vLLM's server is given explicitly.
+    slots = gateway["serve"]["slots"]
+    assert slots["loramux_effective_max_loras"] == slots["vllm_max_loras"] == 4, slots
+    assert slots["loramux_max_loras_flag"] is None
+    for side in ("loramux", "vllm"):
+        swap = gateway["swap"][side]
+        assert swap["ok"] and swap["cold_ttft_ms"]["n"] >= 1, (side, tail)
+    assert gateway["reload"]["ratio_reload_over_cold_swap"] > 0
     for row in gateway["naive"]["per_k"].values():
         assert row["naive"]["ok"] and row["ratio_loramux_over_naive"]["median"] > 0
     assert {"registry", "trainer"} <= results["components"].keys()
 
     markdown = found[0].with_suffix(".md").read_text()
-    for title in ("1. Gateway", "2. Multi-LoRA overhead", "3. Hot swap vs reload",
-                  "4. Naive", "5. Registry and trainer"):
+    for title in ("1. loramux vs vLLM", "2. Many adapters", "2b. TTFT p50 / p99",
+                  "2c. Mixed ranks", "3. Hot swap vs reload", "4. Naive",
+                  "5. Registry and trainer"):
         assert title in markdown
     assert "loramux/vLLM" in proc.stdout  # the table is printed too
     assert proc.returncode == (1 if results["errors"] else 0), tail
