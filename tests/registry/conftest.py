@@ -18,7 +18,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from registry_support import READ_TOKEN, WRITE_TOKEN, write_adapter
+import registry_support
+from registry_support import WRITE_TOKEN, write_adapter
 
 from loramux.registry.auth import TokenAuth, parse_tokens
 from loramux.registry.remote import RemoteRegistry
@@ -26,7 +27,7 @@ from loramux.registry.store import LocalRegistry
 from loramux.registry.validate import Limits
 from loramux.support.ports import uvicorn_port
 
-TOKENS = parse_tokens(f"{WRITE_TOKEN}:write:writer,{READ_TOKEN}:read:reader")
+TOKENS = parse_tokens(registry_support.TOKENS)
 
 
 class ServerHandle:

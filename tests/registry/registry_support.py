@@ -13,8 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
 WRITE_TOKEN = "w-secret-token"
 READ_TOKEN = "r-secret-token"
 TOKENS = f"{WRITE_TOKEN}:write:writer,{READ_TOKEN}:read:reader"
@@ -97,18 +95,6 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
-
-
-def wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} did not come up")
 
 
 def flip_byte(path: Path, offset: int = -5) -> None:
