@@ -13,7 +13,7 @@ from loramux.bench.cli import app as bench_app
 from loramux.demo.cli import app as demo_app
 from loramux.registry.cli import app as registry_app
 from loramux.server.cli import serve_command
-from loramux.trainer.cli import HELP_TRAIN, demo_adapters_command, demo_data_command, train_command
+from loramux.trainer.cli import add_train_command
 
 app = typer.Typer(
     help="loramux: one quantized base model, many LoRA adapters, one OpenAI-compatible server.",
@@ -22,9 +22,7 @@ app = typer.Typer(
 )
 app.add_typer(registry_app, name="registry", help="Versioned, content-addressed adapter store.")
 app.add_typer(demo_app, name="demo")
-demo_app.command("data")(demo_data_command)
-demo_app.command("adapters")(demo_adapters_command)
-app.command("train", help=HELP_TRAIN)(train_command)
+add_train_command(app)
 app.add_typer(bench_app, name="bench")
 app.command("serve", help="OpenAI-compatible server: one base model, adapters per request.")(
     serve_command)

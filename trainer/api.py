@@ -10,7 +10,6 @@ checkpoints and resuming.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import warnings
 from dataclasses import dataclass, field
@@ -28,8 +27,8 @@ from loramux.trainer.report import (
     plot_loss_curve,
     write_report,
 )
+from loramux.trainer.sft import CHECKPOINTS, sft_config, trainer_class
 
-CHECKPOINTS = "checkpoints"
 log = logging.getLogger(__name__)
 # bitsandbytes warns at import when the optional `kernels` package is missing; the fallback
 # kernels work, so keep that out of the user's console.
@@ -139,98 +138,6 @@ def _resume_from(config: TrainConfig) -> str | None:
     return None
 
 
-def _eval_and_save_plan(config: TrainConfig, has_eval: bool) -> dict[str, Any]:
-    plan: dict[str, Any] = {}
-    eval_steps = config.eval_steps
-    if has_eval and eval_steps is None and config.max_steps is not None:
-        eval_steps = max(1, config.max_steps // 5)
-    if has_eval:
-        plan.update(eval_strategy="steps" if eval_steps else "epoch")
-        if eval_steps:
-            plan["eval_steps"] = eval_steps
-    else:
-        plan["eval_strategy"] = "no"
-    save_steps = config.save_steps
-    if save_steps is None and config.early_stopping_patience and eval_steps:
-        save_steps = eval_steps
-    if save_steps is None and config.max_steps is not None:
-        save_steps = eval_steps if has_eval and eval_steps else max(1, config.max_steps // 5)
-    if config.early_stopping_patience and has_eval and not eval_steps:
-        plan["save_strategy"] = "epoch"
-    elif save_steps:
-        plan.update(save_strategy="steps", save_steps=save_steps)
-    else:
-        plan["save_strategy"] = "epoch"
-    if config.early_stopping_patience:
-        plan.update(load_best_model_at_end=True, metric_for_best_model="eval_loss",
-                    greater_is_better=False)
-    return plan
-
-
-def trainer_class(config: TrainConfig):
-    """TRL's SFTTrainer, with LoRA+ param groups (peft's) when ``loraplus_lr_ratio`` is set."""
-    from trl import SFTTrainer
-
-    if not config.loraplus_lr_ratio:
-        return SFTTrainer
-    ratio = config.loraplus_lr_ratio
-
-    class LoraPlusSFTTrainer(SFTTrainer):
-        def create_optimizer(self, model=None):
-            if self.optimizer is None:
-                from peft.optimizers import create_loraplus_optimizer
-
-                cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
-                kwargs = dict(kwargs)
-                lr = kwargs.pop("lr", self.args.learning_rate)
-                self.optimizer = create_loraplus_optimizer(
-                    self.model, cls, lr=lr, loraplus_lr_ratio=ratio,
-                    loraplus_weight_decay=self.args.weight_decay, **kwargs)
-            return self.optimizer
-
-    return LoraPlusSFTTrainer
-
-
-def sft_config(config: TrainConfig, runtime, data: PreparedData):
-    from trl import SFTConfig
-
-    chat = data.kind == "chat"
-    return SFTConfig(
-        output_dir=str(_checkpoint_dir(config)),
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps or -1,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_steps if config.warmup_steps is not None
-        else config.warmup_ratio,
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
-        optim=runtime.optimizer,
-        gradient_checkpointing=config.gradient_checkpointing,
-        bf16=runtime.bf16,
-        fp16=runtime.fp16,
-        use_cpu=runtime.device == "cpu",
-        seed=config.seed,
-        data_seed=config.seed,
-        logging_steps=config.logging_steps,
-        save_total_limit=config.save_total_limit,
-        save_only_model=False,
-        report_to=[],
-        disable_tqdm=True,
-        include_num_input_tokens_seen="non_padding",
-        max_length=config.max_seq_length,
-        packing=config.packing,
-        assistant_only_loss=chat,
-        completion_only_loss=None if chat else True,
-        dataset_num_proc=None,
-        remove_unused_columns=True,
-        **_eval_and_save_plan(config, bool(data.eval)),
-    )
-
-
 def _quiet_libraries() -> None:
     """Keep the console to our progress bar: no per-map bars, no info chatter."""
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # e.g. "no `kernels` package"
@@ -263,15 +170,16 @@ def _save_adapter(trainer, out: Path) -> None:
 
 
 def train(config: TrainConfig | dict[str, Any] | str | Path, *, callbacks: list | None = None,
-          console: Any = None) -> TrainResult:
+          console: Any = None, data: PreparedData | None = None) -> TrainResult:
     """Train a LoRA adapter as ``config`` says; publish it when ``config.publish`` is set.
 
-    Raises a TrainerError subclass (ConfigError, DataError, ModelError, PublishError,
-    TrainingInterrupted) with a readable message for anything the user can fix.
+    ``data`` is ``prepare_data(config)`` when the caller already checked it (the CLI does, to
+    report bad data before anything else). Raises a TrainerError subclass (ConfigError,
+    DataError, ModelError, PublishError, TrainingInterrupted) for anything the user can fix.
     """
     config = coerce_config(config)
     check_options(config)
-    data = prepare_data(config)
+    data = data or prepare_data(config)
     _quiet_libraries()
     from loramux.trainer.model import (
         check_target_modules,
@@ -394,9 +302,10 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, *, callbacks: list 
         manifest = publish(out, config, report)
         outcome.manifest = manifest
         outcome.reference = manifest.ref
+        from loramux.registry import default_location
+
         report["published"] = {"ref": manifest.ref, "digest": manifest.digest,
-                               "registry": config.registry or os.environ.get("LORAMUX_REGISTRY")
-                               or "~/.loramux/registry"}
+                               "registry": config.registry or default_location()}
         write_report(report, report_path)
     return outcome
 

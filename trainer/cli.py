@@ -1,22 +1,27 @@
-"""``loramux train`` and ``loramux demo data`` (and ``demo adapters``) as plain typer functions.
+"""``loramux train`` as a plain typer function (``loramux/cli.py`` mounts it).
 
-``loramux/cli.py`` mounts them; run ``python -m loramux.trainer.cli train ...`` standalone.
-Nothing heavy is imported at module level, so ``loramux --help`` stays fast. Every TrainerError
-becomes one ``error: ...`` message on stderr and its exit code (2 for bad options or data,
-130 for an interrupted run), in ``_errors`` and nowhere else: no tracebacks for user mistakes.
+Run ``python -m loramux.trainer.cli train ...`` standalone. Nothing heavy is imported at module
+level, so ``loramux --help`` stays fast. Every LoramuxError becomes one ``error: ...`` message on
+stderr and its exit code (2 for bad options or data, 130 for an interrupted run), in
+``report_errors`` and nowhere else: no tracebacks for user mistakes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import typer
+from pydantic.fields import FieldInfo
+from typer.core import TyperCommand
 
-from loramux.trainer.errors import TrainerError
+from loramux.errors import LoramuxError
+from loramux.trainer.config import TrainConfig
 
 HELP_TRAIN = (
     "QLoRA-train a LoRA adapter on a chat, prompt/completion or Alpaca file, save it with its "
@@ -26,16 +31,30 @@ HELP_TRAIN = (
 
 
 @contextlib.contextmanager
-def _errors() -> Iterator[None]:
-    """The one place TrainerErrors become a message and an exit code."""
+def report_errors() -> Iterator[None]:
+    """The one place loramux's errors become a message and an exit code (``exit_code``)."""
     try:
         yield
-    except TrainerError as exc:
+    except LoramuxError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("error: interrupted; nothing was published", err=True)
         raise typer.Exit(130) from None
+
+
+# Flags spelled otherwise than --field-name (every spelling here keeps working).
+FLAG_NAMES: dict[str, tuple[str, ...]] = {
+    "r": ("--r", "--lora-r"),
+    "use_rslora": ("--rslora",),
+    "gradient_accumulation_steps": ("--grad-accum", "--gradient-accumulation-steps"),
+    "learning_rate": ("--lr", "--learning-rate"),
+    "early_stopping_patience": ("--early-stopping-patience", "--patience"),
+    "labels": ("--label",),
+}
+# Switches that only turn something on (no --no-resume); other booleans get --x/--no-x.
+ON_SWITCHES = {"resume", "overwrite", "skip_bad_records"}
+SCALARS = (bool, int, float, str, Path)
 
 
 def _labels(values: list[str] | None) -> dict[str, str] | None:
@@ -50,111 +69,115 @@ def _labels(values: list[str] | None) -> dict[str, str] | None:
     return labels
 
 
-def train_command(
-    base: str | None = typer.Option(None, "--base", help="Base model folder or hub id."),
-    data: Path | None = typer.Option(None, "--data", help="Training data (.jsonl/.json/.csv/"
-                                     ".parquet): chat, prompt/completion or Alpaca records."),
-    eval: Path | None = typer.Option(None, "--eval", help="Eval data, same formats."),
-    eval_split: float | None = typer.Option(None, "--eval-split",
-                                            help="Hold out this share of --data for eval."),
-    out: Path | None = typer.Option(None, "--out", help="Output folder for the adapter."),
-    config: Path | None = typer.Option(None, "--config", "-c", help="YAML file of options."),
-    name: str | None = typer.Option(None, "--name", help="Adapter name in the registry."),
-    publish: bool | None = typer.Option(None, "--publish/--no-publish",
-                                        help="Push the adapter to the registry when done."),
-    registry: str | None = typer.Option(None, "--registry", help="Registry folder or URL."),
-    alias: str | None = typer.Option(None, "--alias", help="Move this alias to the new version."),
-    description: str | None = typer.Option(None, "--description"),
-    label: list[str] | None = typer.Option(None, "--label", help="key=value (repeatable)."),
-    resume: bool | None = typer.Option(None, "--resume", help="Continue from the last checkpoint"
-                                       " in --out."),
-    overwrite: bool | None = typer.Option(None, "--overwrite", help="Start over, deleting an "
-                                          "earlier run's checkpoints in --out."),
-    quantize: bool | None = typer.Option(None, "--quantize/--no-quantize",
-                                         help="NF4 + double-quant base (QLoRA) or plain LoRA."),
-    data_format: str | None = typer.Option(None, "--format",
-                                           help="auto|chat|prompt_completion|alpaca"),
-    prompt_template: str | None = typer.Option(None, "--prompt-template", help="For non-chat "
-                                               "data, e.g. '### Q:\\n{prompt}\\n### A:\\n'."),
-    skip_bad_records: bool | None = typer.Option(None, "--skip-bad-records",
-                                                 help="Skip invalid records (and count them)."),
-    max_seq_length: int | None = typer.Option(None, "--max-seq-length", help="Token cut-off."),
-    packing: bool | None = typer.Option(None, "--packing/--no-packing"),
-    r: int | None = typer.Option(None, "--r", "--lora-r", help="LoRA rank."),
-    lora_alpha: float | None = typer.Option(None, "--lora-alpha"),
-    lora_dropout: float | None = typer.Option(None, "--lora-dropout"),
-    bias: str | None = typer.Option(None, "--bias", help="none|all|lora_only"),
-    target_modules: str | None = typer.Option(None, "--target-modules",
-                                              help="all-linear or comma-separated names."),
-    use_rslora: bool | None = typer.Option(None, "--rslora/--no-rslora"),
-    epochs: float | None = typer.Option(None, "--epochs"),
-    max_steps: int | None = typer.Option(None, "--max-steps"),
-    batch_size: int | None = typer.Option(None, "--batch-size"),
-    gradient_accumulation_steps: int | None = typer.Option(None, "--grad-accum",
-                                                           "--gradient-accumulation-steps"),
-    learning_rate: float | None = typer.Option(None, "--lr", "--learning-rate"),
-    lr_scheduler: str | None = typer.Option(None, "--lr-scheduler"),
-    warmup_ratio: float | None = typer.Option(None, "--warmup-ratio"),
-    warmup_steps: int | None = typer.Option(None, "--warmup-steps"),
-    weight_decay: float | None = typer.Option(None, "--weight-decay"),
-    optimizer: str | None = typer.Option(None, "--optimizer", help="auto|adamw_torch|"
-                                         "paged_adamw_8bit|..."),
-    gradient_checkpointing: bool | None = typer.Option(
-        None, "--gradient-checkpointing/--no-gradient-checkpointing"),
-    seed: int | None = typer.Option(None, "--seed"),
-    eval_steps: int | None = typer.Option(None, "--eval-steps"),
-    early_stopping_patience: int | None = typer.Option(None, "--early-stopping-patience",
-                                                       "--patience"),
-    save_steps: int | None = typer.Option(None, "--save-steps"),
-    logging_steps: int | None = typer.Option(None, "--logging-steps"),
-    device: str | None = typer.Option(None, "--device", help="auto|cpu|cuda"),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads."),
-    progress: bool | None = typer.Option(None, "--progress/--no-progress"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Check options and data, print the "
-                                 "resolved config, and exit without training."),
-) -> None:
+def _cli_type(annotation: Any) -> tuple[type, str | None]:
+    """The flag's Python type and metavar for a TrainConfig field's annotation.
+
+    Values are only parsed into plain types here; TrainConfig validates them (ranges, choices),
+    so a bad value gets the same message from a flag as from the YAML file.
+    """
+    if annotation in SCALARS:
+        return annotation, None
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        choices = "|".join(map(str, args))
+        return str, choices if len(choices) <= 20 else "NAME"
+    if origin is dict:
+        return list[str], "K=V"
+    options = [a for a in args if a is not type(None)]
+    if len(options) == 1:
+        return _cli_type(options[0])
+    return str, None  # e.g. target_modules: "all-linear" or "a,b,c"
+
+
+def _default_text(value: Any) -> str | None:
+    if value is None or value == "" or value == {}:
+        return None
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _flag(name: str, field: FieldInfo) -> inspect.Parameter:
+    """One typer option for one TrainConfig field: its help text and default are the field's."""
+    kind, metavar = _cli_type(field.annotation)
+    names = FLAG_NAMES.get(name, ("--" + name.replace("_", "-"),))
+    if kind is bool and name not in ON_SWITCHES:
+        names = (f"{names[0]}/--no-{names[0].removeprefix('--')}", *names[1:])
+    help_text = field.description or ""
+    default = None if field.is_required() else _default_text(field.get_default(
+        call_default_factory=True))
+    if default is not None and name not in ON_SWITCHES:
+        help_text = f"{help_text} [{default}]"
+    option = typer.Option(None, *names, help=help_text, metavar=metavar, show_default=False)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                             annotation=kind | None)
+
+
+def _with_config_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """``command(config, dry_run, overrides)`` as a typer command with one flag per field.
+
+    Typer reads a function's signature, so the wrapper gets one built from TrainConfig's fields:
+    a new field is a new flag, with the field's own default and help text.
+    """
+    fixed = [
+        inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None,
+                          default=typer.Option(None, "--config", "-c",
+                                               help="YAML file of options (flags win).")),
+        inspect.Parameter("dry_run", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                          default=typer.Option(False, "--dry-run", help="Check options and "
+                                               "data, then exit.")),
+    ]
+    fields = [_flag(n, f) for n, f in TrainConfig.model_fields.items()]
+
+    @functools.wraps(command)
+    def wrapper(*, config: Path | None, dry_run: bool, **values: Any) -> None:
+        values["labels"] = _labels(values.get("labels"))
+        command(config, dry_run, values)
+
+    params = [*fields, *fixed]
+    wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
+    return wrapper
+
+
+class PlainHelp(TyperCommand):
+    """Click's two-column help: one line per option at 80 columns. Rich's four-column panel
+    squeezes ~50 options' help into a column a few words wide."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self.rich_markup_mode = None
+        super().format_help(ctx, formatter)
+
+
+def add_train_command(app: typer.Typer) -> None:
+    """Mount ``train`` on ``app`` (the ``loramux`` group, or the standalone one)."""
+    app.command("train", help=HELP_TRAIN, cls=PlainHelp)(train_command)
+
+
+@_with_config_flags
+def train_command(config: Path | None, dry_run: bool, overrides: dict[str, Any]) -> None:
     """QLoRA fine-tuning from a data file to a saved (and optionally published) adapter."""
-    overrides: dict[str, Any] = {
-        "base": base, "data": data, "eval": eval, "eval_split": eval_split, "out": out,
-        "name": name, "publish": publish, "registry": registry, "alias": alias,
-        "description": description, "labels": _labels(label), "resume": resume,
-        "overwrite": overwrite, "quantize": quantize, "format": data_format,
-        "prompt_template": prompt_template, "skip_bad_records": skip_bad_records,
-        "max_seq_length": max_seq_length, "packing": packing, "r": r, "lora_alpha": lora_alpha,
-        "lora_dropout": lora_dropout, "bias": bias, "target_modules": target_modules,
-        "use_rslora": use_rslora, "epochs": epochs, "max_steps": max_steps,
-        "batch_size": batch_size, "gradient_accumulation_steps": gradient_accumulation_steps,
-        "learning_rate": learning_rate, "lr_scheduler": lr_scheduler,
-        "warmup_ratio": warmup_ratio, "warmup_steps": warmup_steps, "weight_decay": weight_decay,
-        "optimizer": optimizer, "gradient_checkpointing": gradient_checkpointing, "seed": seed,
-        "eval_steps": eval_steps, "early_stopping_patience": early_stopping_patience,
-        "save_steps": save_steps, "logging_steps": logging_steps, "device": device,
-        "threads": threads, "progress": progress,
-    }
     from rich.console import Console
 
     console = Console(stderr=False)
-    with _errors():
+    with report_errors():
         from loramux.trainer.config import build_config
 
         cfg = build_config(config, overrides)
-        if dry_run:
-            from loramux.trainer.api import prepare_data
-            from loramux.trainer.publish import check_options
+        from loramux.trainer.api import prepare_data, train
+        from loramux.trainer.publish import check_options
 
-            check_options(cfg)
-            data_ = prepare_data(cfg)
+        check_options(cfg)
+        data = prepare_data(cfg)  # before the banner: a data error is the first thing shown
+        if dry_run:
             console.print(cfg.to_yaml(), markup=False, highlight=False)
-            console.print(f"data ok: {len(data_.train)} train / {len(data_.eval)} eval "
-                          f"{data_.kind} examples, {len(data_.skipped)} skipped "
+            console.print(f"data ok: {len(data.train)} train / {len(data.eval)} eval "
+                          f"{data.kind} examples, {len(data.skipped)} skipped "
                           "(token lengths are checked when the tokenizer loads)")
             return
-        from loramux.trainer.api import train
         from loramux.trainer.report import summary_table
 
         console.print(f"training [bold]{cfg.out}[/] from {cfg.data} on {cfg.base} "
                       f"({'QLoRA NF4' if cfg.quantize else 'LoRA'}, r={cfg.r})")
-        result = train(cfg, console=console)
+        result = train(cfg, console=console, data=data)
         console.print(summary_table(result.report))
         if result.skipped:
             console.print(f"[yellow]skipped {len(result.skipped)} bad records[/] "
@@ -168,74 +191,14 @@ def train_command(
             print(result.reference, file=sys.stderr if console.is_terminal else sys.stdout)
 
 
-def demo_data_command(
-    out: Path = typer.Option(Path("demo-data"), "--out", help="Folder for <task>/train.jsonl "
-                             "and <task>/eval.jsonl."),
-) -> None:
-    """Write the synthetic demo tasks (chat JSONL) whose answers can be checked exactly."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from loramux.trainer.demo_tasks import build_tasks, write_demo_data
-
-    folders = write_demo_data(out)
-    tasks = build_tasks()
-    table = Table(title=f"demo tasks in {out}")
-    for column in ("task", "what", "train", "eval", "folder"):
-        table.add_column(column)
-    for name, folder in folders.items():
-        task = tasks[name]
-        table.add_row(name, task.description, str(len(task.train)), str(len(task.eval)),
-                      str(folder))
-    Console().print(table)
-
-
-def demo_adapters_command(
-    base: Path = typer.Option(Path(".cache/demo-base"), "--base", help="Demo base model."),
-    data: Path = typer.Option(Path("demo-data"), "--data", help="Where demo data is written."),
-    out: Path = typer.Option(Path("demo-adapters"), "--out", help="Folder for <task>/ adapters."),
-    publish: bool = typer.Option(False, "--publish/--no-publish"),
-    registry: str | None = typer.Option(None, "--registry"),
-    alias: str | None = typer.Option(None, "--alias"),
-) -> None:
-    """Train one adapter per demo task (QLoRA) and print the exact-match table."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from loramux.trainer.demo_tasks import exact_match_table, train_demo_adapter, write_demo_data
-    from loramux.trainer.report import summary_table
-
-    console = Console()
-    with _errors():
-        folders = write_demo_data(data)
-        adapters = {}
-        for task, folder in folders.items():
-            console.print(f"[bold]{task}[/]: training {out / task}")
-            result = train_demo_adapter(base, folder, out / task, overwrite=True,
-                                        publish=publish, name=task if publish else None,
-                                        registry=registry, alias=alias if publish else None)
-            console.print(summary_table(result.report))
-            if result.reference:
-                console.print(f"published [bold green]{result.reference}[/]")
-            adapters[task] = result.adapter_dir
-        table = exact_match_table(base, adapters, {t: f / "eval.jsonl" for t, f in folders.items()})
-        grid = Table(title="exact match on held-out prompts (greedy, transformers + peft, NF4)")
-        grid.add_column("eval set")
-        for column in ["base", *adapters]:
-            grid.add_column(column if column == "base" else f"{column} adapter", justify="right")
-        for task, row in table.items():
-            grid.add_row(task, *(f"{row[k].score:.0%} ({row[k].correct}/{row[k].total})"
-                                 for k in ["base", *adapters]))
-        console.print(grid)
-
-
 def _standalone() -> typer.Typer:
     app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
-    app.command("train", help=HELP_TRAIN)(train_command)
-    demo = typer.Typer(no_args_is_help=True, help="Demo tasks.")
-    demo.command("data")(demo_data_command)
-    demo.command("adapters")(demo_adapters_command)
-    app.add_typer(demo, name="demo")
+    add_train_command(app)
+
+    @app.callback()
+    def _group() -> None:
+        """The trainer's commands on their own (``loramux train`` is the same command)."""
+
     return app
 
 

@@ -50,84 +50,83 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    # Each description is the flag's help text (``loramux train --help``): one short line.
     # -- what to train on, where to write -----------------------------------------------------
-    base: str = Field(description="Base model: a local folder or a Hugging Face hub id.")
-    data: Path = Field(description="Training data: .jsonl, .json, .csv or .parquet.")
-    eval: Path | None = Field(None, description="Eval data, same formats as data.")
-    eval_split: float = Field(0.0, ge=0.0, lt=0.5,
-                              description="Hold out this share of data for eval (if no eval).")
-    out: Path = Field(description="Output folder: the adapter, its reports and checkpoints.")
+    base: str = Field(description="Base model folder or hub id.")
+    data: Path = Field(description="Training data (.jsonl .json .csv .parquet).")
+    eval: Path | None = Field(None, description="Eval data, same formats.")
+    eval_split: float = Field(0.0, ge=0.0, lt=0.5, description="Hold out this share for eval.")
+    out: Path = Field(description="Output folder for the adapter.")
 
     # -- data --------------------------------------------------------------------------------
-    format: DataFormat = Field("auto", description="Record format; auto-detected per file.")
-    prompt_template: str | None = Field(
-        None, description="For prompt/completion and Alpaca data: a template such as "
-        "'### Question:\\n{prompt}\\n### Answer:\\n' ({prompt}, or {instruction} and {input}). "
-        "Without one, records become a user/assistant chat turn in the base's chat template.")
-    skip_bad_records: bool = Field(False, description="Skip invalid records instead of failing.")
+    format: DataFormat = Field("auto", description="Record format (auto: per file).")
+    # For prompt/completion and Alpaca data, e.g. '### Question:\n{prompt}\n### Answer:\n'
+    # ({prompt}, or {instruction} and {input}); without one, records become a user/assistant
+    # chat turn in the base's chat template.
+    prompt_template: str | None = Field(None, description="Template for non-chat records.")
+    skip_bad_records: bool = Field(False, description="Skip and count invalid records.")
     max_seq_length: int = Field(1024, ge=8, description="Token cut-off per example.")
     packing: bool = Field(False, description="Pack several examples per sequence.")
 
     # -- quantization (QLoRA) ----------------------------------------------------------------
-    quantize: bool = Field(True, description="Load the frozen base in 4-bit (QLoRA).")
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = Field(True, description="Quantize the quantization constants too.")
-    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    quantize: bool = Field(True, description="4-bit base (QLoRA), else plain LoRA.")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
+    double_quant: bool = Field(True, description="Quantize the quantization constants.")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="Matmul dtype.")
 
     # -- LoRA --------------------------------------------------------------------------------
     r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
-    lora_alpha: float = Field(32.0, gt=0)
-    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    bias: Literal["none", "all", "lora_only"] = "none"
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
-    use_rslora: bool = Field(False, description="Scale by alpha/sqrt(r) instead of alpha/r.")
-    loraplus_lr_ratio: float | None = Field(
-        None, gt=0, description="LoRA+: train the B matrices at this multiple of the learning "
-        "rate (the paper suggests 16); off by default.")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator.")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Biases to train.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="all-linear, or names a,b.")
+    use_rslora: bool = Field(False, description="Scale by alpha/sqrt(r).")
+    # LoRA+: the B matrices train at this multiple of the learning rate (the paper suggests 16).
+    loraplus_lr_ratio: float | None = Field(None, gt=0, description="LoRA+ B-matrix lr ratio.")
 
     # -- optimization ------------------------------------------------------------------------
-    epochs: float = Field(3.0, gt=0)
+    epochs: float = Field(3.0, gt=0, description="Passes over the data.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many steps.")
     batch_size: int = Field(8, ge=1, description="Examples per device per step.")
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    learning_rate: float = Field(2e-4, gt=0, lt=1)
-    lr_scheduler: Scheduler = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    warmup_steps: int | None = Field(None, ge=0, description="Overrides warmup_ratio.")
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, ge=0)
-    optimizer: str = Field("auto", description="auto: paged_adamw_8bit on CUDA, adamw_torch "
-                           "elsewhere; or any transformers optimizer name.")
-    gradient_checkpointing: bool = True
-    seed: int = 42
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Steps per optimizer step.")
+    learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
+    lr_scheduler: Scheduler = Field("cosine", description="transformers scheduler name.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Warmup share of steps.")
+    warmup_steps: int | None = Field(None, ge=0, description="Warmup steps (wins over ratio).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm.")
+    # auto: paged_adamw_8bit on CUDA (bitsandbytes), adamw_torch elsewhere.
+    optimizer: str = Field("auto", description="auto, or a transformers optim name.")
+    gradient_checkpointing: bool = Field(True, description="Recompute activations.")
+    seed: int = Field(42, description="Random seed (data order, init).")
 
     # -- evaluation, checkpoints -------------------------------------------------------------
-    eval_steps: int | None = Field(None, ge=1, description="Eval every N steps (default: "
-                                   "each epoch, or 10 times in a max_steps run).")
+    # Default eval cadence: each epoch, or 5 times in a max_steps run; checkpoints at each eval.
+    eval_steps: int | None = Field(None, ge=1, description="Eval every N steps.")
     early_stopping_patience: int | None = Field(None, ge=1, description="Stop after N evals "
-                                                "without eval-loss improvement.")
-    early_stopping_threshold: float = Field(0.0, ge=0)
-    save_steps: int | None = Field(None, ge=1, description="Checkpoint every N steps "
-                                   "(default: at each eval, else each epoch).")
-    save_total_limit: int = Field(2, ge=1)
-    resume: bool = Field(False, description="Resume from the last checkpoint in out/.")
-    overwrite: bool = Field(False, description="Start over: delete the checkpoints an earlier "
-                            "run left in out/.")
-    logging_steps: int = Field(10, ge=1)
+                                                "without gain.")
+    early_stopping_threshold: float = Field(0.0, ge=0, description="Smallest eval-loss gain.")
+    save_steps: int | None = Field(None, ge=1, description="Checkpoint every N steps.")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept.")
+    resume: bool = Field(False, description="Resume from the last checkpoint.")
+    overwrite: bool = Field(False, description="Delete an earlier run's checkpoints.")
+    logging_steps: int = Field(10, ge=1, description="Log the loss every N steps.")
 
     # -- runtime -----------------------------------------------------------------------------
-    device: Device = "auto"
+    device: Device = Field("auto", description="Where to train.")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch.")
     progress: bool = Field(True, description="Show a progress bar.")
 
     # -- publishing --------------------------------------------------------------------------
     name: str | None = Field(None, description="Adapter name in the registry.")
-    publish: bool = False
-    registry: str | None = Field(None, description="Registry folder or URL "
-                                 "(default: $LORAMUX_REGISTRY or ~/.loramux/registry).")
+    publish: bool = Field(False, description="Push the adapter when done.")
+    # None: the registry's own default ($LORAMUX_REGISTRY, else ~/.loramux/registry).
+    registry: str | None = Field(None, description="Registry folder or URL.")
     alias: str | None = Field(None, description="Alias to move to the new version.")
-    description: str = ""
-    labels: dict[str, str] = Field(default_factory=dict)
+    description: str = Field("", description="Adapter description.")
+    labels: dict[str, str] = Field(default_factory=dict, description="key=value (repeatable).")
 
     @field_validator("target_modules", mode="before")
     @classmethod

@@ -9,8 +9,9 @@ Formats, detected per file from the first record unless ``format`` says otherwis
 
 Files: ``.jsonl`` (one record a line), ``.json`` (a list of records), ``.csv`` and ``.parquet``
 with the same columns (a chat file's ``messages`` column holds the JSON list). Problems are
-reported as ``file:line: what`` (``row N`` for Parquet, ``record N`` for JSON lists), all of them
-at once; with ``skip_bad_records`` they are skipped and counted instead.
+reported as ``file:line: what`` (``file:line:column`` for broken JSON, ``row N`` for Parquet,
+``record N`` for JSON lists), all of them at once; with ``skip_bad_records`` they are skipped
+and counted instead.
 """
 
 from __future__ import annotations
@@ -97,14 +98,15 @@ def _iter_raw(path: Path) -> Iterator[tuple[str, Any, str | None]]:
     if suffix == ".jsonl":
         with open(path, encoding="utf-8", errors="strict") as f:
             try:
-                for line_no, line in enumerate(f, 1):
+                for line_no, raw in enumerate(f, 1):
                     where = f"{name}:{line_no}"
+                    line = raw.rstrip("\r\n")  # else an unclosed record fails on "line 2"
                     if not line.strip():
                         continue
                     try:
                         yield where, json.loads(line), None
                     except json.JSONDecodeError as exc:
-                        yield where, None, f"bad JSON: {exc.msg} (column {exc.colno})"
+                        yield f"{where}:{exc.colno}", None, f"bad JSON: {exc.msg}"
             except UnicodeDecodeError as exc:
                 raise DataError(f"{name}: not UTF-8 text ({exc.reason})") from None
     elif suffix == ".json":

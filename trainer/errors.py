@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
 
-class TrainerError(Exception):
-    """Base class; the CLI prints ``error: <message>`` and exits with ``exit_code``."""
+from loramux.errors import LoramuxError
 
-    exit_code = 2
+
+class TrainerError(LoramuxError):
+    """Base class; the CLI prints ``error: <message>`` and exits with ``exit_code``.
+
+    Every trainer error is the user's to fix (options, data, model) before training starts, so
+    the status an HTTP caller would see is 400 and the exit code 2, like a usage error.
+    """
+
+    status: ClassVar[int] = 400
+    exit_code: ClassVar[int] = 2
 
 
 class ConfigError(TrainerError):
@@ -43,4 +52,4 @@ class PublishError(TrainerError):
 class TrainingInterrupted(TrainerError):
     """Stopped by the user (Ctrl-C); the last checkpoint can be resumed, nothing was published."""
 
-    exit_code = 130
+    exit_code: ClassVar[int] = 130

@@ -11,14 +11,18 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from loramux.demo.paths import default_base, default_cache
+from loramux.trainer.cli import report_errors
+
 app = typer.Typer(
     help="Offline demo: a tiny chat base model, two task adapters, one server.",
     no_args_is_help=True,
 )
 console = Console()
 
-DEFAULT_BASE = Path(".cache/demo-base")
-OUT_OPTION = typer.Option(DEFAULT_BASE, "--out", help="Folder for the model (reused if current).")
+DEFAULT_BASE = default_base()
+OUT_OPTION = typer.Option(DEFAULT_BASE, "--out", help="Folder for the model (reused if current).",
+                          show_default="the project's .cache/demo-base")
 
 
 def _build_with_progress(out: Path, force: bool):
@@ -62,7 +66,8 @@ def base(out: Path = OUT_OPTION, force: bool = typer.Option(False, help="Rebuild
 
 
 @app.command("smoke")
-def smoke(model: Path = typer.Option(DEFAULT_BASE, "--model", help="Model folder to query."),
+def smoke(model: Path = typer.Option(DEFAULT_BASE, "--model", help="Model folder to query.",
+                                     show_default="the project's .cache/demo-base"),
           quantization: str = typer.Option("bitsandbytes", help="bitsandbytes (NF4) or none."),
           ) -> None:
     """Query a model through vLLM (LoRA enabled) with its chat template."""
@@ -85,8 +90,9 @@ def smoke(model: Path = typer.Option(DEFAULT_BASE, "--model", help="Model folder
 
 @app.command("run")
 def run(base_dir: Path = OUT_OPTION,
-        cache: Path = typer.Option(Path(".cache"), help="Where data, adapters, the scratch "
-                                   "registry and the server log go (reused across runs)."),
+        cache: Path = typer.Option(default_cache(), help="Where data, adapters, the scratch "
+                                   "registry and the server log go (reused across runs).",
+                                   show_default="the project's .cache"),
         ) -> None:
     """The whole demo: base model, two QLoRA adapters, registry, one server, alias hot swap."""
     from loramux.demo.tour import run_tour
@@ -97,3 +103,60 @@ def run(base_dir: Path = OUT_OPTION,
     console.rule("[bold]1. demo base model")
     base(out=base_dir, force=False, footprint=True)
     run_tour(base_dir.resolve(), cache.resolve(), console)
+
+
+@app.command("data")
+def data(out: Path = typer.Option(Path("demo-data"), "--out",
+                                  help="Folder for <task>/train.jsonl and <task>/eval.jsonl."),
+         ) -> None:
+    """Write the synthetic demo tasks (chat JSONL) whose answers can be checked exactly."""
+    from loramux.demo.tasks import build_tasks, write_demo_data
+
+    folders = write_demo_data(out)
+    tasks = build_tasks()
+    table = Table(title=f"demo tasks in {out}")
+    for column in ("task", "what", "train", "eval", "folder"):
+        table.add_column(column)
+    for name, folder in folders.items():
+        task = tasks[name]
+        table.add_row(name, task.description, str(len(task.train)), str(len(task.eval)),
+                      str(folder))
+    console.print(table)
+
+
+@app.command("adapters")
+def adapters(
+    base: Path = typer.Option(DEFAULT_BASE, "--base", help="Demo base model.",
+                              show_default="the project's .cache/demo-base"),
+    data_dir: Path = typer.Option(Path("demo-data"), "--data", help="Where demo data is written."),
+    out: Path = typer.Option(Path("demo-adapters"), "--out", help="Folder for <task>/ adapters."),
+    publish: bool = typer.Option(False, "--publish/--no-publish"),
+    registry: str | None = typer.Option(None, "--registry"),
+    alias: str | None = typer.Option(None, "--alias"),
+) -> None:
+    """Train one adapter per demo task (QLoRA) and print the exact-match table."""
+    from loramux.demo.tasks import exact_match_table, train_demo_adapter, write_demo_data
+    from loramux.trainer.report import summary_table
+
+    with report_errors():
+        folders = write_demo_data(data_dir)
+        trained = {}
+        for task, folder in folders.items():
+            console.print(f"[bold]{task}[/]: training {out / task}")
+            result = train_demo_adapter(base, folder, out / task, overwrite=True,
+                                        publish=publish, name=task if publish else None,
+                                        registry=registry, alias=alias if publish else None)
+            console.print(summary_table(result.report))
+            if result.reference:
+                console.print(f"published [bold green]{result.reference}[/]")
+            trained[task] = result.adapter_dir
+        evals = {t: f / "eval.jsonl" for t, f in folders.items()}
+        table = exact_match_table(base, trained, evals)
+        grid = Table(title="exact match on held-out prompts (greedy, transformers + peft, NF4)")
+        grid.add_column("eval set")
+        for column in ["base", *trained]:
+            grid.add_column(column if column == "base" else f"{column} adapter", justify="right")
+        for task, row in table.items():
+            grid.add_row(task, *(f"{row[k].score:.0%} ({row[k].correct}/{row[k].total})"
+                                 for k in ["base", *trained]))
+        console.print(grid)

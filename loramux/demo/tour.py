@@ -74,7 +74,7 @@ def _ask(client, model: str, messages: list[dict[str, str]]) -> str:
 def _exact_match(client, eval_files: dict[str, Path], models: list[str], console: Console):
     """Every eval prompt of every task against every model, all in flight at once, so the engine
     batches requests for different adapters together."""
-    from loramux.trainer.demo_tasks import load_eval, normalize
+    from loramux.demo.tasks import load_eval, normalize
 
     jobs = [(task, model, item) for task, path in eval_files.items() for item in load_eval(path)
             for model in models]
@@ -147,8 +147,8 @@ def run_tour(base: Path, cache: Path, console: Console | None = None) -> None:
     """Train (or reuse) the demo adapters, publish them, serve them and show what they do."""
     from openai import OpenAI
 
-    from loramux.server.launch import ServerProcess
-    from loramux.trainer.demo_tasks import cached_demo_adapters, load_eval, write_demo_data
+    from loramux.demo.tasks import cached_demo_adapters, load_eval, write_demo_data
+    from loramux.support.launch import ServerProcess
 
     console = console or Console()
     paths = Paths(cache)

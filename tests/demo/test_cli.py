@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -34,3 +35,30 @@ def test_bad_option_is_one_line() -> None:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert "holds no model" in result.stderr
+
+
+def test_demo_data_command(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from loramux.cli import app
+
+    result = CliRunner().invoke(app, ["demo", "data", "--out", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    for task in ("codeword", "caps"):
+        for split in ("train", "eval"):
+            lines = (tmp_path / "demo" / task / f"{split}.jsonl").read_text().splitlines()
+            assert lines and all(json.loads(x)["messages"][-1]["role"] == "assistant"
+                                 for x in lines)
+
+
+def test_default_model_path_does_not_depend_on_the_working_directory(tmp_path: Path) -> None:
+    from loramux.demo.paths import default_base
+
+    assert default_base().is_absolute()
+    assert default_base() == Path(__file__).resolve().parents[2] / ".cache" / "demo-base"
+    # Run from elsewhere: the error names the project's model folder, not ./.cache/demo-base.
+    missing = tmp_path / "none"
+    result = subprocess.run([str(LORAMUX), "demo", "smoke", "--help"], capture_output=True,
+                            text=True, timeout=60, cwd=missing.parent,
+                            env=os.environ | {"COLUMNS": "200"})
+    assert result.returncode == 0 and "the project's .cache/demo-base" in result.stdout

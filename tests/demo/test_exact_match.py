@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from loramux.trainer.demo_tasks import TASKS, exact_match_table
+from loramux.demo.tasks import TASKS, exact_match_table
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from loramux.trainer.demo_tasks import (
+from loramux.demo.tasks import (
     TASKS,
     build_tasks,
     exact_match,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from loramux.trainer.demo_tasks import TASKS, load_eval, normalize
+from loramux.demo.tasks import TASKS, load_eval, normalize
 
 pytestmark = pytest.mark.slow
 

@@ -113,8 +113,8 @@ def test_transformers_engine_serves_demo_adapters_over_http(
     """`loramux serve --engine transformers` (NF4) answers each demo task with its adapter."""
     from openai import OpenAI
 
-    from loramux.server.launch import ServerProcess
-    from loramux.trainer.demo_tasks import load_eval, normalize
+    from loramux.demo.tasks import load_eval, normalize
+    from loramux.support.launch import ServerProcess
     from loramux.trainer.publish import publish_trained
 
     registry = tmp_path / "registry"

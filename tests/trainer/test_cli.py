@@ -1,8 +1,7 @@
-"""The CLI: one readable error line (exit 2, no traceback) before training; dry run; demo data."""
+"""The CLI: one readable error line (exit 2, no traceback) before training; dry run."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -16,15 +15,18 @@ def _run(*args: str):
     return runner.invoke(_standalone(), list(args))
 
 
-def test_bad_data_exits_2_with_file_and_line(tmp_path: Path, demo_base: Path) -> None:
+def test_bad_data_exits_2_with_file_line_and_column(tmp_path: Path) -> None:
+    """Data is checked before anything else: no base model is needed to see the problem, and
+    the "training ... from ..." banner never shows above it."""
     data = tmp_path / "train.jsonl"
     data.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{oops\n')
-    result = _run("train", "--base", str(demo_base), "--data", str(data),
+    result = _run("train", "--base", str(tmp_path / "no-model"), "--data", str(data),
                   "--out", str(tmp_path / "out"))
     assert result.exit_code == 2, result.output
-    assert "error:" in result.output
+    assert result.output.startswith("error:"), result.output
+    assert "training" not in result.output
     assert f"{data}:1: no assistant turn" in result.output
-    assert f"{data}:2: bad JSON" in result.output
+    assert f"{data}:2:2: bad JSON: Expecting property name" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
 
@@ -61,11 +63,75 @@ def test_dry_run_prints_resolved_config(tmp_path: Path, small_chat: Path) -> Non
     assert "data ok: 32 train / 0 eval chat examples" in result.output
 
 
-def test_demo_data_command(tmp_path: Path) -> None:
-    result = _run("demo", "data", "--out", str(tmp_path / "demo"))
+# Every flag spelling the trainer ever had; generated flags must keep them all.
+OLD_FLAGS = [
+    "--base", "--data", "--eval", "--eval-split", "--out", "--config", "-c", "--name", "--publish",
+    "--no-publish", "--registry", "--alias", "--description", "--label", "--resume", "--overwrite",
+    "--quantize", "--no-quantize", "--format", "--prompt-template", "--skip-bad-records",
+    "--max-seq-length", "--packing", "--no-packing", "--r", "--lora-r", "--lora-alpha",
+    "--lora-dropout", "--bias", "--target-modules", "--rslora", "--no-rslora", "--epochs",
+    "--max-steps", "--batch-size", "--grad-accum", "--gradient-accumulation-steps", "--lr",
+    "--learning-rate", "--lr-scheduler", "--warmup-ratio", "--warmup-steps", "--weight-decay",
+    "--optimizer", "--gradient-checkpointing", "--no-gradient-checkpointing", "--seed",
+    "--eval-steps", "--early-stopping-patience", "--patience", "--save-steps", "--logging-steps",
+    "--device", "--threads", "--progress", "--no-progress", "--dry-run"
+]
+
+
+def _train_command():
+    import typer
+
+    return typer.main.get_command(_standalone()).commands["train"]
+
+
+def test_one_flag_per_config_field_with_its_help_and_default() -> None:
+    from loramux.trainer.config import TrainConfig
+
+    params = {p.name: p for p in _train_command().params}
+    names = {n for p in params.values() for n in (*p.opts, *p.secondary_opts)}
+    assert set(OLD_FLAGS) <= names, set(OLD_FLAGS) - names
+    for name, field in TrainConfig.model_fields.items():
+        assert name in params, f"no flag for {name}"
+        assert field.description and params[name].help.startswith(field.description)
+        assert params[name].default is None  # not given: the YAML file or the field decides
+    assert "[0.0002]" in params["learning_rate"].help and "[cosine]" in params["lr_scheduler"].help
+
+
+def test_generated_flags_reach_the_config(tmp_path: Path, small_chat: Path) -> None:
+    result = _run("train", "--base", "m", "--data", str(small_chat), "--out", "o", "--dry-run",
+                  "--no-double-quant", "--quant-type", "fp4", "--max-grad-norm", "0.5",
+                  "--save-total-limit", "5", "--label", "task=x", "--lora-r", "4",
+                  "--grad-accum", "3", "--patience", "2", "--eval-split", "0.25", "--rslora",
+                  "--skip-bad-records", "--target-modules", "q_proj,v_proj")
     assert result.exit_code == 0, result.output
-    for task in ("codeword", "caps"):
-        for split in ("train", "eval"):
-            lines = (tmp_path / "demo" / task / f"{split}.jsonl").read_text().splitlines()
-            assert lines and all(json.loads(x)["messages"][-1]["role"] == "assistant"
-                                 for x in lines)
+    for line in ("double_quant: false", "quant_type: fp4", "max_grad_norm: 0.5",
+                 "save_total_limit: 5", "task: x", "r: 4", "gradient_accumulation_steps: 3",
+                 "early_stopping_patience: 2", "use_rslora: true", "skip_bad_records: true",
+                 "- q_proj"):
+        assert line in result.output, line
+    bad = _run("train", "--base", "m", "--data", "d", "--out", "o", "--device", "tpu")
+    assert bad.exit_code == 2 and "device: Input should be 'auto', 'cpu' or 'cuda'" in bad.output
+    bad = _run("train", "--base", "m", "--data", "d", "--out", "o", "--label", "novalue")
+    assert bad.exit_code == 2 and "expected key=value" in bad.output
+
+
+def test_help_fits_80_columns() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from loramux.trainer.config import TrainConfig
+
+    loramux = Path(sys.executable).with_name("loramux")
+    result = subprocess.run([str(loramux), "train", "--help"], capture_output=True, text=True,
+                            timeout=120, env=os.environ | {"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    assert "…" not in result.stdout
+    flat = " ".join(result.stdout.split())
+    for field in TrainConfig.model_fields.values():
+        assert field.description in flat, field.description
+    # One line per option, or two when its names are long: never a help text in shreds.
+    options = [line for line in lines if line.lstrip().startswith("-")]
+    assert len(lines) - len(options) < 20 + len(options) // 3, result.stdout

@@ -97,11 +97,23 @@ def test_every_problem_reported_with_line_numbers(tmp_path: Path) -> None:
                        (5, "no assistant turn"), (6, "empty content"),
                        (7, "a prompt_completion record in a chat file"),
                        (8, "not a chat record: no 'messages'")]:
-        found = [row for row in text.splitlines() if f"bad.jsonl:{line}: " in row]
+        found = [row for row in text.splitlines() if f"bad.jsonl:{line}:" in row]
         assert found and what in found[0], (line, text)
 
     skipped = load_data(path, skip_bad=True)
     assert len(skipped.examples) == 2 and skipped.skipped_count == 7
+
+
+def test_broken_json_line_is_reported_at_its_own_line_and_column(tmp_path: Path) -> None:
+    """The newline is not part of the record: an unclosed one fails at its end, not "column 1"."""
+    path = tmp_path / "b.jsonl"
+    path.write_bytes((json.dumps(CHAT) + "\n" + '{"messages": [1, 2\n' + json.dumps(CHAT)
+                      + "\r\n" + '{"a": 1,, "b": 2}\r\n').encode())
+    with pytest.raises(DataError) as err:
+        load_data(path)
+    problems = err.value.problems
+    assert problems == [f"{path}:2:19: bad JSON: Expecting ',' delimiter",
+                        f"{path}:4:9: bad JSON: Expecting property name enclosed in double quotes"]
 
 
 def test_file_level_errors(tmp_path: Path) -> None:

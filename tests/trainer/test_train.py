@@ -57,7 +57,7 @@ def test_adapter_loads_in_peft_and_changes_the_output(nf4_run: TrainResult,
     import torch
     from peft import PeftModel
 
-    from loramux.trainer.demo_tasks import load_generator
+    from loramux.demo.tasks import load_generator
 
     model, tokenizer = load_generator(demo_base, None, quantize=True)
     # The frozen base really is 4-bit NF4 with double quantization.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from loramux.trainer.demo_tasks import exact_match, load_eval
+from loramux.demo.tasks import exact_match, load_eval
 
 pytestmark = pytest.mark.slow
 
