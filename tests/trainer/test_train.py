@@ -23,10 +23,59 @@ FEW = {"batch_size": 8, "learning_rate": 2e-3, "logging_steps": 1, "progress": F
 ALL_LINEAR = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
+class _LayerProbe(TrainerCallback):
+    """Looks at the model the trainer is training, after its first step: for every linear
+    layer of the base, its class and how its frozen weight is stored."""
+
+    def __init__(self) -> None:
+        self.layers: dict[str, dict[str, object]] = {}
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step != 1:
+            return
+        import bitsandbytes as bnb
+        import torch
+
+        for name, module in model.named_modules():
+            if not isinstance(module, torch.nn.Linear) or "lora_" in name or "lm_head" in name:
+                continue
+            weight = module.weight
+            quant = getattr(weight, "quant_state", None)
+            self.layers[name] = {
+                "linear4bit": isinstance(module, bnb.nn.Linear4bit),
+                "packed_uint8": weight.dtype == torch.uint8,
+                "quant_type": getattr(quant, "quant_type", None),
+                "double_quant": bool(getattr(quant, "nested", False))
+                and getattr(quant, "state2", None) is not None
+                and bool(getattr(weight, "compress_statistics", False)),
+                "trainable": weight.requires_grad,
+            }
+
+
 @pytest.fixture(scope="module")
-def nf4_run(demo_base: Path, small_chat: Path, tmp_path_factory) -> TrainResult:
+def nf4_probe() -> _LayerProbe:
+    return _LayerProbe()
+
+
+@pytest.fixture(scope="module")
+def nf4_run(demo_base: Path, small_chat: Path, tmp_path_factory,
+            nf4_probe: _LayerProbe) -> TrainResult:
     out = tmp_path_factory.mktemp("nf4") / "adapter"
-    return train({"base": str(demo_base), "data": small_chat, "out": out, "max_steps": 3, **FEW})
+    return train({"base": str(demo_base), "data": small_chat, "out": out, "max_steps": 3, **FEW},
+                 callbacks=[nf4_probe])
+
+
+def test_nf4_run_trains_on_a_4bit_double_quantized_base(nf4_run: TrainResult,
+                                                        nf4_probe: _LayerProbe) -> None:
+    """QLoRA as promised, seen on the model being trained (not on the options asking for it):
+    every linear layer of the base is a bitsandbytes Linear4bit holding packed NF4 weights whose
+    quantization constants are quantized again, and frozen."""
+    layers = nf4_probe.layers
+    assert {name.rsplit(".", 2)[-2] if name.endswith("base_layer") else name.rsplit(".", 1)[-1]
+            for name in layers} == ALL_LINEAR
+    for name, facts in layers.items():
+        assert facts == {"linear4bit": True, "packed_uint8": True, "quant_type": "nf4",
+                         "double_quant": True, "trainable": False}, name
 
 
 def test_nf4_run_writes_adapter_and_reports(nf4_run: TrainResult) -> None:
@@ -41,7 +90,6 @@ def test_nf4_run_writes_adapter_and_reports(nf4_run: TrainResult) -> None:
     assert adapter["r"] == 16 and set(adapter["target_modules"]) == ALL_LINEAR
 
     report = json.loads((out / "training_report.json").read_text())
-    assert report["runtime"]["quantization"] == "nf4+dq"
     assert report["runtime"]["optimizer"] == "adamw_torch"  # paged_adamw_8bit is CUDA-only
     assert report["runtime"]["bf16"] is True
     m = report["metrics"]
