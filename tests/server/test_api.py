@@ -21,20 +21,55 @@ def _answer(client, model: str, **kw) -> str:
     return r.choices[0].message.content
 
 
+# Greedy tokens of the same request alone and in a mixed batch may differ where the alone run's
+# two best tokens were nearly tied: in bf16 with an NF4 base, vLLM's CPU kernels reduce in a
+# different order for another batch shape, which moves logits by a few hundredths. A flip is
+# accepted only there: the batched answer took the alone run's second-best token, at most
+# NEAR_TIE nats behind the best. The defect this guards (a base token getting an adapter's delta)
+# moves logits by whole nats, so it diverges outside a near tie and fails.
+NEAR_TIE = 0.25
+
+
+def _greedy(client, model: str) -> list:
+    r = client.chat.completions.create(model=model, messages=HELLO, max_tokens=12,
+                                       temperature=0, logprobs=True, top_logprobs=2)
+    return r.choices[0].logprobs.content
+
+
+async def _agreedy(aclient, model: str) -> list:
+    r = await aclient.chat.completions.create(model=model, messages=HELLO, max_tokens=12,
+                                              temperature=0, logprobs=True, top_logprobs=2)
+    return r.choices[0].logprobs.content
+
+
+def _same_or_near_tie(alone: list, batched: list) -> str | None:
+    """None if `batched` equals `alone` up to a near-tie flip, else why not."""
+    for i, (a, b) in enumerate(zip(alone, batched, strict=False)):
+        if a.token == b.token:
+            continue
+        best, second = a.top_logprobs[0], a.top_logprobs[1]
+        if b.token == second.token and best.logprob - second.logprob <= NEAR_TIE:
+            return None  # diverged at a near tie; what follows is another greedy path
+        return (f"token {i}: alone {a.token!r} (top-2 {best.token!r} {best.logprob:.3f}, "
+                f"{second.token!r} {second.logprob:.3f}), batched {b.token!r}")
+    return None if len(alone) == len(batched) else "lengths differ"
+
+
 def test_base_and_adapters_mixed_in_one_batch(server) -> None:
     client = server.openai()
     models = ["demo-base", "rand-0", "rand-1"]
-    alone = {m: _answer(client, m) for m in models}
-    assert len(set(alone.values())) == 3, f"adapters must change the output: {alone}"
+    alone = {m: _greedy(client, m) for m in models}
+    texts = {m: "".join(t.token for t in alone[m]) for m in models}
+    assert len(set(texts.values())) == 3, f"adapters must change the output: {texts}"
 
     async def mixed():
         aclient = server.async_openai()
-        calls = [aclient.chat.completions.create(model=m, messages=HELLO, max_tokens=12,
-                                                 temperature=0) for m in models * 4]
-        return [r.choices[0].message.content for r in await asyncio.gather(*calls)]
+        return await asyncio.gather(*(_agreedy(aclient, m) for m in models * 4))
 
     together = asyncio.run(mixed())
-    assert together == [alone[m] for m in models * 4]
+    problems = [f"{m}: {why}" for m, got in zip(models * 4, together, strict=True)
+                if (why := _same_or_near_tie(alone[m], got))]
+    assert not problems, problems
 
 
 def test_stream_equals_non_stream_and_usage(server) -> None:
