@@ -214,6 +214,9 @@ def register() -> None:
     """Entry point for ``vllm.general_plugins``; a no-op unless loramux's engine asked for it."""
     if os.environ.get(ENV) != "1":
         return
+    from loramux.server.logs import quiet_engine_logs  # this process's logging, as serve's
+
+    quiet_engine_logs()
     from vllm.platforms import current_platform
 
     if not current_platform.is_cpu():
