@@ -84,7 +84,8 @@ class Runtime:
                                        AdapterManagerOptions(
                                            cache_dir=settings.cache_dir,
                                            max_resident=settings.max_cpu_loras,
-                                           max_cache_bytes=settings.max_cache_bytes))
+                                           max_cache_bytes=settings.max_cache_bytes,
+                                           failure_ttl_s=settings.adapter_failure_ttl_s))
         resolver = Resolver(self.registry, settings.name, ttl_s=settings.resolve_ttl_s)
         self.models = ServingModels(self.registry, resolver, self.adapters, base, self.metrics,
                                     root=settings.base)

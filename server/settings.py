@@ -55,6 +55,9 @@ class ServerSettings(BaseModel):
                             description="Local adapter cache, by digest.")
     max_cache_bytes: int = Field(default=8 * 2**30, ge=1,
                                  description="Bound of the local adapter cache.")
+    adapter_failure_ttl_s: float = Field(
+        default=60.0, ge=0, description="Seconds a failed adapter fetch/load is answered from "
+        "memory before it is tried again.")
     max_pending: int = Field(default=256, ge=1,
                              description="Running plus queued requests before 429.")
     max_body_bytes: int = Field(default=4 * 2**20, ge=1024,
