@@ -65,6 +65,12 @@ def _ratio_to_base(ax, results: dict[str, Any]) -> None:
                             label=f"{name}, Zipf over {rows['zipf']['k']} ({q})")
     ax.axhline(1.0, color="black", linewidth=0.8, linestyle=":")
     ax.set_xscale("log", base=2)
+    ks = sorted({r["k"] for g in results.get("gateway", {}).values()
+                 for key, r in ((g.get("serve") or {}).get("mixes") or {}).items()
+                 if key in ((g.get("serve") or {}).get("ratio_to_base") or {})})
+    if ks:
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.minorticks_off()
     ax.set_xlabel("distinct adapters K (log scale)")
     ax.set_ylabel("tokens/s ÷ base tokens/s")
     ax.set_title("Cost of many adapters (1.0 = base speed)")

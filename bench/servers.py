@@ -28,7 +28,7 @@ class EngineLimits:
     max_cpu_loras: int = 64
     max_lora_rank: int = 16
     max_model_len: int = 512
-    max_num_seqs: int = 64  # loramux's engine setting (ServerSettings.max_num_seqs)
+    max_num_seqs: int = 64
     kv_cache_gib: int = 1
 
 
@@ -52,7 +52,8 @@ def loramux_server(model_dir: Path, registry_dir: Path, cache_dir: Path, limits:
             "--quantization", limits.quantization, "--max-cpu-loras", str(limits.max_cpu_loras),
             "--max-lora-rank", str(limits.max_lora_rank),
             "--max-model-len", str(limits.max_model_len), "--cache-dir", str(cache_dir),
-            "--max-pending", "4096"]
+            "--max-num-seqs", str(limits.max_num_seqs), "--kv-cache-gib",
+            str(limits.kv_cache_gib), "--max-pending", "4096"]
     return ServerProcess(args, log=log, timeout_s=600, env=bench_env(limits))
 
 
@@ -90,7 +91,7 @@ def loramux_slots(max_cpu_loras: int) -> int:
     return slot_count(VllmOptions(model="", max_loras=None, max_cpu_loras=max_cpu_loras))
 
 
-_SLOTS_LOGGED = re.compile(r"max_loras[=: ]+([0-9]+)")
+_SLOTS_LOGGED = re.compile(r"LoRA slots: ([0-9]+)")  # loramux's start-up line
 
 
 def logged_slots(log: Path) -> int | None:
