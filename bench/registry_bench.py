@@ -213,7 +213,7 @@ def _print(results: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="loramux registry bench" + (" (quick)" if results["quick"] else ""))
+    table = Table(title="loramux bench registry" + (" (quick)" if results["quick"] else ""))
     for col in ("measure", "value", "target"):
         table.add_column(col)
     seed_info = results["seed"]
