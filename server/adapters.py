@@ -30,7 +30,12 @@ from loramux.registry.cache import AdapterCache, TrimResult
 from loramux.registry.errors import RegistryError
 from loramux.registry.manifest import Manifest
 from loramux.server.engines.base import AdapterHandle, Engine
-from loramux.server.errors import AdapterTooLarge, AdapterUnavailable, ServerError
+from loramux.server.errors import (
+    AdapterTooLarge,
+    AdapterUnavailable,
+    EngineUnavailable,
+    ServerError,
+)
 from loramux.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -149,6 +154,8 @@ class AdapterManager:
             self._metrics.cache_misses.inc()
             try:
                 slot = await self._fetch_and_load(manifest)
+            except EngineUnavailable:
+                raise  # the engine's outage, not the adapter's: nothing to remember (503)
             except ServerError as exc:
                 self._remember_failure(manifest, exc)
                 raise self._failures[digest].error from exc

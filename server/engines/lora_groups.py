@@ -1,65 +1,90 @@
-"""Tokens grouped by LoRA slot once per step, and LoRA products computed per group.
+"""Tokens grouped by LoRA slot once per step, and LoRA products computed for the adapters present.
 
 Why: vLLM's CPU LoRA ops copy a whole LoRA matrix per token, and a dense op over every slot
 costs as many slots as the engine has. Either way the cost follows the token or slot count, not
-the adapters present. Here a step's tokens are grouped by slot once (in the punica wrapper's
+the adapters in the batch. Here a step's tokens are grouped by slot once (in the punica wrapper's
 metadata), and every op then runs
 
 - one GEMM per adapter with many tokens in the step (a prefill), straight on that slot's weights,
   with no copy, and
-- one batched GEMM over all adapters with few tokens (decode), on their weights gathered once per
-  op and their tokens padded to the largest such group,
+- one dense GEMM over the adapters with few tokens (decode): their weights are gathered and laid
+  out once per layer while the batch's adapters stay the same, which on the CPU is many decode
+  steps, and each token keeps its own adapter's share through a one-hot mask. Tiny per-adapter
+  GEMMs cost more in call overhead than the extra multiply-adds of one dense GEMM over the few
+  adapters present.
 
-so the work follows the distinct adapters in the batch and their tokens. Tokens with index -1
-(base-model requests) are in no group and get exactly zero delta. Shapes depend on the data,
-which is fine: vLLM runs eager on CPU when LoRA is on (its CPU platform turns compilation off).
+Each product is cut to the largest rank among the adapters it covers (vLLM pads every slot to
+``max_lora_rank``). Tokens with index -1 (base-model requests) are in no group and get exactly
+zero delta. Shapes depend on the data, which is fine: vLLM runs eager on CPU when LoRA is on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-# A group with more tokens than this gets its own GEMM; smaller ones share one batched GEMM.
-# Padding waste in the shared one is bounded by this, and so is the cost of a lone small call.
+# A group with more tokens than this gets its own GEMM; smaller ones share the dense one.
 SMALL_GROUP_TOKENS = 16
+
+# Bumped whenever an adapter is written into a slot: prepared weights of older generations are
+# stale even if the step's token-to-slot mapping did not change.
+_generation = 0
+
+
+def slots_changed() -> None:
+    global _generation
+    _generation += 1
 
 
 @dataclass(frozen=True)
-class Batch:
-    """Tokens whose products run as one batched GEMM: ``groups`` slots x ``width`` rows each.
+class Group:
+    """One adapter with many tokens in the step: ``TokenGroups.big_rows[start:end]``."""
 
-    A large group is a batch of its own on a view of its slot's weights (no copy); the small
-    groups share one batch on their weights gathered once per op, each padded to ``width`` rows.
-    """
-
-    rows: torch.Tensor  # token rows the batch produces, in result order
-    source: torch.Tensor  # [groups * width] token row per padded position (pads repeat one)
-    placed: torch.Tensor | None  # padded positions that hold ``rows`` (None: every position)
-    slots: torch.Tensor | None  # slots to gather (None: the single slot ``slot``, as a view)
     slot: int
-    groups: int
-    width: int
-    rank: int | None  # largest adapter rank in the batch (None: unknown, use the padded rank)
+    start: int
+    end: int
+    rank: int | None  # the adapter's rank (None: unknown, use the padded rank)
+
+
+@dataclass(frozen=True)
+class Dense:
+    """The adapters with few tokens, computed together."""
+
+    slots: torch.Tensor  # [G] their slots
+    rows: torch.Tensor | None  # [n] the token rows they cover (None: every row, in order)
+    member: torch.Tensor  # [n] index into ``slots`` of each covered row
+    rank: int | None
 
 
 @dataclass(frozen=True)
 class TokenGroups:
-    """A step's tokens by slot; built once per step, read by every LoRA op of that step."""
+    """A step's tokens by slot; built once per mapping, read by every LoRA op of those steps."""
 
     num_tokens: int
-    batches: tuple[Batch, ...]
+    big: tuple[Group, ...]
+    dense: Dense | None
+    big_rows: torch.Tensor | None = None  # rows of the big groups, one group after the other
+    generation: int = 0
+    _prepared: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def empty(self) -> bool:
-        return not self.batches
+        return not self.big and self.dense is None
+
+    @property
+    def covers_all(self) -> bool:
+        """Every token is an adapter token (no base-model token in the step)."""
+        covered = 0 if self.big_rows is None else len(self.big_rows)
+        if self.dense is not None:
+            covered += self.num_tokens if self.dense.rows is None else len(self.dense.rows)
+        return covered == self.num_tokens
 
     @property
     def slots(self) -> list[int]:
-        return sorted(s for b in self.batches
-                      for s in (b.slots.tolist() if b.slots is not None else [b.slot]))
+        dense = self.dense.slots.tolist() if self.dense is not None else []
+        return sorted([g.slot for g in self.big] + dense)
 
     @classmethod
     def build(cls, indices: torch.Tensor, ranks: dict[int, int] | None = None,
@@ -67,32 +92,45 @@ class TokenGroups:
         """Group ``indices`` (one slot per token, -1 for none). ``ranks``: slot -> the rank of
         the adapter in it, so products skip the zero rows vLLM pads every slot to."""
         indices = indices.reshape(-1)
+        n = int(indices.numel())
         rows = torch.nonzero(indices >= 0).view(-1)
         if rows.numel() == 0:
-            return cls(int(indices.numel()), ())
-        rows = rows[torch.argsort(indices[rows], stable=True)]
-        slots, counts = torch.unique_consecutive(indices[rows], return_counts=True)
-        batches: list[Batch] = []
-        small_slots: list[int] = []
-        small_runs: list[torch.Tensor] = []
-        start = 0
+            return cls(n, (), None, None, _generation)
+        order = rows[torch.argsort(indices[rows], stable=True)]
+        slots, counts = torch.unique_consecutive(indices[order], return_counts=True)
+        big: list[Group] = []
+        big_runs: list[torch.Tensor] = []
+        small: list[int] = []
+        start = placed = 0
         for slot, count in zip(slots.tolist(), counts.tolist(), strict=True):
-            run = rows[start:start + count]
-            start += count
             if count > small_max:
-                batches.append(Batch(run, run, None, None, slot, 1, count, _rank(ranks, [slot])))
+                big.append(Group(slot, placed, placed + count, _rank(ranks, [slot])))
+                big_runs.append(order[start:start + count])
+                placed += count
             else:
-                small_slots.append(slot)
-                small_runs.append(run)
-        if small_runs:
-            width = max(len(run) for run in small_runs)
-            source = torch.stack([
-                torch.cat([run, run[:1].expand(width - len(run))]) for run in small_runs]).view(-1)
-            placed = torch.cat([torch.arange(len(run)) + g * width
-                                for g, run in enumerate(small_runs)])
-            batches.append(Batch(torch.cat(small_runs), source, placed, torch.tensor(small_slots),
-                                 -1, len(small_runs), width, _rank(ranks, small_slots)))
-        return cls(int(indices.numel()), tuple(batches))
+                small.append(slot)
+            start += count
+        dense = None
+        if small:
+            small_slots = torch.tensor(small, dtype=indices.dtype)
+            lookup = torch.full((int(indices.max()) + 1,), -1, dtype=torch.long)
+            lookup[small_slots] = torch.arange(len(small))
+            member = torch.where(indices >= 0, lookup[indices.clamp(min=0)], -1)
+            covered = torch.nonzero(member >= 0).view(-1)
+            every = len(covered) == n
+            dense = Dense(small_slots, None if every else covered,
+                          member if every else member[covered], _rank(ranks, small))
+        return cls(n, tuple(big), dense, torch.cat(big_runs) if big_runs else None, _generation)
+
+    def prepared(self, key: tuple, make) -> torch.Tensor:
+        """``make()`` once per key for as long as these groups and the slots' contents last."""
+        if self.generation != _generation:
+            self._prepared.clear()
+            object.__setattr__(self, "generation", _generation)
+        value = self._prepared.get(key)
+        if value is None:
+            value = self._prepared[key] = make()
+        return value
 
 
 def _rank(ranks: dict[int, int] | None, slots: list[int]) -> int | None:
@@ -106,48 +144,113 @@ def _stacked(weights: torch.Tensor) -> torch.Tensor:
     return weights.squeeze(1) if weights.dim() == 4 else weights
 
 
-def _mats(w: torch.Tensor, batch: Batch, rank_axis: int) -> torch.Tensor:
-    """The batch's ``[groups, out, in]`` weights, cut to its rank before any copy."""
-    if batch.rank is not None and batch.rank < w.shape[rank_axis]:
-        w = w.narrow(rank_axis, 0, batch.rank)
-    return w.narrow(0, batch.slot, 1) if batch.slots is None else w.index_select(0, batch.slots)
+def _cut(w: torch.Tensor, axis: int, rank: int | None) -> torch.Tensor:
+    return w if rank is None or rank >= w.shape[axis] else w.narrow(axis, 0, rank)
 
 
-def _run(x: torch.Tensor, mats: torch.Tensor, batch: Batch) -> torch.Tensor:
-    inputs = x.index_select(0, batch.source).view(batch.groups, batch.width, -1)
-    out = torch.bmm(inputs, mats.to(x.dtype).transpose(1, 2)).view(-1, mats.shape[1])
-    return out if batch.placed is None else out.index_select(0, batch.placed)
+def _one_hot(groups: TokenGroups, dtype: torch.dtype) -> torch.Tensor:
+    dense = groups.dense
+    return groups.prepared(("one-hot", dtype), lambda: torch.nn.functional.one_hot(
+        dense.member.clamp(min=0), len(dense.slots)).to(dtype).mul_(
+            (dense.member >= 0).unsqueeze(-1).to(dtype)))
 
 
 def shrink(x: torch.Tensor, weights: Sequence[torch.Tensor], outs: Sequence[torch.Tensor],
            groups: TokenGroups, scale: float) -> None:
     """``outs[i] = scale * x @ A_i[slot].T`` for one layer's slices (q/k/v, gate/up) at once.
 
-    The slices share their input, so their weights are concatenated per batch and each batch
-    is one GEMM for all of them. Overwrites: rows of base tokens, and the padded rank, become 0.
+    The slices share their input, so their weights are concatenated and each product is one GEMM
+    for all of them. Overwrites: rows of base tokens, and the padded rank, become 0.
     """
     stacks = [_stacked(w) for w in weights]
+    dtype = outs[0].dtype
     for out in outs:
         out.zero_()
-    x = x.to(outs[0].dtype)
-    for batch in groups.batches:
-        parts = [_mats(w, batch, 1) for w in stacks]
-        rank = parts[0].shape[1]
-        values = _run(x, parts[0] if len(parts) == 1 else torch.cat(parts, dim=1), batch)
-        values.mul_(scale)
-        for i, out in enumerate(outs):
-            out[:, :rank].index_copy_(0, batch.rows, values[:, i * rank:(i + 1) * rank])
+    x = x.to(dtype)
+    if groups.big:
+        inputs = x.index_select(0, groups.big_rows)
+        for group in groups.big:
+            mats = [_cut(w[group.slot], 0, group.rank) for w in stacks]
+            values = inputs[group.start:group.end] @ torch.cat(mats).to(dtype).t()
+            rows = groups.big_rows[group.start:group.end]
+            _write_slices(values.mul_(scale), outs, mats[0].shape[0], rows)
+    dense = groups.dense
+    if dense is None:
+        return
+    key = ("shrink", *(w.data_ptr() for w in stacks), dtype)
+
+    def gather() -> torch.Tensor:  # [G * slices * rank, in]
+        parts = [_cut(w, 1, dense.rank).index_select(0, dense.slots) for w in stacks]
+        return torch.cat(parts, dim=1).to(dtype).reshape(-1, stacks[0].shape[2])
+
+    mats = groups.prepared(key, gather)
+    inputs = x if dense.rows is None else x.index_select(0, dense.rows)
+    every = (inputs @ mats.t()).view(len(inputs), len(dense.slots), -1)
+    values = (every * _one_hot(groups, dtype).unsqueeze(-1)).sum(1)
+    rank = values.shape[1] // len(stacks)
+    _write_slices(values.mul_(scale), outs, rank, dense.rows)
+
+
+def _write_slices(values: torch.Tensor, outs: Sequence[torch.Tensor], rank: int,
+                  rows: torch.Tensor | None) -> None:
+    for i, out in enumerate(outs):
+        part = values[:, i * rank:(i + 1) * rank]
+        if rows is None:
+            out[:, :rank].copy_(part)
+        else:
+            out[:, :rank].index_copy_(0, rows, part)
 
 
 def expand(x: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, groups: TokenGroups,
            add: bool = True) -> None:
-    """``out (+)= x @ B[slot].T`` on every grouped row; other rows untouched when adding."""
+    """``out (+)= x @ B[slot].T`` on every grouped row; other rows untouched when adding.
+
+    The products land in one contiguous buffer, which is added to ``out`` (a column slice of the
+    layer's output) in one pass: scattered adds into a strided bf16 view are several times slower.
+    """
     if not add:
         out.zero_()
     w = _stacked(weights)
+    dtype = out.dtype
     common = min(out.shape[1], w.shape[1])
-    x = x.to(out.dtype)
-    for batch in groups.batches:
-        mats = _mats(w, batch, 2)
-        values = _run(x[:, : mats.shape[2]], mats, batch)
-        out[:, :common].index_add_(0, batch.rows, values[:, :common])
+    target = out[:, :common]
+    x = x.to(dtype)
+    pieces: list[tuple[torch.Tensor | None, torch.Tensor]] = []
+    if groups.big:
+        inputs = x.index_select(0, groups.big_rows)
+        values = torch.empty(len(inputs), common, dtype=dtype)
+        for group in groups.big:
+            mat = _cut(w[group.slot], 1, group.rank)[:common]
+            torch.mm(inputs[group.start:group.end, : mat.shape[1]], mat.to(dtype).t(),
+                     out=values[group.start:group.end])
+        pieces.append((groups.big_rows, values))
+    dense = groups.dense
+    if dense is not None:
+        def lay_out() -> torch.Tensor:  # [G * rank, out]: each adapter's B^T stacked by rows
+            mats = _cut(w, 2, dense.rank).index_select(0, dense.slots)
+            return mats.transpose(1, 2).to(dtype).reshape(-1, w.shape[1])
+
+        mats = groups.prepared(("expand", w.data_ptr(), dtype), lay_out)
+        rank = mats.shape[0] // len(dense.slots)
+        inputs = (x if dense.rows is None else x.index_select(0, dense.rows))[:, :rank]
+        rows = (_one_hot(groups, dtype).unsqueeze(-1) * inputs.unsqueeze(1)).reshape(
+            len(inputs), -1)
+        pieces.append((dense.rows, (rows @ mats)[:, :common]))
+    _add_rows(target, pieces, groups)
+
+
+def _add_rows(target: torch.Tensor, pieces: list[tuple[torch.Tensor | None, torch.Tensor]],
+              groups: TokenGroups) -> None:
+    if not pieces:
+        return
+    if len(pieces) == 1 and pieces[0][0] is None:  # decode: every row, in order
+        target.add_(pieces[0][1])
+        return
+    rows = torch.cat([r for r, _ in pieces]) if len(pieces) > 1 else pieces[0][0]
+    values = torch.cat([v for _, v in pieces]) if len(pieces) > 1 else pieces[0][1]
+    if groups.covers_all:
+        delta = torch.empty_like(values)
+        delta.index_copy_(0, rows, values)
+        target.add_(delta)
+    else:
+        target.index_copy_(0, rows, target.index_select(0, rows).add_(values))

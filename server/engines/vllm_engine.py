@@ -219,16 +219,26 @@ class VllmEngine:
             params = self._sampling_params(request)
         except (ValueError, TypeError) as exc:
             raise InvalidRequest(str(exc)) from exc
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        self._raise_if_dead()
         stream = self._engine.generate(
             TokensPrompt(prompt_token_ids=request.prompt_token_ids), params,
             request.request_id, lora_request=self._lora_request(request.adapter))
-        async for output in stream:
-            for choice in output.outputs:
-                yield Delta(
-                    index=choice.index, text=choice.text, token_ids=list(choice.token_ids),
-                    finish_reason=choice.finish_reason,
-                    logprobs=self._logprobs(choice) if request.sampling.logprobs is not None
-                    else None)
+        try:
+            async for output in stream:
+                for choice in output.outputs:
+                    yield Delta(
+                        index=choice.index, text=choice.text, token_ids=list(choice.token_ids),
+                        finish_reason=choice.finish_reason,
+                        logprobs=self._logprobs(choice) if request.sampling.logprobs is not None
+                        else None)
+        except EngineDeadError as exc:
+            raise EngineUnavailable("the vLLM engine has stopped") from exc
+
+    def _raise_if_dead(self) -> None:
+        if self._engine.errored:
+            raise EngineUnavailable("the vLLM engine has stopped")
 
     def _logprobs(self, choice) -> list[TokenLogprob]:
         out = []
@@ -245,7 +255,13 @@ class VllmEngine:
         await self._engine.abort(request_id)
 
     async def load_adapter(self, adapter: AdapterHandle) -> None:
-        ok = await self._engine.add_lora(self._lora_request(adapter))
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        self._raise_if_dead()
+        try:
+            ok = await self._engine.add_lora(self._lora_request(adapter))
+        except EngineDeadError as exc:
+            raise EngineUnavailable("the vLLM engine has stopped") from exc
         if ok is False:
             raise EngineUnavailable(f"vLLM refused to load adapter {adapter.name}")
         self._loaded[adapter.lora_id] = adapter

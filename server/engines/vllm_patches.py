@@ -114,7 +114,7 @@ def _slot_ranks(lora_index_to_id: list[int | None]) -> dict[int, int]:
     return {slot: RANKS[i] for slot, i in enumerate(lora_index_to_id) if i in RANKS}
 
 
-NO_GROUPS = TokenGroups(0, ())
+NO_GROUPS = TokenGroups(0, (), None)
 
 
 class GroupedPunica:
@@ -203,7 +203,9 @@ def _wrap_activation() -> None:
 
     def activate_adapter(self, lora_id: int) -> bool:
         result = stock(self, lora_id)
-        _record_rank(self, lora_id)
+        if result:  # False: it was in a slot already, and vLLM asks again every step
+            _record_rank(self, lora_id)
+            lora_groups.slots_changed()  # weights prepared for the old contents are stale
         return result
 
     activate_adapter.loramux = True  # type: ignore[attr-defined]

@@ -73,14 +73,35 @@ def test_grouped_products_match_per_token_reference(case, dtype, ranked) -> None
 def test_groups_split_big_and_small_and_skip_base_tokens() -> None:
     indices = _indices([(1, 40), (0, 2), (-1, 20), (3, 1), (5, 17)])
     groups = TokenGroups.build(indices, RANKS, small_max=16)
-    big, small = groups.batches[:-1], groups.batches[-1]
-    assert [b.slot for b in big] == [1, 5] and all(b.slots is None for b in big)
-    assert small.slots is not None and small.slots.tolist() == [0, 3]
-    assert small.width == 2 and small.rank == 16
+    assert [g.slot for g in groups.big] == [1, 5]
+    assert groups.dense is not None and groups.dense.slots.tolist() == [0, 3]
+    assert groups.dense.rank == 16
     assert groups.slots == [0, 1, 3, 5]
-    covered = torch.cat([b.rows for b in groups.batches])
+    covered = torch.cat([groups.big_rows, groups.dense.rows])
     assert sorted(covered.tolist()) == torch.nonzero(indices >= 0).view(-1).tolist()
     assert TokenGroups.build(torch.full((4,), -1)).empty
+    decode = TokenGroups.build(torch.tensor([3, 0, 3, 5]), RANKS)
+    assert decode.dense.rows is None and decode.dense.member.tolist() == [1, 0, 1, 2]
+
+
+def test_prepared_weights_follow_the_slots_contents() -> None:
+    """Weights laid out for a batch are reused across its steps, and rebuilt once any slot's
+    contents change, even when the token-to-slot mapping stays the same."""
+    indices = torch.tensor([0, 1, 1, 2])
+    a, _ = _weights(torch.float32)
+    groups = TokenGroups.build(indices, RANKS)
+    x = torch.randn(4, HIDDEN)
+    first = torch.empty(4, MAX_RANK)
+    lora_groups.shrink(x, [a], [first], groups, 1.0)
+    a[1] *= 2  # vLLM writes another adapter into slot 1
+    stale = torch.empty(4, MAX_RANK)
+    lora_groups.shrink(x, [a], [stale], groups, 1.0)
+    assert torch.equal(stale, first)  # same generation: the prepared copy is used
+    lora_groups.slots_changed()
+    fresh = torch.empty(4, MAX_RANK)
+    lora_groups.shrink(x, [a], [fresh], groups, 1.0)
+    torch.testing.assert_close(fresh[1:3], 2 * first[1:3])
+    torch.testing.assert_close(fresh[[0, 3]], first[[0, 3]])
 
 
 def test_expand_overwrite_zeroes_base_rows() -> None:

@@ -127,10 +127,7 @@ def test_dead_engine_health_answers_503(limited: Limited) -> None:
     assert limited.proc.poll() is None, "the server itself stays up to answer 503"
 
 
-# Server bug, found by this test: vLLM's EngineDeadError from AsyncLLM.generate is not turned
-# into EngineUnavailable, so a request after the engine died gets a plain-text 500. strict: once
-# fixed, XPASS fails the run and this marker must go.
-@pytest.mark.xfail(strict=True, reason="EngineDeadError reaches the client as a plain 500")
+# Found by this test: vLLM's EngineDeadError used to reach the client as a plain-text 500.
 def test_dead_engine_requests_answer_503(limited: Limited) -> None:
     """Runs after the test above (file order): the engine is dead by now."""
     assert httpx.get(f"{limited.url}/health", timeout=10).status_code == 503
