@@ -92,24 +92,25 @@ def loramux_slots(max_cpu_loras: int) -> int:
 
 
 _SLOTS_LOGGED = re.compile(r"LoRA slots: ([0-9]+)")  # loramux's start-up line
+_ENGINE_LOADED = re.compile(r"vLLM engine loaded .* in ([0-9.]+)s")
+
+
+def _logged(log: Path, pattern: re.Pattern[str]) -> str | None:
+    """The first group of ``pattern``'s first match in a server's log, if any."""
+    try:
+        match = pattern.search(log.read_text(errors="replace"))
+    except OSError:
+        return None
+    return match.group(1) if match else None
 
 
 def logged_slots(log: Path) -> int | None:
     """The `max_loras` a loramux server's log states, if it states one."""
-    try:
-        match = _SLOTS_LOGGED.search(log.read_text(errors="replace"))
-    except OSError:
-        return None
-    return int(match.group(1)) if match else None
-
-
-_ENGINE_LOADED = re.compile(r"vLLM engine loaded .* in ([0-9.]+)s")
+    value = _logged(log, _SLOTS_LOGGED)
+    return int(value) if value is not None else None
 
 
 def engine_seconds(log: Path) -> float | None:
     """The engine construction time loramux logs at startup (base load, profiling, KV cache)."""
-    try:
-        match = _ENGINE_LOADED.search(log.read_text(errors="replace"))
-    except OSError:
-        return None
-    return float(match.group(1)) if match else None
+    value = _logged(log, _ENGINE_LOADED)
+    return float(value) if value is not None else None

@@ -37,12 +37,9 @@ DEMO_BASE = Path(os.environ.get("LORAMUX_DEMO_BASE", REPO / ".cache" / "demo-bas
 class ModelRecipe:
     """A Llama-architecture model with random weights (compute, not quality, is measured)."""
 
-    hidden_size: int = 768
-    intermediate_size: int = 2048
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    num_key_value_heads: int = 4
-    max_position_embeddings: int = 2048
+    shape: dict[str, int] = field(default_factory=lambda: {
+        "hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12,
+        "num_attention_heads": 12, "num_key_value_heads": 4, "max_position_embeddings": 2048})
     seed: int = 20260
     init_std: float = 0.02
 
@@ -122,7 +119,7 @@ def build_model(cache: Path, recipe: ModelRecipe | None = None) -> tuple[Path, i
     from loramux.demo.base_model import llama_config
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = llama_config(recipe, tokenizer, initializer_range=recipe.init_std)
+    config = llama_config(recipe.shape, tokenizer, initializer_range=recipe.init_std)
     torch.manual_seed(recipe.seed)
     model = LlamaForCausalLM(config)
     parameters = sum(p.numel() for p in model.parameters())

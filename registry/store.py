@@ -39,6 +39,10 @@ from loramux.registry.validate import Limits, check_rel_path, check_sizes, scan_
 from loramux.registry.validate import validate_adapter as _validate
 
 log = logging.getLogger(__name__)
+
+# Manifest fields a push request carries as they are.
+_FROM_REQUEST = ("base_fingerprint", "base_components", "quantization", "description", "labels",
+                 "lineage")
 INDEX_FILE = "index.db"
 
 
@@ -141,12 +145,7 @@ class LocalRegistry(Registry):
                     files=files,
                     lora=checked.lora,
                     base_model_name_or_path=checked.base_model_name_or_path,
-                    base_fingerprint=request.base_fingerprint,
-                    base_components=request.base_components,
-                    quantization=request.quantization,
-                    description=request.description,
-                    labels=request.labels,
-                    lineage=request.lineage,
+                    **{k: getattr(request, k) for k in _FROM_REQUEST},
                     created_at=to_dt(at),
                     created_by=request.created_by or actor,
                 )

@@ -111,15 +111,8 @@ def load_base(config: TrainConfig, runtime: Runtime):
 def lora_config(config: TrainConfig):
     from peft import LoraConfig
 
-    return LoraConfig(
-        r=config.r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        bias=config.bias,
-        target_modules=config.target_modules,
-        use_rslora=config.use_rslora,
-        task_type="CAUSAL_LM",
-    )
+    same_names = ("r", "lora_alpha", "lora_dropout", "bias", "target_modules", "use_rslora")
+    return LoraConfig(task_type="CAUSAL_LM", **{k: getattr(config, k) for k in same_names})
 
 
 def check_target_modules(model, config: TrainConfig) -> None:

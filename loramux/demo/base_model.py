@@ -181,19 +181,19 @@ def _pretrain(model, ids: list[int], recipe: DemoRecipe, progress: Callable[[int
     return loss_value
 
 
-def llama_config(recipe: Any, tokenizer: Any, **extra: Any):
-    """A Llama config from a recipe's shape fields and a tokenizer's special tokens (also used
-    by the benchmark's larger random-weight model)."""
+# The recipe fields that are LlamaConfig fields of the same name.
+SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "max_position_embeddings")
+
+
+def llama_config(shape: dict[str, int], tokenizer: Any, **extra: Any):
+    """A Llama config from a shape (``SHAPE_FIELDS``) and a tokenizer's special tokens (also
+    used by the benchmark's larger random-weight model)."""
     from transformers import LlamaConfig
 
     return LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=recipe.hidden_size,
-        intermediate_size=recipe.intermediate_size,
-        num_hidden_layers=recipe.num_hidden_layers,
-        num_attention_heads=recipe.num_attention_heads,
-        num_key_value_heads=recipe.num_key_value_heads,
-        max_position_embeddings=recipe.max_position_embeddings,
+        **shape,
         rope_theta=10000.0,
         tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id,
@@ -232,7 +232,7 @@ def build(
             ids.append(tokenizer.bos_token_id)
             ids.extend(encoded)
 
-        config = llama_config(recipe, tokenizer)
+        config = llama_config({n: getattr(recipe, n) for n in SHAPE_FIELDS}, tokenizer)
         model = LlamaForCausalLM(config)
         loss = _pretrain(model, ids, recipe, progress or (lambda step, loss: None))
 

@@ -29,27 +29,17 @@ ALIAS_NAME, ALIAS = "assistant", "prod"
 class Paths:
     """Where the demo keeps its artefacts (all under one cache folder)."""
 
-    cache: Path
+    data: Path
+    adapters: Path
+    registry: Path
+    server_cache: Path
+    server_log: Path
 
-    @property
-    def data(self) -> Path:
-        return self.cache / "demo-data"
-
-    @property
-    def adapters(self) -> Path:
-        return self.cache / "trainer-demo"
-
-    @property
-    def registry(self) -> Path:
-        return self.cache / "demo-registry"
-
-    @property
-    def server_cache(self) -> Path:
-        return self.cache / "demo-server-cache"
-
-    @property
-    def server_log(self) -> Path:
-        return self.cache / "demo-server.log"
+    @classmethod
+    def under(cls, cache: Path) -> Paths:
+        names = ("demo-data", "trainer-demo", "demo-registry", "demo-server-cache",
+                 "demo-server.log")
+        return cls(*(cache / name for name in names))
 
 
 def _publish(adapters: dict[str, Path], paths: Paths, console: Console) -> None:
@@ -151,7 +141,7 @@ def run_tour(base: Path, cache: Path, console: Console | None = None) -> None:
     from loramux.support.launch import ServerProcess
 
     console = console or Console()
-    paths = Paths(cache)
+    paths = Paths.under(cache)
 
     console.rule("[bold]2. demo tasks and QLoRA adapters")
     data = write_demo_data(paths.data)
