@@ -68,14 +68,12 @@ def test_processes_share_one_download(backend, adapters, tmp_path: Path) -> None
     count_file = tmp_path / "downloads.txt"
     count_file.touch()
     ctx = multiprocessing.get_context("spawn")
-    start, results = ctx.Event(), ctx.Queue()
+    start, results = ctx.Barrier(4), ctx.Queue()  # all four fetch at once: real contention
     procs = [ctx.Process(target=fetch_worker, args=(location, "cached:prod", str(tmp_path / "c"),
                                                     str(count_file), start, results))
              for _ in range(4)]
     for p in procs:
         p.start()
-    time.sleep(1.0)  # let all four import and block on the event
-    start.set()
     paths = {results.get(timeout=120) for _ in procs}
     for p in procs:
         p.join(timeout=30)
