@@ -33,7 +33,7 @@ test: install
 	$(BIN)/python -m pytest
 
 # Every part side by side with its peer (vLLM's own server, a naive transformers + peft loop);
-# writes bench/results/<timestamp>.{json,md,png}. About 21 minutes on 2 CPU cores.
+# writes bench/results/<timestamp>.{json,md,png}. About 45 minutes on 2 CPU cores.
 bench: install
 	$(BIN)/loramux bench all
 

