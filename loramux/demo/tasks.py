@@ -37,11 +37,14 @@ Record = dict[str, list[Message]]
 SEED = 20240611
 TASKS = ("codeword", "caps")
 
-# Training settings that reach >= 90 % exact match on both tasks in about 500 steps on the
-# demo base (NF4, batch 16, ~1-1.5 minutes on 2 CPU cores). The routing from a prompt word to
-# the answer appears abruptly after a plateau, hence the relatively high learning rate.
+# Training settings that reach >= 90 % exact match on both tasks on the demo base (NF4, batch
+# 16, about 6 minutes each on 2 CPU cores). The routing from a prompt word to the answer appears
+# after a plateau whose length depends on the machine: the demo base is built on the machine
+# itself, and its CPU's bf16 kernels decide the exact weights. 500 steps were enough on one
+# machine (35/36 code words) and not on another (18/36, eval loss 0.71, the plateau ending near
+# step 225); 1500 steps reach eval loss 0.07 there, flat from step 900.
 DEMO_TRAIN_SETTINGS: dict[str, Any] = {
-    "max_steps": 500,
+    "max_steps": 1500,
     "batch_size": 16,
     "learning_rate": 2e-3,
     "r": 16,
