@@ -150,9 +150,9 @@ def _cut(w: torch.Tensor, axis: int, rank: int | None) -> torch.Tensor:
 
 def _one_hot(groups: TokenGroups, dtype: torch.dtype) -> torch.Tensor:
     dense = groups.dense
+    # Every row in ``member`` is covered (``build`` keeps only those), so no row needs masking.
     return groups.prepared(("one-hot", dtype), lambda: torch.nn.functional.one_hot(
-        dense.member.clamp(min=0), len(dense.slots)).to(dtype).mul_(
-            (dense.member >= 0).unsqueeze(-1).to(dtype)))
+        dense.member, len(dense.slots)).to(dtype))
 
 
 def shrink(x: torch.Tensor, weights: Sequence[torch.Tensor], outs: Sequence[torch.Tensor],

@@ -12,10 +12,11 @@ Why it exists:
 - **Speed.** The same gather copies a whole LoRA matrix per token (tokens x rank x hidden values
   for every layer, then a batched mat-vec), which is what makes a LoRA batch several times slower
   than a base batch on CPU. Here the punica wrapper groups a step's tokens by slot once, in its
-  metadata, and every linear layer's LoRA runs one GEMM per adapter present (lora_groups.py): the
-  cost follows the distinct adapters in the batch, not the slot count, so every resident adapter
-  can have a slot. Each slot's product is cut to the rank of the adapter in it (vLLM pads every
-  slot to ``max_lora_rank``), and the shrink buffer stays in the model's dtype (bf16).
+  metadata, and every linear layer's LoRA runs over the adapters present only (lora_groups.py:
+  a GEMM per adapter with many tokens, one dense GEMM over those with few): the cost follows the
+  distinct adapters in the batch, not the slot count, so every resident adapter can have a slot.
+  Each product is cut to the rank of the adapters it covers (vLLM pads every slot to
+  ``max_lora_rank``), and the shrink buffer stays in the model's dtype (bf16).
 
 How: vLLM loads ``vllm.general_plugins`` entry points in every process it spawns, which is the
 only hook that reaches the engine-core process. The plugin acts only when ``LORAMUX_VLLM_PATCHES``
@@ -118,10 +119,11 @@ NO_GROUPS = TokenGroups(0, (), None)
 
 
 class GroupedPunica:
-    """Methods that replace PunicaWrapperCPU's: tokens grouped per step, one GEMM per adapter."""
+    """Methods that replace PunicaWrapperCPU's: tokens grouped per step, one GEMM per adapter.
 
-    loramux_tokens = NO_GROUPS  # until the first update_metadata
-    loramux_sampler = NO_GROUPS
+    ``apply`` copies them onto the class, with ``loramux_tokens``/``loramux_sampler`` set to
+    NO_GROUPS until the first ``update_metadata``.
+    """
 
     def update_metadata(self, mapping, lora_index_to_id, max_loras, vocab_size, **kwargs):
         STOCK_METHODS["update_metadata"](self, mapping, lora_index_to_id, max_loras,
