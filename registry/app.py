@@ -14,21 +14,25 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from loramux.registry.auth import Identity, TokenAuth, actor_of, require_read, require_write
-from loramux.registry.base import DEFAULT_LOG_LIMIT
-from loramux.registry.errors import (
-    InvalidRequest,
-    RegistryError,
-    TooLarge,
-    Unauthorized,
+from loramux.registry import http_errors
+from loramux.registry.auth import (
+    Identity,
+    TokenAuth,
+    actor_of,
+    check_scope,
+    require_admin,
+    require_read,
+    require_write,
 )
+from loramux.registry.base import DEFAULT_LOG_LIMIT
+from loramux.registry.blobs import BlobUpload
+from loramux.registry.bodies import RequestGate
+from loramux.registry.http_errors import responses
 from loramux.registry.manifest import (
     AliasPointer,
     AuditEntry,
@@ -44,88 +48,33 @@ from loramux.registry.store import LocalRegistry
 from loramux.registry.validate import Limits
 
 log = logging.getLogger(__name__)
-router = APIRouter()
+router = APIRouter(responses=responses(400, 401, 403))  # every route but /health needs a token
+public = APIRouter()
 Reader = Annotated[Identity, Depends(require_read)]
 Writer = Annotated[Identity, Depends(require_write)]
-
-
-MAX_JSON_BODY = 16 << 20
+Admin = Annotated[Identity, Depends(require_admin)]
+UPLOAD_BATCH = 1 << 20  # bytes gathered on the event loop before one write in a worker thread
+BLOB_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {
+    "schema": {"type": "string", "format": "binary"}}}}}
+BLOB_BYTES = {200: {"content": {"application/octet-stream": {
+    "schema": {"type": "string", "format": "binary"}}}, "description": "The blob's bytes"}}
 
 
 class _BlobResponse(FileResponse):
     chunk_size = 1 << 20
 
 
-class _JsonBodyLimit:
-    """Bounds every request body except blob uploads (which stream to disk under their own
-    limit): FastAPI would otherwise read a manifest draft of any size into memory. Bodies are
-    small JSON, so the middleware reads them first and replays them to the app."""
+class BlobStored(BaseModel):
+    digest: str
+    size: int
 
-    def __init__(self, app: ASGIApp, max_bytes: int = MAX_JSON_BODY) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith("/v2/blobs/"):
-            await self.app(scope, receive, send)
-            return
-        too_large = TooLarge(f"request body is larger than {self.max_bytes} bytes")
-        declared = dict(scope["headers"]).get(b"content-length", b"0")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(too_large, scope, receive, send)
-            return
-        body, more = bytearray(), True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.max_bytes:
-                await self._refuse(too_large, scope, receive, send)
-                return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
-
-        await self.app(scope, replay, send)
-
-    @staticmethod
-    async def _refuse(exc: RegistryError, scope: Scope, receive: Receive, send: Send) -> None:
-        await error_response(exc)(scope, receive, send)
+class Health(BaseModel):
+    status: str
 
 
 def _registry(request: Request) -> LocalRegistry:
     return request.app.state.registry
-
-
-def error_response(exc: RegistryError) -> JSONResponse:
-    """The one place a RegistryError becomes an HTTP answer (the client maps it back)."""
-    body = {"error": {"message": exc.message, "type": type(exc).__name__, "code": exc.code}}
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-    return JSONResponse(status_code=exc.status, content=body, headers=headers)
-
-
-async def _registry_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RegistryError)
-    if exc.status >= 500:
-        log.error("%s %s: %s", request.method, request.url.path, exc)
-    return error_response(exc)
-
-
-async def _request_error(request: Request, exc: Exception) -> JSONResponse:
-    """FastAPI's own validation failures, in the same envelope as everything else."""
-    assert isinstance(exc, RequestValidationError)
-    first = exc.errors()[0] if exc.errors() else {}
-    where = ".".join(str(p) for p in first.get("loc", ()))
-    return await _registry_error(
-        request, InvalidRequest(f"invalid request: {where}: {first.get('msg', exc)}")
-    )
 
 
 def create_app(registry: LocalRegistry, auth: TokenAuth) -> FastAPI:
@@ -134,21 +83,22 @@ def create_app(registry: LocalRegistry, auth: TokenAuth) -> FastAPI:
     app = FastAPI(
         title="loramux registry",
         version=__version__,
-        description="Versioned, content-addressed store of LoRA adapters.",
+        description="Versioned, content-addressed store of LoRA adapters. Every error answers "
+        '{"error": {"message", "type", "code"}}.',
     )
     app.state.registry = registry
     app.state.auth = auth
-    app.add_exception_handler(RegistryError, _registry_error)
-    app.add_exception_handler(RequestValidationError, _request_error)
+    http_errors.install(app)
+    app.include_router(public)
     app.include_router(router)
-    app.add_middleware(_JsonBodyLimit)
+    app.add_middleware(RequestGate)
     return app
 
 
-@router.get("/health")
-def health(request: Request) -> dict[str, str]:
+@public.get("/health")
+def health(request: Request) -> Health:
     _registry(request).ping()
-    return {"status": "ok"}
+    return Health(status="ok")
 
 
 @router.get("/v2/whoami")
@@ -182,7 +132,7 @@ def list_versions(
     )
 
 
-@router.get("/v2/resolve", response_model=Manifest)
+@router.get("/v2/resolve", response_model=Manifest, responses=responses(404, 409))
 async def resolve(request: Request, _: Reader, ref: str) -> Response:
     """The manifest ``ref`` resolves to now. The inference server may call this per request,
     so it runs on the event loop (an indexed read in WAL mode never waits for writers and takes
@@ -198,64 +148,92 @@ def _blob_response(request: Request, digest: str) -> _BlobResponse:
     return _BlobResponse(path, media_type="application/octet-stream", headers=headers)
 
 
-@router.get("/v2/blobs/{digest}", response_class=_BlobResponse)
+@router.get("/v2/blobs/{digest}", response_class=_BlobResponse,
+            responses={**BLOB_BYTES, **responses(404)})
 def get_blob(request: Request, _: Reader, digest: str) -> _BlobResponse:
     """The blob's bytes, streamed; ``X-Content-Digest`` names them (the client re-hashes)."""
     return _blob_response(request, digest)
 
 
-@router.head("/v2/blobs/{digest}", response_class=_BlobResponse)
+@router.head("/v2/blobs/{digest}", response_class=_BlobResponse,
+             responses={**BLOB_BYTES, **responses(404)})
 def head_blob(request: Request, _: Reader, digest: str) -> _BlobResponse:
     """200 with the size if the server has the blob (a push skips it), else 404."""
     return _blob_response(request, digest)
 
 
-@router.put("/v2/blobs/{digest}", status_code=201, response_model=None)
-async def put_blob(request: Request, _: Writer, digest: str) -> dict[str, object] | Response:
-    """Stream the body to a temp file, hashing it; it becomes a blob only if it matches."""
+@router.put("/v2/blobs/{digest}", status_code=201, response_model=BlobStored,
+            responses=responses(404, 413, 422), openapi_extra=BLOB_BODY)
+async def put_blob(request: Request, _: Writer, digest: str) -> BlobStored | Response:
+    """Stream the body to a temp file, hashing it; it becomes a blob only if it matches.
+
+    The event loop only gathers the body (and counts it against the limit); the writing and
+    hashing happen in worker threads, a batch at a time, so a large upload onto a slow disk
+    never stalls the requests the registry serves meanwhile."""
     declared = request.headers.get("content-length")
     size = int(declared) if declared is not None and declared.isdigit() else None
     upload = await run_in_threadpool(_registry(request).upload, digest, size=size)
     try:
-        async for chunk in request.stream():
-            upload.feed(chunk)
+        await _receive_blob(request, upload)
         hex_, size = await run_in_threadpool(upload.finish)
     except ClientDisconnect:
         log.info("upload of %s aborted by the client; nothing stored", digest)
         return Response(status_code=400)  # nobody is listening any more
     finally:
         upload.close()
-    return {"digest": f"sha256:{hex_}", "size": size}
+    return BlobStored(digest=f"sha256:{hex_}", size=size)
 
 
-@router.post("/v2/adapters/{name}/versions", status_code=201)
+async def _receive_blob(request: Request, upload: BlobUpload) -> None:
+    batch, received = bytearray(), 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        upload.check(received)  # a running count: an oversized body stops here, not at its end
+        batch += chunk
+        if len(batch) >= UPLOAD_BATCH:
+            await run_in_threadpool(upload.feed, batch)
+            batch = bytearray()
+    if batch:
+        await run_in_threadpool(upload.feed, batch)
+
+
+@router.post("/v2/adapters/{name}/versions", status_code=201,
+             responses=responses(404, 409, 413, 422))
 def push(
     request: Request, identity: Writer, name: str, body: Annotated[PushRequest, Body()]
 ) -> Manifest:
+    """Commit a version from uploaded blobs. Runs in a worker thread: validation reads the
+    stored safetensors headers and matches the adapter's own patterns (bounded in time)."""
     return _registry(request).commit(name, body, actor=actor_of(identity, request))
 
 
-@router.put("/v2/adapters/{name}/aliases/{alias}")
+@router.put("/v2/adapters/{name}/aliases/{alias}", responses=responses(404, 413))
 def alias_set(
     request: Request,
     identity: Writer,
     name: str,
     alias: str,
-    version: Annotated[int, Body(embed=True)],
+    version: Annotated[int, Body(embed=True, ge=1, le=2**62)],
 ) -> AliasPointer:
     return _registry(request).alias_set(name, alias, version, actor=actor_of(identity, request))
 
 
-@router.delete("/v2/adapters/{name}/aliases/{alias}", status_code=204)
+@router.delete("/v2/adapters/{name}/aliases/{alias}", status_code=204,
+               responses=responses(404))
 def alias_rm(request: Request, identity: Writer, name: str, alias: str) -> Response:
     _registry(request).alias_rm(name, alias, actor=actor_of(identity, request))
     return Response(status_code=204)
 
 
-@router.delete("/v2/adapters/{name}/versions/{selector}")
+@router.delete("/v2/adapters/{name}/versions/{selector}", responses=responses(404, 409))
 def delete(
-    request: Request, identity: Writer, name: str, selector: str, force: bool = False
+    request: Request, identity: Writer, name: str, selector: str,
+    force: Annotated[bool, Query(description="Also remove aliases; needs 'admin'")] = False,
 ) -> VersionInfo:
+    """Yank a version; ``force`` (which also removes the aliases pointing at it, taking the
+    version away from everyone who uses them) needs an admin token."""
+    if force:
+        check_scope(identity, "admin", "a forced delete")
     ref = AdapterRef.parse(f"{name}@{selector}")
     return _registry(request).delete(ref, force=force, actor=actor_of(identity, request))
 
@@ -283,12 +261,14 @@ def alias_at(
 
 
 @router.post("/v2/gc")
-def gc(request: Request, _: Writer) -> GcReport:
+def gc(request: Request, _: Admin) -> GcReport:
+    """Remove unreferenced blobs and leftovers of interrupted pushes (admin)."""
     return _registry(request).gc()
 
 
 @router.post("/v2/verify")
-def verify(request: Request, _: Writer) -> VerifyReport:
+def verify(request: Request, _: Admin) -> VerifyReport:
+    """Re-hash every blob, moving corrupt ones to quarantine (admin: it changes the store)."""
     return _registry(request).verify()
 
 

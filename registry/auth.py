@@ -1,9 +1,12 @@
-"""Bearer tokens with ``read`` / ``write`` scopes, as FastAPI dependencies.
+"""Bearer tokens with ``read`` / ``write`` / ``admin`` scopes, as FastAPI dependencies.
 
 Tokens come from a file (``--tokens FILE``) or ``LORAMUX_REGISTRY_TOKENS``; both use the same
 syntax, entries separated by commas or newlines: ``SECRET:SCOPE[:NAME]``, ``#`` starts a
-comment. ``write`` implies ``read``. The optional NAME is what the audit log records; without
-one the log gets a short hash of the token, never the token itself.
+comment. ``admin`` implies ``write``, which implies ``read``. ``write`` pushes, moves aliases
+and deletes versions no alias points at; what can destroy data others rely on (a forced delete,
+which removes aliases, ``gc``, and ``verify``, which moves blobs to quarantine) needs ``admin``.
+The optional NAME is what the audit log records; without one the log gets a short hash of the
+token, never the token itself.
 """
 
 from __future__ import annotations
@@ -22,11 +25,16 @@ from loramux.registry.errors import Forbidden, RegistryError, Unauthorized
 
 ENV_TOKENS = "LORAMUX_REGISTRY_TOKENS"
 TOKENS_FORMAT = (
-    "File of tokens, one SECRET:read|write[:NAME] per line (or comma-separated; # comments). "
-    "write includes read; NAME is what the audit log records. Also env LORAMUX_REGISTRY_TOKENS. "
-    "Clients pass SECRET as LORAMUX_TOKEN or --token."
+    "File of tokens, one SECRET:read|write|admin[:NAME] per line (or comma-separated; "
+    "# comments). admin includes write, write includes read; admin is needed for delete "
+    "--force, gc and verify. NAME is what the audit log records. Also env "
+    "LORAMUX_REGISTRY_TOKENS. Clients pass SECRET as LORAMUX_TOKEN or --token."
 )
-SCOPES = {"read": frozenset({"read"}), "write": frozenset({"read", "write"})}
+SCOPES = {
+    "read": frozenset({"read"}),
+    "write": frozenset({"read", "write"}),
+    "admin": frozenset({"read", "write", "admin"}),
+}
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,7 @@ def parse_tokens(text: str, *, source: str = "tokens") -> list[Token]:
         parts = entry.split(":")
         if len(parts) not in (2, 3) or not parts[0] or parts[1] not in SCOPES:
             raise RegistryError(
-                f"{source}: bad token entry {entry[:4]!r}…: expected SECRET:read|write[:NAME]"
+                f"{source}: bad token entry {entry[:4]!r}…: expected SECRET:read|write|admin[:NAME]"
             )
         secret, scope = parts[0], parts[1]
         name = parts[2] if len(parts) == 3 and parts[2] else _anon_name(secret)
@@ -101,8 +109,28 @@ class TokenAuth:
             raise Unauthorized("invalid bearer token")
         return Identity(found.name, SCOPES[found.scope])
 
+    def authorize(self, secret: str | None, scope: str, action: str = "this") -> Identity:
+        """The caller, if its token grants ``scope``: else Unauthorized or Forbidden."""
+        return check_scope(self.identify(secret), scope, action)
 
-_bearer = HTTPBearer(auto_error=False, description="LORAMUX_TOKEN with read or write scope")
+
+def check_scope(identity: Identity, scope: str, action: str = "this") -> Identity:
+    """The one place a missing scope becomes a 403 that names the scope."""
+    if scope not in identity.scopes:
+        granted = "/".join(s for s in ("read", "write", "admin") if s in identity.scopes)
+        raise Forbidden(f"{identity.name} may only {granted}; {action} needs a token with "
+                        f"{scope!r} scope")
+    return identity
+
+
+def bearer_secret(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer …`` header (for code outside FastAPI's DI)."""
+    scheme, _, secret = (authorization or "").partition(" ")
+    return secret.strip() or None if scheme.lower() == "bearer" else None
+
+
+_bearer = HTTPBearer(auto_error=False,
+                     description="LORAMUX_TOKEN with read, write or admin scope")
 
 
 def require(scope: str) -> Callable[..., Identity]:
@@ -112,19 +140,14 @@ def require(scope: str) -> Callable[..., Identity]:
         request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
     ) -> Identity:
         auth: TokenAuth = request.app.state.auth
-        identity = auth.identify(credentials.credentials if credentials else None)
-        if scope not in identity.scopes:
-            raise Forbidden(
-                f"{identity.name} may only {'/'.join(sorted(identity.scopes))}; "
-                f"this needs a token with {scope!r} scope"
-            )
-        return identity
+        return auth.authorize(credentials.credentials if credentials else None, scope)
 
     return dependency
 
 
 require_read = require("read")
 require_write = require("write")
+require_admin = require("admin")
 
 
 def actor_of(identity: Identity, request: Request) -> str:

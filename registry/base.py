@@ -22,7 +22,6 @@ from pydantic import ValidationError
 from loramux.registry.errors import InvalidBaseModel, InvalidName, InvalidRequest
 from loramux.registry.fingerprint import base_components, fingerprint_of
 from loramux.registry.manifest import (
-    MAX_DESCRIPTION,
     AliasPointer,
     AuditEntry,
     GcReport,
@@ -33,6 +32,7 @@ from loramux.registry.manifest import (
     VerifyReport,
     VersionInfo,
     check_labels,
+    check_push_fields,
 )
 from loramux.registry.refs import AdapterRef, validate_alias, validate_digest, validate_name
 from loramux.registry.transfer import materialize
@@ -165,14 +165,15 @@ class Registry(Protocol):
         number is never reused; its blobs go at the next :meth:`gc`. Returns it, ``deleted``.
 
         Raises ``InvalidName`` for a reference that could move (a name or an alias),
-        ``NotFound``, ``Conflict`` while aliases point at it (``force`` removes them).
+        ``NotFound``, ``Conflict`` while aliases point at it (``force`` removes them; over
+        HTTP that needs an admin token, else ``Forbidden``).
         """
         ...
 
     def gc(self) -> GcReport:
         """Remove blobs no live version uses and leftovers of interrupted pushes.
 
-        Waits for running pushes. Over HTTP it needs a write token (else ``Forbidden``).
+        Waits for running pushes. Over HTTP it needs an admin token (else ``Forbidden``).
         """
         ...
 
@@ -180,7 +181,7 @@ class Registry(Protocol):
         """Re-hash every blob. Corrupt ones are moved to ``quarantine/`` (so the next push of
         the same file stores it again) and reported, with missing ones, in ``problems``.
 
-        Over HTTP it needs a write token (it changes the store), else ``Forbidden``.
+        Over HTTP it needs an admin token (it changes the store), else ``Forbidden``.
         """
         ...
 
@@ -257,9 +258,12 @@ def check_push_request(request: PushRequest) -> PushRequest:
     """What a commit re-checks, since over HTTP the request comes from a client."""
     if request.alias is not None:
         validate_alias(request.alias)
-    if len(request.description) > MAX_DESCRIPTION:
-        raise InvalidName(f"description is longer than {MAX_DESCRIPTION} characters")
-    check_labels(request.labels)
+    if request.base_fingerprint is not None:
+        try:
+            validate_digest(request.base_fingerprint, full=True)
+        except InvalidName:
+            raise InvalidName("base_fingerprint must be sha256:<64 hex digits>") from None
+    check_push_fields(request)
     return request
 
 

@@ -26,6 +26,7 @@ from loramux.registry.digests import (
     start_writeback,
 )
 from loramux.registry.errors import IntegrityError, NotFound, TooLarge
+from loramux.registry.sources import open_regular
 
 log = logging.getLogger(__name__)
 _HEX = frozenset("0123456789abcdef")
@@ -83,8 +84,12 @@ class BlobWriter:
             raise TooLarge(f"{self._what} is larger than the limit of {self._max} bytes")
 
     def copy_from_file(self, src: Path) -> tuple[str, int]:
-        with open(src, "rb", buffering=0) as f:
-            return copy_file_hashed(f.fileno(), self._fd(), check=self.check)
+        """Copy a file of the folder being pushed: a regular file, never through a link."""
+        fd = open_regular(src)
+        try:
+            return copy_file_hashed(fd, self._fd(), check=self.check)
+        finally:
+            os.close(fd)
 
     def feed(self, chunk: bytes | bytearray) -> None:
         """Incremental writing, for bodies that arrive in pieces (HTTP uploads)."""
@@ -158,6 +163,10 @@ class BlobUpload:
         except BaseException:
             self._held.__exit__(None, None, None)
             raise
+
+    def check(self, size: int) -> None:
+        """Raise TooLarge if ``size`` bytes are over the limit (the caller counts)."""
+        self._writer.check(size)
 
     def feed(self, chunk: bytes | bytearray) -> None:
         self._writer.feed(chunk)

@@ -260,7 +260,8 @@ def alias_rm(registry: reg.Registry, name: str, alias: str) -> None:
 def delete(
     registry: reg.Registry,
     ref: str = typer.Argument(..., help="name@N or name@sha256:…"),
-    force: bool = typer.Option(False, "--force", help="Also remove aliases pointing at it."),
+    force: bool = typer.Option(False, "--force", help="Also remove aliases pointing at it "
+                               "(over HTTP: an admin token)."),
 ) -> None:
     """Yank a version: it no longer resolves; its number is never reused."""
     info = registry.delete(ref, force=force)
@@ -274,7 +275,7 @@ def gc(
 ) -> None:
     """Remove blobs no live version references, and leftovers of interrupted pushes.
 
-    Over HTTP it needs a write token.
+    Over HTTP it needs an admin token.
     """
     report = registry.gc()
     if as_json:
@@ -294,7 +295,7 @@ def verify(
     """Re-hash every blob; exit non-zero if any is corrupt or missing.
 
     Corrupt blobs are moved to quarantine/ in the store (the next push of the same file stores
-    it again). Over HTTP it needs a write token.
+    it again). Over HTTP it needs an admin token.
     """
     report = registry.verify()
     if as_json:
@@ -375,7 +376,8 @@ def serve(
     if not auth.configured:
         raise RegistryError(
             f"no tokens configured: pass --tokens FILE or set {ENV_TOKENS}"
-            " (e.g. 'secret1:write,secret2:read'), or --anonymous-read for a read-only registry"
+            " (e.g. 'secret0:admin,secret1:write,secret2:read'), or --anonymous-read for a"
+            " read-only registry"
         )
     run(str(root), host=host, port=port, auth=auth,
         limits=reg.Limits(max_total_bytes=max_bytes), log_level=log_level)

@@ -43,11 +43,16 @@ def adapter_digest(files: Iterable[_HasFiles]) -> str:
 
 def sha256_file(path: os.PathLike[str] | str) -> tuple[str, int]:
     """(hex, size) of a file, read through mmap so large files cost no user-space copy."""
-    h = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
-        for off in range(0, size, CHUNK):
-            _hash_region(h, f.fileno(), off, min(CHUNK, size - off))
+        return sha256_fd(f.fileno())
+
+
+def sha256_fd(fd: int) -> tuple[str, int]:
+    """(hex, size) of the open file ``fd``, from its start."""
+    h = hashlib.sha256()
+    size = os.fstat(fd).st_size
+    for off in range(0, size, CHUNK):
+        _hash_region(h, fd, off, min(CHUNK, size - off))
     return h.hexdigest(), size
 
 

@@ -41,8 +41,9 @@ class Conflict(RegistryError, status=409, exit_code=4):
     """The request contradicts the store's state (aliases on a version, an ambiguous digest)."""
 
 
-class Invalid(RegistryError, status=422, exit_code=5):
-    """Input that does not fit the rules; the subclasses say which input."""
+class Invalid(RegistryError, status=400, exit_code=5):
+    """Input that does not fit the rules; the subclasses say which input (HTTP 400, as the
+    OpenAI server answers bad input)."""
 
 
 class InvalidName(Invalid):
@@ -55,6 +56,11 @@ class InvalidRequest(Invalid):
 
 class InvalidAdapter(Invalid):
     """The folder is not something the server could load as a LoRA adapter."""
+
+
+class InvalidPattern(InvalidAdapter):
+    """A regex in adapter_config.json (``target_modules``, ``rank_pattern``/``alpha_pattern``
+    keys) that is malformed, too long, or too slow to match: it comes from the pusher."""
 
 
 class PickleWeights(InvalidAdapter):
@@ -87,6 +93,14 @@ class Unauthorized(RegistryError, status=401, exit_code=8):
 
 class Forbidden(RegistryError, status=403, exit_code=8):
     """A token whose scope does not allow the operation."""
+
+
+class MethodNotAllowed(RegistryError, status=405):
+    """An HTTP method the route does not have."""
+
+
+class InternalError(RegistryError, status=500):
+    """A bug: what the registry server answers instead of a traceback."""
 
 
 class RemoteError(RegistryError, status=502, exit_code=9):

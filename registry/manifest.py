@@ -6,6 +6,7 @@ deletion) lives next to it in the index and appears in :class:`VersionInfo` inst
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -13,13 +14,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loramux.registry.errors import InvalidName
+from loramux.registry.errors import InvalidName, InvalidRequest
 
 SCHEMA_VERSION = 1
 _LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
+_COMPONENT_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_LABEL_VALUE = 256
 MAX_LABELS = 64
 MAX_DESCRIPTION = 8192
+MAX_CREATED_BY = 256
+MAX_COMPONENTS = 16
+MAX_COMPONENT_VALUE = 128
+MAX_LINEAGE_BYTES = 64 << 10
+MAX_LINEAGE_DEPTH = 16
+MAX_FILES_LISTED = 4096  # the store's own file limit (Limits.max_files) applies after this
 
 
 def utcnow() -> datetime:
@@ -33,9 +41,11 @@ def check_labels(labels: dict[str, str] | None) -> dict[str, str]:
         raise InvalidName(f"too many labels ({len(labels)} > {MAX_LABELS})")
     for key, value in labels.items():
         if not isinstance(key, str) or not _LABEL_KEY_RE.match(key):
-            raise InvalidName(f"invalid label key {key!r}: letters, digits and '._/-', <= 64")
+            raise InvalidName(f"invalid label key {str(key)[:64]!r}: letters, digits and '._/-', "
+                              "<= 64")
         if not isinstance(value, str) or len(value) > MAX_LABEL_VALUE:
-            raise InvalidName(f"label {key!r}: value must be a string of <= {MAX_LABEL_VALUE}")
+            raise InvalidName(f"label {key!r}: value must be a string of <= {MAX_LABEL_VALUE} "
+                              "characters")
     return labels
 
 
@@ -250,9 +260,10 @@ class VerifyReport(BaseModel):
 
 class PushRequest(BaseModel):
     """What a remote client posts after uploading the blobs: the manifest minus what the
-    server decides (version, digest, created_at, LoRA facts read from the stored config)."""
+    server decides (version, digest, created_at, LoRA facts read from the stored config).
+    Every field is bounded by :func:`check_push_fields`."""
 
-    files: list[FileEntry]
+    files: list[FileEntry] = Field(max_length=MAX_FILES_LISTED)
     alias: str | None = None
     description: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
@@ -261,3 +272,51 @@ class PushRequest(BaseModel):
     quantization: QuantizationInfo | None = None
     lineage: Lineage | None = None
     created_by: str | None = None
+
+
+def check_push_fields(request: PushRequest) -> None:
+    """Bound what a push stores besides the files: it comes from a client, and every reader of
+    the manifest (lists, resolves on the serving path) pays for its size. Names the field."""
+    if len(request.description) > MAX_DESCRIPTION:
+        raise InvalidName(f"description is longer than {MAX_DESCRIPTION} characters")
+    check_labels(request.labels)
+    if request.created_by is not None and not 0 < len(request.created_by) <= MAX_CREATED_BY:
+        raise InvalidRequest(f"created_by must be 1 to {MAX_CREATED_BY} characters")
+    components = request.base_components or {}
+    if len(components) > MAX_COMPONENTS:
+        raise InvalidRequest(f"base_components has {len(components)} entries "
+                             f"(limit {MAX_COMPONENTS})")
+    for key, value in components.items():
+        if not _COMPONENT_KEY_RE.match(key) or len(value) > MAX_COMPONENT_VALUE:
+            raise InvalidRequest(f"base_components entry {key[:64]!r}: key of letters, digits "
+                                 f"and '_.-' (<= 64), value <= {MAX_COMPONENT_VALUE} characters")
+    quant = request.quantization
+    if quant is not None and quant.compute_dtype not in (None, *_DTYPES.values()):
+        raise InvalidRequest(f"quantization.compute_dtype must be one of "
+                             f"{', '.join(sorted(set(_DTYPES.values())))}")
+    if request.lineage is not None:
+        _check_lineage(request.lineage.model_dump(mode="json"))
+
+
+def _check_lineage(lineage: dict[str, Any]) -> None:
+    depth = _depth(lineage)
+    if depth > MAX_LINEAGE_DEPTH:
+        raise InvalidRequest(f"lineage is nested {depth} levels deep "
+                             f"(limit {MAX_LINEAGE_DEPTH})")
+    size = len(json.dumps(lineage, separators=(",", ":")).encode())
+    if size > MAX_LINEAGE_BYTES:
+        raise InvalidRequest(f"lineage is {size} bytes as JSON (limit {MAX_LINEAGE_BYTES})")
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth, iteratively (a deep value must not exhaust the stack here either)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if level > MAX_LINEAGE_DEPTH:
+            break
+        children = item.values() if isinstance(item, dict) else item if isinstance(
+            item, list) else ()
+        stack.extend((child, level + 1) for child in children)
+    return deepest

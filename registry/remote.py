@@ -19,9 +19,10 @@ import httpx
 
 from loramux.registry import manifest as records
 from loramux.registry.base import Registry, default_actor, require_pinned
-from loramux.registry.digests import sha256_file
+from loramux.registry.digests import sha256_fd
 from loramux.registry.errors import BlobMissing, Forbidden, RemoteError, error_class
 from loramux.registry.refs import AdapterRef, validate_alias, validate_name
+from loramux.registry.sources import open_regular
 from loramux.registry.validate import Limits, scan_folder, validate_adapter
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ class RemoteRegistry(Registry):
         validate_adapter(files, limits)  # refuse before uploading anything
         sources: dict[str, Path] = {}
         for rel, path in files.items():
-            hex_, size = sha256_file(path)
+            hex_, size = _hash_source(path)
             request.files.append(records.FileEntry(path=rel, size=size, sha256=hex_))
             sources[hex_] = path
         body = request.model_dump(mode="json")
@@ -247,7 +248,15 @@ def _iso(when: datetime) -> str:
     return (when if when.tzinfo else when.astimezone()).isoformat()
 
 
+def _hash_source(path: Path) -> tuple[str, int]:
+    fd = open_regular(path)
+    try:
+        return sha256_fd(fd)
+    finally:
+        os.close(fd)
+
+
 def _file_chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as f:
+    with os.fdopen(open_regular(path), "rb") as f:
         while data := f.read(CHUNK):
             yield data

@@ -24,7 +24,7 @@ from loramux.registry.digests import (
 )
 from loramux.registry.errors import Conflict, IntegrityError
 from loramux.registry.manifest import FileEntry, Manifest
-from loramux.registry.validate import check_rel_path
+from loramux.registry.validate import check_file_tree, check_rel_path
 
 log = logging.getLogger(__name__)
 OpenBlob = Callable[[str], BinaryIO]
@@ -55,6 +55,7 @@ def materialize(manifest: Manifest, open_blob: OpenBlob, dest: Path, *, fsync: b
         raise Conflict(f"{dest} already exists and is not an empty folder")
     if adapter_digest(manifest.files) != manifest.digest:
         raise IntegrityError(f"manifest of {manifest.ref} does not match its digest")
+    check_file_tree(entry.path for entry in manifest.files)  # versions stored before the check
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.partial-"))
     try:

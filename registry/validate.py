@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from loramux.registry.errors import (
     TooLarge,
 )
 from loramux.registry.manifest import LoraFacts
+from loramux.registry.patterns import Matcher, check_config_patterns, check_tensor_name
+from loramux.registry.sources import check_entry, open_regular
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -82,18 +85,34 @@ def check_rel_path(path: str) -> str:
     return path
 
 
+def check_file_tree(paths: Iterable[str]) -> None:
+    """No listed path may also be a folder of another (``x`` and ``x/y``): no folder can hold
+    both, so every pull of such a version would fail."""
+    listed = set(paths)
+    for path in sorted(listed):
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            if (prefix := "/".join(parts[:i])) in listed:
+                raise InvalidName(f"file {prefix!r} is also listed as a folder, of {path!r}: "
+                                  "a file list must be a tree")
+
+
 def scan_folder(folder: Path, limits: Limits) -> dict[str, Path]:
-    """Map the adapter's relative paths to files; hidden files and folders are skipped."""
+    """Map the adapter's relative paths to files; hidden files and folders are skipped,
+    symlinks and special files (FIFOs, devices, sockets) refused."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InvalidAdapter(f"{folder} is not a folder")
     found: dict[str, Path] = {}
-    for dirpath, dirnames, filenames in os.walk(folder):
+    for dirpath, dirnames, filenames in os.walk(folder):  # never descends into linked folders
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+        for d in dirnames:
+            check_entry(Path(dirpath) / d, folder=True)
         for fname in sorted(filenames):
             if fname.startswith("."):
                 continue
             full = Path(dirpath) / fname
+            check_entry(full)  # a symlink or a FIFO is refused here, before anything opens it
             rel = full.relative_to(folder).as_posix()
             found[check_rel_path(rel)] = full
             if len(found) > limits.max_files:
@@ -116,6 +135,7 @@ def validate_adapter(files: dict[str, Path], limits: Limits) -> ValidatedAdapter
     """Validate an adapter given as {relative path: file holding its bytes}."""
     for rel in files:
         check_rel_path(rel)
+    check_file_tree(files)
     check_sizes({rel: p.stat().st_size for rel, p in files.items()}, limits)
     pickles = sorted(rel for rel in files if rel.lower().endswith(PICKLE_SUFFIXES))
     if pickles:
@@ -138,11 +158,13 @@ def validate_adapter(files: dict[str, Path], limits: Limits) -> ValidatedAdapter
 
 
 def _read_config(path: Path, limits: Limits) -> dict[str, Any]:
-    if path.stat().st_size > limits.max_config_bytes:
+    with os.fdopen(open_regular(path), "rb") as f:
+        data = f.read(limits.max_config_bytes + 1)
+    if len(data) > limits.max_config_bytes:
         raise TooLarge(f"{CONFIG} is larger than {limits.max_config_bytes} bytes")
     try:
-        config = json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        config = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InvalidAdapter(f"{CONFIG} is not valid JSON: {exc}") from None
     if not isinstance(config, dict):
         raise InvalidAdapter(f"{CONFIG} must hold a JSON object")
@@ -158,6 +180,7 @@ def _lora_facts(config: dict[str, Any]) -> LoraFacts:
             f"peft_type is {peft_type!r}: only LoRA adapters (peft_type LORA) can be served "
             "by loramux"
         )
+    check_config_patterns(config)
     missing = [k for k in ("r", "lora_alpha", "target_modules") if config.get(k) in (None, [], "")]
     if missing:
         raise InvalidAdapter(f"{CONFIG} lacks {', '.join(missing)}, which the server needs")
@@ -191,18 +214,19 @@ def _module_key(module: str) -> str:
     return module
 
 
-def _targets(module: str, target_modules: list[str] | str) -> bool:
+def _targets(module: str, target_modules: list[str] | str, matcher: Matcher) -> bool:
     """PEFT's own rule: a regex string must fullmatch, list entries match a name suffix."""
     if isinstance(target_modules, str):
-        return target_modules == "all-linear" or re.fullmatch(target_modules, module) is not None
+        return target_modules == "all-linear" or matcher.fullmatch(
+            target_modules, module, "target_modules")
     if "all-linear" in target_modules:
         return True
     return any(module == t or module.endswith("." + t) for t in target_modules)
 
 
-def _rank_for(module: str, lora: LoraFacts) -> int:
+def _rank_for(module: str, lora: LoraFacts, matcher: Matcher) -> int:
     for pattern, rank in lora.rank_pattern.items():
-        if re.match(rf"(.*\.)?(?:{pattern})$", module):
+        if matcher.peft_key_matches(pattern, module, "rank_pattern key"):
             return rank
     return lora.r
 
@@ -210,7 +234,9 @@ def _rank_for(module: str, lora: LoraFacts) -> int:
 def _check_tensors(tensors: dict[str, list[Any]], lora: LoraFacts) -> None:
     pairs: dict[str, dict[str, list[Any]]] = {}
     dora: set[str] = set()
+    matcher = Matcher()
     for key, spec in tensors.items():
+        check_tensor_name(key)
         if (m := _LORA_KEY.match(key)) is not None:
             side = m["kind"][-1]
             pairs.setdefault(m["module"], {})[side] = spec
@@ -223,11 +249,11 @@ def _check_tensors(tensors: dict[str, list[Any]], lora: LoraFacts) -> None:
         if set(sides) != {"A", "B"}:
             missing = ({"A", "B"} - set(sides)).pop()
             raise ConfigMismatch(f"{module}: lora_{missing} is missing from {WEIGHTS}")
-        if not _targets(name, lora.target_modules):
+        if not _targets(name, lora.target_modules, matcher):
             raise ConfigMismatch(
                 f"{module} has LoRA weights but is not in target_modules {lora.target_modules}"
             )
-        rank = _rank_for(name, lora)
+        rank = _rank_for(name, lora, matcher)
         a, b = sides["A"], sides["B"]
         for side, spec in (("A", a), ("B", b)):
             if spec[-1] not in _FLOAT_DTYPES or len(spec) - 1 not in (2, 4):

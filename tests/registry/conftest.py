@@ -19,7 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import registry_support
-from registry_support import WRITE_TOKEN, write_adapter
+from registry_support import ADMIN_TOKEN, write_adapter
 
 from loramux.registry.auth import TokenAuth, parse_tokens
 from loramux.registry.remote import RemoteRegistry
@@ -103,7 +103,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     else:
         server: ServerHandle = request.getfixturevalue("http_server")
         server.use(store)
-        client = RemoteRegistry(server.url, token=WRITE_TOKEN, actor="tester")
+        # admin: the contract covers gc, verify and forced deletes (test_scopes checks write)
+        client = RemoteRegistry(server.url, token=ADMIN_TOKEN, actor="tester")
         yield Backend("remote", root, store, client, server)
         client.close()
     store.close()

@@ -13,9 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+ADMIN_TOKEN = "a-secret-token"
 WRITE_TOKEN = "w-secret-token"
 READ_TOKEN = "r-secret-token"
-TOKENS = f"{WRITE_TOKEN}:write:writer,{READ_TOKEN}:read:reader"
+TOKENS = f"{ADMIN_TOKEN}:admin:admin,{WRITE_TOKEN}:write:writer,{READ_TOKEN}:read:reader"
 
 
 def write_adapter(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import typer
-from registry_support import WRITE_TOKEN, flip_byte, folder_bytes
+from registry_support import ADMIN_TOKEN, WRITE_TOKEN, flip_byte, folder_bytes
 from typer.testing import CliRunner
 
 from loramux.registry.cli import app
@@ -82,9 +82,9 @@ def test_cli_workflow(target, adapters, tmp_path: Path) -> None:
     assert r.exit_code == 4 and r.stderr.startswith("error: ") and "prod" in r.stderr
     assert cli(location, "alias", "rm", "cli-demo", "prod").exit_code == 0
     assert cli(location, "delete", "cli-demo@2").exit_code == 0
-    r = cli(location, "gc", "--json")
+    r = cli(location, "gc", "--json", token=ADMIN_TOKEN)
     assert json.loads(r.stdout)["removed_blobs"] == 1
-    r = cli(location, "verify")
+    r = cli(location, "verify", token=ADMIN_TOKEN)
     assert r.exit_code == 0, r.output
 
 
@@ -110,7 +110,7 @@ def test_cli_verify_reports_corruption(target, adapters) -> None:
     location, store = target
     manifest = store.push(adapters["a"], "rotting")
     flip_byte(store.blobs.path(manifest.file("adapter_model.safetensors").sha256))
-    r = cli(location, "verify")
+    r = cli(location, "verify", token=ADMIN_TOKEN)
     assert r.exit_code == 6
     assert "CORRUPT" in r.stdout and "rotting@1" in r.stdout
     assert r.stderr.startswith("error: 1 blob(s) corrupt")

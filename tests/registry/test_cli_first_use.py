@@ -197,9 +197,9 @@ def test_list_and_show_fit_80_columns(tmp_path: Path) -> None:
 
 def test_serve_help_documents_the_tokens_file() -> None:
     r = run("serve", "--help", env={"COLUMNS": "200"})
-    assert "SECRET:read|write[:NAME]" in r.stdout and "LORAMUX_REGISTRY_TOKENS" in r.stdout
+    assert "SECRET:read|write|admin[:NAME]" in r.stdout and "LORAMUX_REGISTRY_TOKENS" in r.stdout
     r = run("verify", "--help", env={"COLUMNS": "200"})
-    assert "quarantine" in r.stdout and "write token" in r.stdout
+    assert "quarantine" in r.stdout and "admin token" in r.stdout
 
 
 def test_labels_are_parsed_in_one_place(tmp_path: Path, http_server) -> None:
@@ -212,5 +212,5 @@ def test_labels_are_parsed_in_one_place(tmp_path: Path, http_server) -> None:
 
     response = httpx.get(f"{http_server.url}/v2/adapters", params={"label": "=x"},
                          headers={"Authorization": f"Bearer {READ_TOKEN}"})
-    assert response.status_code == 422 and "expected key=value" in response.text
+    assert response.status_code == 400 and "expected key=value" in response.text
     store.close()

@@ -142,7 +142,7 @@ def test_audit_log_answers_where_alias_pointed(backend, adapters) -> None:
 
     entries = reg.log(name="audited")
     assert [e.action for e in entries] == ["alias_rm", "alias_set", "push", "alias_set", "push"]
-    actor = "tester" if backend.kind == "local" else "writer (tester)"  # token name + claimed
+    actor = "tester" if backend.kind == "local" else "admin (tester)"  # token name + claimed
     assert {e.actor for e in entries} == {actor}
     move = entries[1]
     assert (move.old_version, move.version, move.digest) == (1, 2, v2.digest)

@@ -95,9 +95,9 @@ def test_error_envelope_and_openapi(remote) -> None:
         assert r.json() == {"error": {"message": "no adapter named 'missing'",
                                       "type": "NotFound", "code": "not_found"}}
         r = http.get("/v2/resolve", params={"ref": "../etc"})
-        assert (r.status_code, r.json()["error"]["code"]) == (422, "invalid_name")
+        assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_name")
         r = http.get("/v2/resolve")
-        assert (r.status_code, r.json()["error"]["type"]) == (422, "InvalidRequest")
+        assert (r.status_code, r.json()["error"]["type"]) == (400, "InvalidRequest")
         unauthorized = httpx.get(f"{server.url}/v2/adapters")
         assert unauthorized.status_code == 401
         assert unauthorized.headers["www-authenticate"] == "Bearer"
@@ -245,8 +245,10 @@ def test_tokens_file_and_env_parsing(tmp_path: Path, monkeypatch) -> None:
     assert auth.identify("delta").scopes == {"read", "write"}
     with pytest.raises(Unauthorized):
         auth.identify("epsilon")
-    with pytest.raises(RegistryError, match="SECRET:read\\|write"):
-        parse_tokens("oops:admin")
+    with pytest.raises(RegistryError, match="SECRET:read\\|write\\|admin"):
+        parse_tokens("oops:root")
+    assert TokenAuth(parse_tokens("boss:admin")).identify("boss").scopes == {
+        "read", "write", "admin"}
 
 
 def test_readme_tokens_example_parses() -> None:

@@ -145,7 +145,7 @@ def test_errors_share_the_loramux_root() -> None:
     for cls in _all_subclasses(RegistryError):
         assert issubclass(cls, LoramuxError)
         assert 400 <= cls.status < 600 and cls.exit_code > 0
-    assert (reg.NotLora.code, reg.NotLora("x").status) == ("not_lora", 422)
+    assert (reg.NotLora.code, reg.NotLora("x").status) == ("not_lora", 400)
     assert str(reg.NotFound("gone")) == "gone"
 
 
