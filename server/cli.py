@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from loramux.server.errors import SettingsError
+from loramux.errors import LoramuxError
 from loramux.server.settings import ServerSettings, flag_name
 
 
@@ -36,7 +36,8 @@ def _parameters() -> list[inspect.Parameter]:
         kind = _flag_type(info.annotation)
         option = typer.Option(default, flag_name(name), help=info.description,
                               show_default=default not in (None, [], ...),
-                              metavar="<str>" if kind == list[str] else None)
+                              metavar="<str>" if kind == list[str] else
+                              ("" if kind is bool else None))  # a switch takes no value
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
                                         annotation=kind))
     return params
@@ -46,7 +47,8 @@ def serve_command(ctx: typer.Context, **values: Any) -> None:
     """Serve the base model and every registry adapter through one OpenAI-compatible API.
 
     Every flag can also be set in the environment as LORAMUX_<FLAG> (e.g. LORAMUX_REGISTRY,
-    LORAMUX_MAX_NUM_SEQS); a flag given on the command line wins.
+    LORAMUX_API_KEYS); a flag given on the command line wins. Without --api-keys the server is
+    open, so it listens on loopback only unless --insecure-no-auth is given.
     """
     import asyncio
 
@@ -62,10 +64,11 @@ def serve_command(ctx: typer.Context, **values: Any) -> None:
              if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"}
     try:
         settings = ServerSettings.from_sources(given)
-    except SettingsError as exc:
-        raise typer.BadParameter(exc.message) from None
-    configure_logging(settings.log_level)
-    runtime = Runtime(settings)
+        configure_logging(settings.log_level)
+        runtime = Runtime(settings)  # reads the keys file first: a bad one fails in a second
+    except LoramuxError as exc:  # one line and the class's exit code, as the other commands do
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(exc.exit_code) from None
     app = create_app(runtime)  # its lifespan pins adapters at start and closes the engine at exit
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_level=settings.log_level, timeout_graceful_shutdown=5,

@@ -14,7 +14,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field, FilePath, ValidationError
+from pydantic import BaseModel, Field, FilePath, ValidationError, model_validator
 
 from loramux.server.errors import SettingsError
 
@@ -48,7 +48,14 @@ class ServerSettings(BaseModel):
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port (0: any free one).")
     api_keys: FilePath | None = Field(
-        default=None, description="File of API keys, one a line; `KEY admin` for admin.")
+        default=None, description="File of API keys, one a line: KEY, then optionally "
+        "admin, adapters=a-*,b, rpm=N, tpm=N, concurrency=N; re-read when it changes. "
+        "Without it the server is open: loopback --host only.")
+    insecure_no_auth: bool = Field(
+        default=False, description="Allow a non-loopback --host without --api-keys: anyone "
+        "who reaches the port is admin.")
+    protect_metrics: bool = Field(
+        default=False, description="/metrics, /docs and /openapi.json need a key too.")
     pin: list[str] = Field(default_factory=list,
                            description="Adapter ref kept resident (repeatable).")
     cache_dir: Path = Field(default=Path.home() / ".cache" / "loramux" / "adapters",
@@ -62,12 +69,26 @@ class ServerSettings(BaseModel):
                              description="Running plus queued requests before 429.")
     max_body_bytes: int = Field(default=4 * 2**20, ge=1024,
                                 description="Largest request body; larger gets 413.")
+    max_prompt_chars: int = Field(
+        default=1_000_000, ge=1, description="Most characters in a prompt (all messages "
+        "together); more gets 400 before any tokenization.")
     resolve_ttl_s: float = Field(default=2.0, ge=0,
                                  description="Seconds an alias or name stays resolved.")
     max_adapter_labels: int = Field(default=100, ge=1,
                                     description="Adapters with their own metric labels.")
     log_level: str = Field(default="info", pattern="^(debug|info|warning|error|critical)$",
                            description="debug also shows third-party libraries' logs.")
+
+    @model_validator(mode="after")
+    def _not_open_to_the_network(self) -> ServerSettings:
+        """Without keys every caller is admin: allowed on loopback, elsewhere only when asked."""
+        from loramux.server.auth import is_loopback
+
+        if self.api_keys is None and not self.insecure_no_auth and not is_loopback(self.host):
+            raise ValueError(
+                f"refusing to listen on {self.host} without API keys: give --api-keys FILE "
+                "(or LORAMUX_API_KEYS), or --insecure-no-auth to serve it open to anyone")
+        return self
 
     @property
     def name(self) -> str:
@@ -93,8 +114,9 @@ class ServerSettings(BaseModel):
         try:
             return cls(**values)
         except ValidationError as exc:
-            problems = "; ".join(f"{flag_name(str(e['loc'][0])) if e['loc'] else 'settings'}: "
-                                 f"{e['msg']}" for e in exc.errors())
+            problems = "; ".join(f"{flag_name(str(e['loc'][0]))}: {e['msg']}" if e["loc"]
+                                 else str(e["msg"]).removeprefix("Value error, ")
+                                 for e in exc.errors())
             raise SettingsError(problems) from None
 
     def vllm_options(self, model_dir: Path) -> VllmOptions:
@@ -112,19 +134,3 @@ def env_name(field: str) -> str:
 
 def flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
-
-
-def read_api_keys(path: Path | None) -> dict[str, set[str]]:
-    """`KEY` or `KEY admin` per line (# comments allowed) → key → scopes."""
-    if path is None:
-        return {}
-    keys: dict[str, set[str]] = {}
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        key, *scopes = line.replace(":", " ").split()
-        keys[key] = {"user", *scopes}
-    if not keys:
-        raise ValueError(f"{path} holds no API keys")
-    return keys
