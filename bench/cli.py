@@ -7,6 +7,8 @@
     loramux bench naive              4: transformers + peft, one request at a time
     loramux bench components         5: the registry's and the trainer's own benchmarks
     loramux bench registry|trainer   one of those two alone, its table printed
+    loramux bench soak --minutes N   a server at twice its admission limit for N minutes:
+                                     RSS over time, 429s, no 5xx, nothing left in flight
     loramux bench show [FILE]        print the tables of a results file (default: the latest)
 """
 
@@ -113,6 +115,29 @@ def trainer(quick: bool = QUICK, as_json: bool = typer.Option(False, "--json")) 
         typer.echo(json.dumps(result, indent=2))
     else:
         trainer_bench.print_table(result)
+
+
+@app.command("soak")
+def soak(minutes: float = typer.Option(10.0, "--minutes", min=0.5, help="Length of the load."),
+         engine: str = typer.Option("transformers", "--engine",
+                                    help="transformers (the reference engine) or vllm."),
+         admission: int = typer.Option(4, "--admission", min=1,
+                                       help="The server's --max-pending; clients are twice."),
+         out: Path = OUT) -> None:
+    """The soak test's long variant: RSS over time; exit 1 when a verdict fails."""
+    from loramux.bench import soak as soak_bench
+
+    if engine not in ("transformers", "vllm"):
+        raise typer.BadParameter("--engine is transformers or vllm")
+    report = soak_bench.run(minutes, engine, admission, out)
+    typer.echo(report["table"])
+    typer.echo(f"{report['requests']} requests {report['statuses']}; RSS "
+               f"{report['rss_after_warmup_mib']} -> {report['rss_end_mib']} MiB after warm-up "
+               f"({report['rss_growth']:+.1%})")
+    for name, ok in report["verdicts"].items():
+        typer.echo(f"  {'ok  ' if ok else 'FAIL'} {name}")
+    if not all(report["verdicts"].values()):
+        raise typer.Exit(1)
 
 
 @app.command("show")

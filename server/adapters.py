@@ -13,11 +13,19 @@ its own CPU cache drops it. When the disk is over budget, idle adapters leave th
 that their folders can go; if everything left is in use, the cache overshoots for a while and
 trims again as soon as a request lets go of its adapter. Requests never fail for lack of room,
 only an adapter larger than the whole budget is refused (`AdapterTooLarge`).
+
+Failures are told apart by whose they are. The adapter's own (corrupt or missing blobs, bytes
+the engine cannot load) are remembered for `failure_ttl_s`, so a bad adapter costs one attempt
+per TTL. The server's conditions (registry unreachable, cache disk full, engine dead) are 503s
+that are never remembered: the first request after the outage ends fetches again. A folder
+already in the cache is checked against the manifest's digests before it is loaded, since it may
+have been damaged on disk since it was written; a damaged one is moved aside and fetched anew.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from collections import OrderedDict
@@ -27,16 +35,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loramux.registry.cache import AdapterCache, TrimResult
-from loramux.registry.errors import RegistryError
+from loramux.registry.errors import IntegrityError, Invalid, NotFound
 from loramux.registry.manifest import Manifest
+from loramux.server.adapter_files import discard, folder_damage, nonfinite_tensors
 from loramux.server.engines.base import AdapterHandle, Engine
 from loramux.server.errors import (
     AdapterTooLarge,
     AdapterUnavailable,
-    EngineUnavailable,
+    CacheFull,
     ServerError,
+    ServiceUnavailable,
 )
 from loramux.server.metrics import Metrics
+from loramux.server.resolver import REGISTRY_FAILURES, registry_failure
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +91,7 @@ class AdapterManager:
         self._trim_lock = asyncio.Lock()
         self._over_budget = False
         self._tasks: set[asyncio.Task] = set()
+        metrics.leases.set_function(lambda: sum(s.in_use for s in self._resident.values()))
         swept = self._cache.sweep()
         before = self._cache.size_bytes()
         self._note_trim(self._cache.trim(options.max_cache_bytes, options.pinned))
@@ -154,8 +166,8 @@ class AdapterManager:
             self._metrics.cache_misses.inc()
             try:
                 slot = await self._fetch_and_load(manifest)
-            except EngineUnavailable:
-                raise  # the engine's outage, not the adapter's: nothing to remember (503)
+            except ServiceUnavailable:
+                raise  # the server's condition, not the adapter's: nothing to remember (503)
             except ServerError as exc:
                 self._remember_failure(manifest, exc)
                 raise self._failures[digest].error from exc
@@ -178,7 +190,10 @@ class AdapterManager:
 
     async def _fetch_and_load(self, manifest: Manifest) -> _Slot:
         """Fetch and load under a cache hold, which the slot keeps until it is unloaded."""
-        await asyncio.to_thread(self._cache.hold, manifest.digest)
+        try:
+            await asyncio.to_thread(self._cache.hold, manifest.digest)
+        except OSError as exc:
+            raise fetch_failure(manifest, exc) from exc
         try:
             return await self._fetch_and_load_held(manifest)
         except BaseException:
@@ -189,16 +204,21 @@ class AdapterManager:
         label = self._metrics.label(manifest.name)
         started = time.perf_counter()
         try:
-            path = await asyncio.to_thread(self._cache.fetch, self._registry, manifest)
-        except (RegistryError, OSError) as exc:
-            raise AdapterUnavailable(
-                f"adapter {manifest.ref} could not be fetched: {exc}", param="model") from exc
+            path = await asyncio.to_thread(self._fetch_verified, manifest)
+        except (*REGISTRY_FAILURES, OSError) as exc:
+            raise fetch_failure(manifest, exc) from exc
         self._metrics.fetches.labels(label).inc()
         self._metrics.fetch_seconds.labels(label).observe(time.perf_counter() - started)
 
         handle = AdapterHandle(lora_id=self.lora_id(manifest.digest),
                                name=f"{manifest.name}@{manifest.digest[7:19]}", path=Path(path),
                                digest=manifest.digest)
+        bad = await asyncio.to_thread(nonfinite_tensors, Path(path))
+        if bad:
+            raise AdapterUnavailable(
+                f"adapter {manifest.ref} has weights that are not finite numbers (NaN or "
+                f"infinity) in {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}: refused "
+                "before it reaches a batch it shares with other requests", param="model")
         await self._make_room()
         started = time.perf_counter()
         try:
@@ -218,6 +238,20 @@ class AdapterManager:
         log.info("loaded adapter %s as LoRA id %d in %.3fs", manifest.ref, handle.lora_id,
                  time.perf_counter() - started)
         return slot
+
+    def _fetch_verified(self, manifest: Manifest) -> Path:
+        """The adapter's cache folder; one that was there before this fetch is checked against
+        the manifest first (a fresh download was verified as it was written)."""
+        was_cached = self._cache.path(manifest.digest).is_dir()
+        path = self._cache.fetch(self._registry, manifest)
+        damage = folder_damage(path, manifest) if was_cached else None
+        if damage is None:
+            return path
+        self._metrics.cache_damaged.inc()
+        log.error("cached adapter %s (%s) is damaged (%s): moved aside, fetching it again",
+                  manifest.ref, manifest.digest[:19], damage)
+        discard(path)
+        return self._cache.fetch(self._registry, manifest)
 
     async def _make_room(self) -> None:
         """Unload least-recently-used idle adapters until one more fits in the engine."""
@@ -285,3 +319,17 @@ class AdapterManager:
             log.info("adapter cache back within budget: %d of %d bytes", result.total_bytes,
                      budget)
         self._over_budget = over
+
+
+def fetch_failure(manifest: Manifest, exc: Exception) -> ServerError:
+    """Whose fault a failed fetch is: the adapter's own bytes (remembered), or the server's
+    condition: a full cache disk or a registry that cannot answer (503, never remembered)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        log.error("adapter cache is full, cannot fetch %s: %s", manifest.ref, exc)
+        return CacheFull(f"no space left in this server's adapter cache to fetch "
+                         f"{manifest.ref}; retry later")
+    if isinstance(exc, (IntegrityError, NotFound, Invalid)):
+        return AdapterUnavailable(f"adapter {manifest.ref} could not be fetched: {exc}",
+                                  param="model")
+    return registry_failure(exc, None, "")
+

@@ -78,6 +78,10 @@ class RegistryUnavailable(ServiceUnavailable, code="registry_unavailable"):
     fault, so 503 rather than a 4xx that would tell the client its request was wrong."""
 
 
+class CacheFull(ServiceUnavailable, code="adapter_cache_full"):
+    """The adapter cache's disk is full: the server's condition, not the adapter's (503)."""
+
+
 class SettingsError(ServerError, type="invalid_settings"):
     """The server's settings cannot work on this machine (e.g. LoRA slots that do not fit)."""
 

@@ -74,6 +74,12 @@ class Metrics:
                               registry=r)
         self.cache_bytes = Gauge("loramux_adapter_cache_bytes", "Bytes in the local cache.",
                                  registry=r)
+        # Read at scrape time from the adapter manager's slots (the truth, not a second count).
+        self.leases = Gauge("loramux_adapter_leases", "Adapter uses held by requests now: 0 "
+                            "when nothing runs, whatever ended how.", registry=r)
+        self.cache_damaged = Counter("loramux_adapter_cache_damaged",
+                                     "Cached adapter folders that no longer matched their "
+                                     "digests: moved aside and fetched again.", registry=r)
         self.in_flight = Gauge("loramux_requests_in_flight", "Running plus queued requests.",
                                registry=r)
         self.base_loads = Counter(

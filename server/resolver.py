@@ -2,7 +2,9 @@
 
 Moving references (a bare name, an alias) are cached for a short TTL so that an alias moved in
 the registry takes effect within seconds; pinned ones (`name@7`, `name@sha256:…`) never change
-and are cached for longer. `registry_failure` is the one place a registry error becomes the
+and are cached for longer. When an entry expires, concurrent requests for the same reference
+share one registry lookup (single flight): a hot alias costs the registry one call per TTL, not
+one per waiting request. `registry_failure` is the one place a registry error becomes the
 server's answer: unknown names are 404, a registry that cannot answer is 503.
 """
 
@@ -54,6 +56,7 @@ class Resolver:
         self.ttl_s = ttl_s
         self._max_entries = max_entries
         self._cache: dict[str, _Entry] = {}
+        self._lookups: dict[str, asyncio.Task[_Entry]] = {}  # in flight, one per reference
 
     def is_base(self, model: str) -> bool:
         return model == self.served_name
@@ -62,16 +65,33 @@ class Resolver:
         """Manifest for an adapter reference; ModelNotFound for unknown or invalid refs,
         RegistryUnavailable when the registry cannot answer (remembered for the TTL too)."""
         entry = self._cache.get(model)
-        now = time.monotonic()
-        if entry is None or entry.expires < now:
-            entry = await asyncio.to_thread(self._lookup, model)
-            if len(self._cache) >= self._max_entries:
-                self._cache.clear()
-            self._cache[model] = entry
+        if entry is None or entry.expires < time.monotonic():
+            entry = await self._shared_lookup(model)
         if entry.error is not None:
             raise entry.error
         assert entry.manifest is not None
         return entry.manifest
+
+    async def _shared_lookup(self, model: str) -> _Entry:
+        """One registry lookup per reference at a time; every waiter gets its answer.
+
+        The lookup is a task of its own and waiters are shielded from it, so a client that goes
+        away (its request cancelled) does not cancel the lookup the others wait for."""
+        task = self._lookups.get(model)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(asyncio.to_thread(self._lookup, model))
+            self._lookups[model] = task
+            task.add_done_callback(lambda done: self._store(model, done))
+        return await asyncio.shield(task)
+
+    def _store(self, model: str, task: asyncio.Task[_Entry]) -> None:
+        if self._lookups.get(model) is task:
+            del self._lookups[model]
+        if task.cancelled() or task.exception() is not None:
+            return  # nothing to remember; the waiters see the exception
+        if len(self._cache) >= self._max_entries:
+            self._cache.clear()
+        self._cache[model] = task.result()
 
     def _lookup(self, model: str) -> _Entry:
         try:

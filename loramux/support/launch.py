@@ -122,7 +122,9 @@ class RegistryProcess(ChildServer):
     """`loramux registry serve --root ROOT ARGS` as a child, ready at `/health`."""
 
     def __init__(self, root: Path, log: Path, args: list[str] | None = None,
-                 env: dict[str, str] | None = None, timeout_s: float = 60) -> None:
+                 env: dict[str, str] | None = None, timeout_s: float = 60,
+                 port: int | None = None) -> None:
+        """`port`: that port rather than any free one (a restart where clients already point)."""
         super().__init__([sys.executable, "-m", "loramux.cli", "registry", "serve", "--root",
-                          str(root), *(args or []), "--port", "0"], log, None, "/health", env,
-                         timeout_s, "loramux registry serve")
+                          str(root), *(args or []), "--port", str(port or 0)], log, port,
+                         "/health", env, timeout_s, "loramux registry serve")

@@ -7,6 +7,10 @@ One worker thread runs generate: requests that arrive while it is busy are batch
 several adapters costs one forward pass per token rather than one per request. Seeded sampling
 runs alone, so a seed gives the same text however requests happen to be batched. This engine
 is about being right first; batching keeps it usable as a fallback server.
+
+Per-request state lives only while the request's `generate` runs (`_live`): an abort marks that
+request's jobs, and an abort for a request that has ended is a no-op, so a long-running server
+keeps nothing per finished or aborted request.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class _Job:
     request: GenerationRequest
     index: int
     future: Future
+    aborted: bool = False  # set from the event loop, read by the worker: skip, nobody waits
 
     @property
     def batch_key(self) -> tuple:
@@ -73,7 +78,7 @@ class TransformersEngine:
         self._adapters: dict[str, AdapterHandle] = {}  # what a restart loads again
         self._load_base()
         self._tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self._aborted: set[str] = set()
+        self._live: dict[str, list[_Job]] = {}  # request id -> its jobs, while it runs
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.largest_batch = 0  # for tests and logs: how much batching actually happened
         self._worker = threading.Thread(target=self._work, name="reference-engine", daemon=True)
@@ -131,19 +136,30 @@ class TransformersEngine:
             raise InvalidRequest("response_format is not supported by the transformers engine",
                                  param="response_format")
         jobs = [_Job(request, index, Future()) for index in range(s.n)]
-        for job in jobs:
-            self._jobs.put(job)
-        for job in jobs:
-            tokens, logprobs, reason = await asyncio.wrap_future(job.future)
-            if request.request_id in self._aborted:
-                self._aborted.discard(request.request_id)
-                return
-            text = self._tokenizer.decode(tokens, skip_special_tokens=True)
-            cut = min((text.find(stop) for stop in s.stop if stop in text), default=-1)
-            if cut >= 0:
-                text, reason = text[:cut], "stop"
-            yield Delta(index=job.index, text=text, token_ids=tokens, finish_reason=reason,
-                        logprobs=logprobs)
+        self._live[request.request_id] = jobs
+        try:
+            for job in jobs:
+                self._jobs.put(job)
+            for job in jobs:
+                tokens, logprobs, reason = await asyncio.wrap_future(job.future)
+                if job.aborted:
+                    return
+                text = self._tokenizer.decode(tokens, skip_special_tokens=True)
+                cut = min((text.find(stop) for stop in s.stop if stop in text), default=-1)
+                if cut >= 0:
+                    text, reason = text[:cut], "stop"
+                yield Delta(index=job.index, text=text, token_ids=tokens, finish_reason=reason,
+                            logprobs=logprobs)
+        finally:  # ended, aborted or its consumer gone: forget it, and skip what is queued
+            if self._live.get(request.request_id) is jobs:
+                del self._live[request.request_id]
+            for job in jobs:
+                job.aborted = True
+
+    @property
+    def requests_in_engine(self) -> int:
+        """Requests whose state the engine holds: those being generated, nothing more."""
+        return len(self._live)
 
     def _work(self) -> None:
         """Take what is queued, group it by sampling settings, run each group as one batch."""
@@ -165,10 +181,16 @@ class TransformersEngine:
             for job in pending:
                 groups.setdefault(job.batch_key, []).append(job)
             for group in groups.values():
-                live = [j for j in group if j.request.request_id not in self._aborted]
+                # A future its waiter cancelled cannot take a result; running ones cannot be
+                # cancelled any more, so every set_result below is safe.
+                live: list[_Job] = []
                 for job in group:
-                    if job not in live:
+                    if not job.future.set_running_or_notify_cancel():
+                        continue
+                    if job.aborted:
                         job.future.set_result(([], None, "abort"))
+                    else:
+                        live.append(job)
                 if not live:
                     continue
                 try:
@@ -230,7 +252,8 @@ class TransformersEngine:
         return results
 
     async def abort(self, request_id: str) -> None:
-        self._aborted.add(request_id)
+        for job in self._live.get(request_id, ()):
+            job.aborted = True
 
     async def check_health(self) -> None:
         return None

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from loramux.server.engines import vllm_patches
+from loramux.server.engines import lifetime, vllm_patches
 from loramux.server.engines.base import (
     AdapterHandle,
     Delta,
@@ -130,6 +130,7 @@ class VllmEngine:
         # LoRA ops: base-model tokens in mixed batches get no adapter delta, and each op is one
         # GEMM instead of a per-token weight copy (see vllm_patches.py).
         os.environ[vllm_patches.ENV] = "1"
+        lifetime.mark_server()  # vLLM's processes die with this one (see lifetime.py)
         quantization = None if options.quantization in (None, "none") else options.quantization
         max_loras = slot_count(options)
         check_slot_memory(options, max_loras)

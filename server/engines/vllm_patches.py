@@ -218,6 +218,9 @@ def register() -> None:
     """Entry point for ``vllm.general_plugins``; a no-op unless loramux's engine asked for it."""
     if os.environ.get(ENV) != "1":
         return
+    from loramux.server.engines.lifetime import die_with_parent
+
+    die_with_parent()  # vLLM's engine core would outlive a killed server otherwise
     from loramux.server.logs import quiet_engine_logs  # this process's logging, as serve's
 
     quiet_engine_logs()

@@ -6,6 +6,7 @@ references live longer."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,9 +32,12 @@ class SpyRegistry:
         self.registry = registry
         self.lookups: list[str] = []
         self.fail: Exception | None = None
+        self.gate = threading.Event()  # lookups wait here until the test opens it
+        self.gate.set()
 
     def resolve(self, ref):
         self.lookups.append(str(ref))
+        self.gate.wait()
         if self.fail is not None:
             raise self.fail
         return self.registry.resolve(ref)
@@ -130,3 +134,26 @@ def test_invalid_reference_is_not_found_and_base_is_not_looked_up(registry, cloc
         resolve(resolver, "../../etc/passwd")
     assert resolver.is_base("demo-base") and not resolver.is_base("sql")
     assert spy.lookups == []  # refused at parse time, never sent to the registry
+
+
+def test_expired_alias_is_looked_up_once_for_concurrent_requests(registry, clock) -> None:
+    """Item 10: N requests that find the alias expired share one registry lookup, and a waiter
+    that goes away does not take the lookup from the others."""
+    spy = SpyRegistry(registry)
+    resolver = Resolver(spy, "base", ttl_s=TTL)
+    assert resolve(resolver, "sql:prod").version == 1
+    registry.alias_set("sql", "prod", 2)
+    clock.now += TTL + 0.1
+    spy.gate.clear()
+
+    async def burst():
+        tasks = [asyncio.create_task(resolver.resolve("sql:prod")) for _ in range(20)]
+        await asyncio.sleep(0)  # each task runs to its first await: all have asked by now
+        tasks[0].cancel()  # the first asker (the one that started the lookup) leaves
+        spy.gate.set()
+        return await asyncio.gather(*tasks[1:])
+
+    manifests = asyncio.run(burst())
+    assert [m.version for m in manifests] == [2] * 19
+    assert spy.lookups == ["sql:prod", "sql:prod"], "one registry lookup per expiry"
+    assert resolve(resolver, "sql:prod").version == 2 and len(spy.lookups) == 2
