@@ -251,13 +251,19 @@ def is_loopback(host: str) -> bool:
 # -- FastAPI -----------------------------------------------------------------------------------
 
 
-def authenticate(request: Request) -> Principal:
-    """Dependency: the caller's principal (401 without a valid key when keys are configured)."""
+def principal_of(request: Request) -> Principal:
+    """The caller's principal (401 without a valid key when keys are configured)."""
     keys: KeyStore = request.app.state.runtime.keys
     return keys.authenticate(request.headers.get("authorization"))
 
 
-def require_admin(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+async def authenticate(request: Request) -> Principal:
+    """Dependency: `principal_of`, on the event loop (a sync dependency would take a worker
+    thread per request for a `stat` and a hash, and reload the keys from several threads)."""
+    return principal_of(request)
+
+
+async def require_admin(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
     """Dependency: an operator key (403 for a user key)."""
     if not principal.admin:
         raise Forbidden("this endpoint needs an API key with the admin scope")
@@ -285,7 +291,7 @@ def protect_routes(app: FastAPI, paths: frozenset[str] = PROTECTED_PATHS) -> lis
 
 def _guard(inner: ASGIApp) -> ASGIApp:
     async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
-        authenticate(Request(scope))
+        principal_of(Request(scope))
         await inner(scope, receive, send)
 
     return guarded

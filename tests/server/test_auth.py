@@ -54,6 +54,8 @@ def test_no_keys_refuses_a_public_host(host: str, tmp_path: Path) -> None:
     assert settings(host=host, api_keys=keys).api_keys == keys
     environ = {"LORAMUX_HOST": host, "LORAMUX_API_KEYS": str(keys)}
     assert ServerSettings.from_sources({"base": BASE}, environ).api_keys == keys
+    environ = {"LORAMUX_HOST": host, "LORAMUX_INSECURE_NO_AUTH": "1"}
+    assert ServerSettings.from_sources({"base": BASE}, environ).insecure_no_auth
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.5", "localhost", "::1", "[::1]"])
