@@ -1,20 +1,29 @@
 """The server's errors, each with the HTTP status and OpenAI error type it maps to.
 
-Handlers raise these; `app.py` turns them into OpenAI-shaped JSON in one exception handler. The
-root is `loramux.errors.LoramuxError`, so the CLI reports them like every other part's errors.
+Handlers raise these; `app.py` turns them into OpenAI-shaped JSON in one exception handler, and a
+stream that fails after its headers went out sends the same body as its last event. The root is
+`loramux.errors.LoramuxError`, so the CLI reports them like every other part's errors.
+`to_server_error` is the one map from anything else (an HTTP status, an unexpected exception)
+onto this hierarchy: a client only ever sees one of these bodies, never exception text.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import logging
+import uuid
+from typing import Any, ClassVar
 
 from loramux.errors import LoramuxError
+
+log = logging.getLogger(__name__)
 
 
 class ServerError(LoramuxError):
     status: ClassVar[int] = 500
     type: ClassVar[str] = "internal_error"
     code: str | None = None
+    # Seconds a client should wait before retrying; sent as `Retry-After` when set.
+    retry_after: int | None = None
 
     def __init_subclass__(cls, status: int | None = None, type: str | None = None,
                           code: str | None = None, **kwargs: object) -> None:
@@ -24,11 +33,22 @@ class ServerError(LoramuxError):
             if value is not None:
                 setattr(cls, name, value)
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 retry_after: int | None = None):
         super().__init__(message)
         self.param = param
         if code is not None:
             self.code = code
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+    def body(self) -> dict[str, Any]:
+        """OpenAI's error object: what every failed request and failed stream carries."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+    def headers(self) -> dict[str, str] | None:
+        return None if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
 
 class InvalidRequest(ServerError, status=400, type="invalid_request_error"):
@@ -37,6 +57,14 @@ class InvalidRequest(ServerError, status=400, type="invalid_request_error"):
 
 class ModelNotFound(InvalidRequest, status=404, code="model_not_found"):
     """`model` names neither the served base nor an adapter in the registry."""
+
+
+class RouteNotFound(InvalidRequest, status=404, code="not_found"):
+    """No endpoint at this path."""
+
+
+class MethodNotAllowed(InvalidRequest, status=405, code="method_not_allowed"):
+    """The path exists, the HTTP method does not."""
 
 
 class IncompatibleAdapter(InvalidRequest, code="incompatible_adapter"):
@@ -59,14 +87,27 @@ class Forbidden(ServerError, status=403, type="permission_error"):
     """A known key without the scope the endpoint needs (admin)."""
 
 
+class AdapterForbidden(Forbidden, code="model_not_allowed"):
+    """The key is scoped (`adapters=` in the keys file) to names that do not match this one."""
+
+
 class Overloaded(ServerError, status=429, type="rate_limit_error", code="server_overloaded"):
+    retry_after = 1
+
     def __init__(self, message: str, retry_after: int = 1):
-        super().__init__(message)
-        self.retry_after = retry_after
+        super().__init__(message, retry_after=retry_after)
+
+
+class RateLimited(ServerError, status=429, type="rate_limit_error", code="rate_limit_exceeded"):
+    """One API key is past its own budget (requests or tokens per minute, concurrency)."""
+
+    retry_after = 1
 
 
 class ServiceUnavailable(ServerError, status=503, type="service_unavailable"):
-    """Something the server depends on is down; the request may succeed later."""
+    """Something the server depends on is down; the request may succeed later (Retry-After)."""
+
+    retry_after = 5
 
 
 class EngineUnavailable(ServiceUnavailable):
@@ -82,6 +123,10 @@ class CacheFull(ServiceUnavailable, code="adapter_cache_full"):
     """The adapter cache's disk is full: the server's condition, not the adapter's (503)."""
 
 
+class InternalError(ServerError, code="internal_error"):
+    """A bug: the client gets an error id to quote, the log gets the traceback under that id."""
+
+
 class SettingsError(ServerError, type="invalid_settings"):
     """The server's settings cannot work on this machine (e.g. LoRA slots that do not fit)."""
 
@@ -90,3 +135,44 @@ class SettingsError(ServerError, type="invalid_settings"):
 
 class AdapterTooLarge(InvalidRequest, code="adapter_too_large"):
     """The adapter alone exceeds the server's whole disk cache budget (`--max-cache-bytes`)."""
+
+
+def for_status(status: int, path: str, detail: str | None = None) -> ServerError:
+    """The error for a status the web framework decided (unknown route, wrong method)."""
+    if status == 404:
+        return RouteNotFound(f"no route {path}")
+    if status == 405:
+        return MethodNotAllowed(f"method not allowed on {path}")
+    if 400 <= status < 500:
+        error = InvalidRequest(detail or f"bad request to {path}")
+        error.status = status  # keeps the framework's status, e.g. 400 for a broken upload
+        return error
+    return to_server_error(RuntimeError(f"HTTP {status} from the framework on {path}: {detail}"))
+
+
+def to_server_error(exc: BaseException) -> ServerError:
+    """`exc` as a ServerError; anything unexpected becomes a generic 500 whose details (type,
+    message, traceback: possibly local paths) are logged here under an id and never sent."""
+    if isinstance(exc, ServerError):
+        return exc
+    error_id = uuid.uuid4().hex[:12]
+    log.error("internal error %s: %s", error_id, type(exc).__name__, exc_info=exc)
+    return InternalError(f"the server failed on this request (error id {error_id}); "
+                         "its log has the details")
+
+
+def from_validation(errors: list[dict[str, Any]]) -> InvalidRequest:
+    """A 400 from pydantic's errors (a body that fails the protocol models, or a bad query
+    parameter), naming the first failing field in `param`; the `unsupported_parameter` and
+    `invalid_value` codes of the protocol's own checks are passed on."""
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+    loc = [str(p) for p in first.get("loc", ())]
+    if loc and loc[0] in ("body", "query", "path", "header"):
+        loc = loc[1:]  # FastAPI's prefix for where the value came from
+    where = ".".join(loc) or None
+    message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+    if where and f"`{loc[0]}`" not in message:
+        message = f"{where}: {message}"
+    code = first.get("type") if first.get("type") in ("unsupported_parameter",
+                                                       "invalid_value") else None
+    return InvalidRequest(message, param=where, code=code)

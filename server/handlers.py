@@ -1,7 +1,13 @@
-"""Chat and text completions: request → prompt tokens → adapter → engine → OpenAI response.
+"""Chat and text completions: request → admission → prompt tokens → adapter → engine → response.
 
 No web framework here: the app passes a validated request and a disconnect probe, and gets back
-either a response dict or an async iterator of server-sent-event lines.
+a `Served`: either a response dict or an async iterator of server-sent-event lines, with the
+digest of the adapter that produced it (provenance).
+
+Admission comes first, then the work a request costs the server: chat templating and
+tokenization run off the event loop, in a worker thread, while the request holds its admission
+slot, so 429 backpressure bounds that work and a 4 MB prompt never stalls other streams. Prompt
+characters are bounded before admission (`--max-prompt-chars`), which costs only a count.
 """
 
 from __future__ import annotations
@@ -13,11 +19,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from loramux.server.admission import Admission
+from loramux.server.auth import Principal
 from loramux.server.engines.base import Delta, Engine, GenerationRequest, Sampling
-from loramux.server.errors import InvalidRequest
+from loramux.server.errors import InvalidRequest, ServerError, to_server_error
 from loramux.server.metrics import Metrics
 from loramux.server.models import ServingModels
 from loramux.server.protocol import (
@@ -29,6 +36,19 @@ from loramux.server.protocol import (
 
 log = logging.getLogger(__name__)
 Disconnected = Callable[[], Awaitable[bool]]
+T = TypeVar("T")
+# `x-loramux-adapter-digest` of a response the base model produced (no adapter).
+BASE_DIGEST = "base"
+DEFAULT_MAX_PROMPT_CHARS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a completion endpoint returns: the body, and which weights produce it."""
+
+    body: dict[str, Any] | AsyncIterator[str]
+    digest: str  # the adapter's manifest digest, or BASE_DIGEST
+    ref: str  # the adapter version `name@N` that `model` resolved to, or the served base name
 
 
 @dataclass
@@ -45,46 +65,83 @@ class _Job:
     completion_tokens: int = 0
 
 
+async def off_loop(work: Callable[[], T]) -> T:
+    """`work()` in a worker thread. If the caller is cancelled, it still waits for the thread,
+    so whatever the caller holds (its admission slot) bounds the thread's work too."""
+    task = asyncio.ensure_future(asyncio.to_thread(work))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        if not task.cancelled():
+            task.exception()  # retrieved: nobody is left to see it
+        raise
+
+
 class Handlers:
     """The completion endpoints; what `model` names comes from `ServingModels`, nowhere else."""
 
     def __init__(self, engine: Engine, tokenizer, models: ServingModels, metrics: Metrics,
-                 admission: Admission) -> None:
+                 admission: Admission, max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.models = models
         self.metrics = metrics
         self.admission = admission
+        self.max_prompt_chars = max_prompt_chars
 
     # -- public entry points -------------------------------------------------------------
-    async def chat(self, req: ChatCompletionRequest, disconnected: Disconnected):
+    async def chat(self, req: ChatCompletionRequest, disconnected: Disconnected,
+                   principal: Principal) -> Served:
+        self._bound_prompt(req.prompt_chars(), "messages")
+        # `name` goes to the chat template, as in vLLM: the model's template decides its use.
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in req.messages]
+                    | ({"name": m.name} if m.name else {}) for m in req.messages]
+        top = (req.top_logprobs or 0) if req.logprobs else None
+        fmt = req.response_format
+        schema = _schema(fmt)
+
+        def sampling(prompt_len: int) -> Sampling:
+            return self._sampling(req, prompt_len, req.token_budget(), top, json_schema=schema,
+                                  json_object=bool(fmt and fmt.type == "json_object"))
+
+        return await self._run("chat", req, lambda: self._chat_ids(messages), sampling,
+                               disconnected, principal)
+
+    async def completion(self, req: CompletionRequest, disconnected: Disconnected,
+                         principal: Principal) -> Served:
+        self._bound_prompt(req.prompt_chars(), "prompt")
+        text = req.prompt_text()
+        if not text:
+            raise InvalidRequest("prompt is empty", param="prompt")
+
+        def tokenize() -> list[int]:
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+        return await self._run("completion", req, tokenize,
+                               lambda n: self._sampling(req, n, req.max_tokens, req.logprobs),
+                               disconnected, principal)
+
+    # -- shared path ---------------------------------------------------------------------
+    def _bound_prompt(self, chars: int, param: str) -> None:
+        if chars > self.max_prompt_chars:
+            raise InvalidRequest(
+                f"`{param}` holds {chars} characters; this server accepts at most "
+                f"{self.max_prompt_chars} (--max-prompt-chars)", param=param,
+                code="prompt_too_long")
+
+    def _chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """Runs in a worker thread (see `off_loop`)."""
         try:
             ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                                      tokenize=True, return_dict=False)
         except Exception as exc:  # jinja raises its own types for template errors
-            raise InvalidRequest(f"messages do not fit the model's chat template: {exc}",
-                                 param="messages") from exc
+            raise InvalidRequest(f"messages do not fit the model's chat template: "
+                                 f"{str(exc)[:200]}", param="messages") from exc
         if isinstance(ids, dict):
             ids = ids["input_ids"]
-        top = None
-        if req.logprobs:
-            top = req.top_logprobs or 0
-        fmt = req.response_format
-        sampling = self._sampling(req, len(ids), req.token_budget(), top,
-                                  json_schema=_schema(fmt), json_object=bool(
-                                      fmt and fmt.type == "json_object"))
-        return await self._run("chat", req, list(ids), sampling, disconnected)
+        return list(ids)
 
-    async def completion(self, req: CompletionRequest, disconnected: Disconnected):
-        ids = self.tokenizer(req.prompt_text(), add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise InvalidRequest("prompt is empty", param="prompt")
-        sampling = self._sampling(req, len(ids), req.max_tokens, req.logprobs)
-        return await self._run("completion", req, list(ids), sampling, disconnected)
-
-    # -- shared path ---------------------------------------------------------------------
     def _sampling(self, req, prompt_len: int, budget: int | None, logprobs: int | None,
                   **extra: Any) -> Sampling:
         limit = self.engine.info.max_model_len
@@ -102,26 +159,40 @@ class Handlers:
                         n=req.n, seed=req.seed, stop=req.stop_list(), logprobs=logprobs,
                         ignore_eos=req.ignore_eos, **extra)
 
-    async def _run(self, endpoint: str, req, ids: list[int], sampling: Sampling,
-                   disconnected: Disconnected):
+    async def _run(self, endpoint: str, req, tokenize: Callable[[], list[int]],
+                   sampling_for: Callable[[int], Sampling], disconnected: Disconnected,
+                   principal: Principal) -> Served:
+        """Admit, resolve `model`, tokenize off the loop, check the budget, lease the adapter;
+        every step after admission gives the slot (and the lease) back if it fails."""
         stack = AsyncExitStack()
         label = self.models.unknown_label(req.model)
         try:
+            budget = stack.enter_context(principal.admit())  # the key's own limits first
             await stack.enter_async_context(self.admission.slot())
-            target = await self.models.target(req.model)
+            target = await self.models.target(req.model, principal)
             label = target.label
+            ids = await off_loop(tokenize)
+            if not ids:
+                raise InvalidRequest("the prompt has no tokens", param="prompt")
+            sampling = sampling_for(len(ids))
+            budget.reserve(len(ids) + sampling.max_tokens * sampling.n)
             adapter = await stack.enter_async_context(self.models.lease(target))
             job = _Job(GenerationRequest(new_id("cmpl"), ids, sampling, adapter), req.model,
                        label, len(ids), endpoint)
+            budget.usage = lambda: job.prompt_tokens + job.completion_tokens
         except BaseException as exc:
             await stack.aclose()
             self._count(endpoint, label, exc)
             raise
+        if target.manifest is None:
+            digest, ref = BASE_DIGEST, self.models.served_name
+        else:
+            digest, ref = target.manifest.digest, target.manifest.ref
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return self._stream(job, stack, include_usage)
+            return Served(self._stream(job, stack, include_usage), digest, ref)
         try:
-            return await self._collect(job, disconnected)
+            return Served(await self._collect(job, disconnected), digest, ref)
         finally:
             await stack.aclose()
 
@@ -226,13 +297,16 @@ class Handlers:
             if include_usage:
                 yield event(base | {"choices": [], "usage": self._usage(job)})
             yield "data: [DONE]\n\n"
+        except Exception as exc:  # headers are out: the error becomes the stream's last event
+            failure = to_server_error(exc)  # logs the details of an unexpected one
+            error = failure
+            if isinstance(exc, ServerError):
+                log.warning("stream %s failed: %s", job.request.request_id, failure.message)
+            yield event(failure.body())
+            yield "data: [DONE]\n\n"
         except BaseException as exc:
             error = exc
-            if isinstance(exc, Exception):
-                log.exception("stream %s failed", job.request.request_id)
-                yield event({"error": {"message": str(exc), "type": "internal_error"}})
-            else:
-                raise
+            raise
         finally:
             self._count(job.endpoint, job.label, error)
             await stack.aclose()

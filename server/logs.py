@@ -7,17 +7,29 @@ vLLM keeps its own handler (its engine lines, such as the weight-loading one, ar
 story), minus its advice about Triton and LD_PRELOAD (tcmalloc, iomp). vLLM's engine and worker
 processes do not inherit this process's logging, so its plugin hook calls `quiet_engine_logs`
 there, with the level passed down in LORAMUX_LOG_LEVEL.
+
+The access log is loramux's own (`loramux.access`, `AccessLog`), one line per request, in place
+of uvicorn's: it also records which adapter digest answered (the `x-loramux-adapter-digest`
+header), so an operator can prove from the log which weights produced a response.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 OWN = ("loramux", "uvicorn", "vllm", "__main__")
 LEVEL_ENV = "LORAMUX_LOG_LEVEL"  # set by `configure_logging` for vLLM's child processes
 ADVICE = ("LD_PRELOAD", "Triton", "triton")  # vLLM's performance advice a server user can't act on
+ACCESS = logging.getLogger("loramux.access")
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
+                   Awaitable[None]]
 
 
 class _ThirdPartyToDebug(logging.Filter):
@@ -35,6 +47,8 @@ def configure_logging(level: str) -> None:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_ThirdPartyToDebug())
     logging.captureWarnings(True)  # `warnings.warn` from torch & co. becomes "py.warnings"
+    # uvicorn sets its access logger's level itself when it starts; a filter survives that.
+    logging.getLogger("uvicorn.access").addFilter(_Replaced())
     os.environ[LEVEL_ENV] = level.lower()
     quiet_engine_logs()
 
@@ -54,3 +68,45 @@ def quiet_engine_logs() -> None:
         handler.addFilter(_AdviceToDebug())
     for name in ("bitsandbytes", "triton", "torch._inductor"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+class _Replaced(logging.Filter):
+    """uvicorn's access lines: replaced by `AccessLog`'s, which carry the adapter digest."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+class AccessLog:
+    """ASGI middleware: one `loramux.access` line per HTTP request once its response ends (a
+    stream's at its last event): client, method, path, status, seconds, and the adapter ref and
+    digest from the response's provenance headers (`-` where a response has none)."""
+
+    def __init__(self, app: ASGIApp, headers: tuple[str, str] = (
+            "x-loramux-adapter-ref", "x-loramux-adapter-digest")) -> None:
+        self.app = app
+        self._headers = tuple(h.encode() for h in headers)
+
+    async def __call__(self, scope: Scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        seen: dict[str, Any] = {"status": 500}
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+                for name, value in message.get("headers", []):
+                    if name.lower() in self._headers:
+                        seen[name.lower()] = value.decode("latin-1")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            client = scope.get("client") or ("-", 0)
+            ref, digest = (seen.get(h, "-") for h in self._headers)
+            ACCESS.info('%s:%s "%s %s" %s %.3fs adapter=%s digest=%s', client[0], client[1],
+                        scope.get("method"), scope.get("path"), seen["status"],
+                        time.perf_counter() - started, ref, digest)

@@ -10,21 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from loramux.registry.errors import NotFound
 from loramux.registry.manifest import Manifest
 from loramux.server import compat
 from loramux.server.adapters import AdapterManager
+from loramux.server.auth import Principal, check_adapter
 from loramux.server.engines.base import AdapterHandle
-from loramux.server.errors import IncompatibleAdapter
+from loramux.server.errors import IncompatibleAdapter, ModelNotFound
 from loramux.server.metrics import BASE, OTHER, Metrics
 from loramux.server.protocol import ModelCard, now
 from loramux.server.resolver import REGISTRY_FAILURES, Resolver, registry_failure
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -58,12 +61,21 @@ class ServingModels:
         """The metrics label of a request that failed before its adapter was known."""
         return BASE if self.resolver.is_base(model) else OTHER
 
-    async def target(self, model: str) -> Target:
-        """Resolve and check `model`: raises ModelNotFound, IncompatibleAdapter (with the reason)
-        or RegistryUnavailable. The quantization warning is logged once per adapter version."""
+    async def _resolve(self, model: str, principal: Principal | None) -> Manifest:
+        """The one call to the resolver, with the API key's adapter scope checked on the name the
+        reference spells and again on the name it resolved to (None: internal, e.g. `--pin`)."""
+        check_adapter(principal, model)
+        manifest = await self.resolver.resolve(model)
+        check_adapter(principal, model, manifest.name)
+        return manifest
+
+    async def target(self, model: str, principal: Principal | None) -> Target:
+        """Resolve and check `model`: raises ModelNotFound, IncompatibleAdapter (with the reason),
+        AdapterForbidden or RegistryUnavailable. The quantization warning is logged once per
+        adapter version."""
         if self.resolver.is_base(model):
             return Target(model, BASE)
-        manifest = await self.resolver.resolve(model)
+        manifest = await self._resolve(model, principal)
         warning = compat.check(manifest, self.base)
         if warning and manifest.digest not in self._warned:
             self._warned.add(manifest.digest)
@@ -79,16 +91,16 @@ class ServingModels:
         async with self.adapters.lease(target.manifest) as handle:
             yield handle
 
-    async def load(self, model: str) -> dict[str, Any]:
+    async def load(self, model: str, principal: Principal | None) -> dict[str, Any]:
         """Admin load: make an adapter resident ahead of traffic."""
-        target = await self._adapter(model)
+        target = await self._adapter(model, principal)
         handle = await self.adapters.load(target.manifest)
         return {"model": model, "ref": target.manifest.ref, "digest": target.manifest.digest,
                 "lora_id": handle.lora_id, "resident": True, "warning": target.warning}
 
-    async def unload(self, model: str) -> dict[str, Any]:
+    async def unload(self, model: str, principal: Principal | None) -> dict[str, Any]:
         """Admin unload: drop an idle adapter from the engine (it stays in the disk cache)."""
-        manifest = await self.resolver.resolve(model)
+        manifest = await self._resolve(model, principal)
         unloaded = await self.adapters.unload(manifest.digest)
         return {"model": model, "ref": manifest.ref, "digest": manifest.digest,
                 "unloaded": unloaded, "resident": self.adapters.is_resident(manifest.digest)}
@@ -96,12 +108,12 @@ class ServingModels:
     async def pin(self, refs: list[str]) -> None:
         """`--pin`: load each adapter now and never evict it."""
         for ref in refs:
-            target = await self._adapter(ref)
+            target = await self._adapter(ref, None)
             self.adapters.pin(target.manifest.digest)
             await self.adapters.load(target.manifest)
 
-    async def _adapter(self, model: str) -> Target:
-        target = await self.target(model)
+    async def _adapter(self, model: str, principal: Principal | None) -> Target:
+        target = await self.target(model, principal)
         if target.manifest is None:
             raise IncompatibleAdapter(f"`{model}` is the base model, not an adapter",
                                       param="model")
@@ -111,7 +123,7 @@ class ServingModels:
         """For `/ready`: the registry answers a cheap query, else RegistryUnavailable."""
         try:
             self.registry.list(name="loramux-ready-probe")
-        except REGISTRY_FAILURES as exc:
+        except (*REGISTRY_FAILURES, ValueError) as exc:
             raise registry_failure(exc, None, self.served_name) from exc
 
     async def cards(self, include_refused: bool = False) -> list[ModelCard]:
@@ -121,20 +133,32 @@ class ServingModels:
 
     def _cards(self, include_refused: bool) -> list[ModelCard]:
         cards = [ModelCard(id=self.served_name, created=now(), resident=True, root=self.root)]
-        try:
-            infos = self.registry.list(
-                base_fingerprint=None if include_refused else self.base.fingerprint)
-            for info in infos:
-                manifest = self._manifests.get(info.digest)
-                if manifest is None:
-                    manifest = self.registry.show(f"{info.name}@{info.version}")
-                    self._manifests[info.digest] = manifest
-                card = self._card(info, manifest)
-                if card.refused is None or include_refused:
-                    cards.append(card)
-        except REGISTRY_FAILURES as exc:
-            raise registry_failure(exc, None, self.served_name) from exc
+        infos = self._registry_call(lambda: self.registry.list(
+            base_fingerprint=None if include_refused else self.base.fingerprint))
+        for info in infos:
+            manifest = self._manifests.get(info.digest)
+            if manifest is None:
+                try:
+                    manifest = self._registry_call(
+                        lambda i=info: self.registry.show(f"{i.name}@{i.version}"))
+                except ModelNotFound:  # deleted since the listing: it is simply not served
+                    continue
+                self._manifests[info.digest] = manifest
+            card = self._card(info, manifest)
+            if card.refused is None or include_refused:
+                cards.append(card)
         return cards
+
+    def _registry_call(self, call: Callable[[], T]) -> T:
+        """A registry call for the listing: a version gone is ModelNotFound, a registry that
+        cannot answer, or answers something unreadable (ValueError: a malformed manifest from a
+        broken remote), is RegistryUnavailable (503, Retry-After), never a 500."""
+        try:
+            return call()
+        except NotFound as exc:
+            raise ModelNotFound(str(exc)) from exc
+        except (*REGISTRY_FAILURES, ValueError) as exc:
+            raise registry_failure(exc, None, self.served_name) from exc
 
     def _card(self, info, manifest: Manifest) -> ModelCard:
         warning = refused = None

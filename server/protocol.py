@@ -2,15 +2,87 @@
 
 Validation happens here, at the edge: a request that passes these models is well-typed, so
 handlers check only what needs the model (prompt length, adapter compatibility).
+
+Every OpenAI field is either honoured or refused: a field loramux does not implement is accepted
+only with the value that asks for nothing (null, 0, an empty list), anything else is a 400 that
+names it (code `unsupported_parameter`), so a client never believes it got what it did not.
+Fields outside OpenAI's API are ignored, as vLLM does, and logged.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+log = logging.getLogger(__name__)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what vLLM's samplers take as a seed (torch.long)
+MAX_TOKEN_ID = 2**31 - 1
+
+
+def _neutral(*allowed: Any) -> AfterValidator:
+    """A field loramux does not honour: only the values in `allowed` (which ask for nothing)
+    pass; anything else is refused, naming the field."""
+
+    def check(value: Any, info: ValidationInfo) -> Any:
+        if any(value == a and type(value) is type(a) for a in allowed):
+            return value
+        raise PydanticCustomError(
+            "unsupported_parameter",
+            "`{field}` is not supported by this server; leave it out (or send {allowed})",
+            {"field": info.field_name, "allowed": " or ".join(map(_json, allowed))})
+
+    return AfterValidator(check)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value)
+
+
+def _unsupported(*allowed: Any) -> Any:
+    return Field(default=None, description="Not supported by loramux: accepted only as "
+                 + " or ".join(map(_json, allowed)) + "; any other value is a 400.")
+
+
+Penalty = Annotated[float | None, _neutral(None, 0, 0.0)]
+NotNull = Annotated[Any, _neutral(None)]
+EmptyList = Annotated[list[Any] | None, _neutral(None, [])]
+NoneOrNull = Annotated[str | dict[str, Any] | None, _neutral(None, "none")]
+
+
+def _logit_bias(value: dict[str, float] | None) -> dict[str, float] | None:
+    """Keys must be token ids; even then the field is refused, as no engine applies it yet."""
+    for key, bias in (value or {}).items():
+        if not key.lstrip("-").isdigit() or not 0 <= int(key) <= MAX_TOKEN_ID:
+            raise PydanticCustomError("invalid_value", "`logit_bias` keys must be integer token "
+                                      "ids, got {key!r}", {"key": key[:40]})
+        if not -100 <= bias <= 100:
+            raise PydanticCustomError("invalid_value", "`logit_bias` values must be in "
+                                      "[-100, 100], got {bias}", {"bias": bias})
+    if value:
+        raise PydanticCustomError("unsupported_parameter", "`logit_bias` is not supported by "
+                                  "this server; leave it out (or send null or an empty object)")
+    return value
+
+
+LogitBias = Annotated[dict[str, float] | None, AfterValidator(_logit_bias)]
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
 
 
 class _Request(BaseModel):
@@ -20,13 +92,34 @@ class _Request(BaseModel):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=16)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: str | None = Field(default=None, max_length=512)
     # vLLM's extension, used by benchmarks so every server generates the same number of tokens.
     ignore_eos: bool = False
+
+    frequency_penalty: Penalty = _unsupported(None, 0)
+    presence_penalty: Penalty = _unsupported(None, 0)
+    logit_bias: LogitBias = Field(default=None, description="Not supported by loramux: keys "
+                                  "must be integer token ids, and only null or {} is accepted.")
+    # vLLM's sampling extensions that loramux's engines do not apply.
+    top_k: NotNull = _unsupported(None)
+    min_p: NotNull = _unsupported(None)
+    repetition_penalty: NotNull = _unsupported(None)
+    min_tokens: NotNull = _unsupported(None)
+    best_of: Annotated[int | None, _neutral(None, 1)] = _unsupported(None, 1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _note_ignored(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            ignored = [str(k)[:40] for k in data if k not in cls.model_fields]
+            if ignored:
+                log.info("request fields ignored (not part of OpenAI's API): %s",
+                         ", ".join(ignored[:20]))
+        return data
 
     @field_validator("stop")
     @classmethod
@@ -42,8 +135,9 @@ class _Request(BaseModel):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
-class StreamOptions(BaseModel):
-    include_usage: bool = False
+class ContentPart(BaseModel):
+    type: Literal["text"]
+    text: str
 
 
 class ChatMessage(BaseModel):
@@ -59,11 +153,6 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
-class ContentPart(BaseModel):
-    type: Literal["text"]
-    text: str
-
-
 class ResponseFormat(BaseModel):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: dict[str, Any] | None = None
@@ -77,6 +166,23 @@ class ChatCompletionRequest(_Request):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: ResponseFormat | None = None
 
+    tools: EmptyList = _unsupported(None, [])
+    tool_choice: NoneOrNull = _unsupported(None, "none")
+    functions: EmptyList = _unsupported(None, [])
+    function_call: NoneOrNull = _unsupported(None, "none")
+    parallel_tool_calls: NotNull = _unsupported(None)
+    audio: NotNull = _unsupported(None)
+    modalities: Annotated[list[str] | None, _neutral(None, ["text"])] = _unsupported(
+        None, ["text"])
+    prediction: NotNull = _unsupported(None)
+    reasoning_effort: NotNull = _unsupported(None)
+    verbosity: NotNull = _unsupported(None)
+    web_search_options: NotNull = _unsupported(None)
+    store: Annotated[bool | None, _neutral(None, False)] = _unsupported(None, False)
+    metadata: Annotated[dict[str, Any] | None, _neutral(None, {})] = _unsupported(None, {})
+    service_tier: Annotated[str | None, _neutral(None, "auto", "default")] = _unsupported(
+        None, "auto", "default")
+
     @model_validator(mode="after")
     def _logprobs(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
@@ -86,12 +192,17 @@ class ChatCompletionRequest(_Request):
     def token_budget(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def prompt_chars(self) -> int:
+        return sum(len(m.text()) for m in self.messages)
+
 
 class CompletionRequest(_Request):
     prompt: str | list[str]
     max_tokens: int | None = Field(default=16, ge=1)
     logprobs: int | None = Field(default=None, ge=0, le=20)
-    echo: bool = False
+    echo: Annotated[bool, _neutral(False)] = Field(
+        default=False, description="Not supported by loramux: accepted only as false.")
+    suffix: Annotated[str | None, _neutral(None, "")] = _unsupported(None, "")
 
     @field_validator("prompt")
     @classmethod
@@ -102,6 +213,9 @@ class CompletionRequest(_Request):
 
     def prompt_text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    def prompt_chars(self) -> int:
+        return len(self.prompt_text())
 
 
 def new_id(prefix: str) -> str:
@@ -134,6 +248,64 @@ class ModelList(BaseModel):
 
 class AdapterAction(BaseModel):
     model: str = Field(min_length=1, max_length=512)
+
+
+# -- responses, as documented in /openapi.json (the handlers build the same shapes) ----------
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape: every non-2xx answer of this server, and a failed stream's last
+    event before `data: [DONE]`."""
+
+    error: ErrorDetail
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: str | None
+    logprobs: dict[str, Any] | None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: str | None
+    logprobs: dict[str, Any] | None = None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
 
 
 ChatMessage.model_rebuild()

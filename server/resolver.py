@@ -39,7 +39,7 @@ def registry_failure(exc: Exception, model: str | None, served_name: str) -> Ser
         return InvalidRequest(f"The model `{model}` is ambiguous: {exc}", param="model")
     about = f" for `{model}`" if model is not None else ""
     log.warning("registry call%s failed: %s: %s", about, type(exc).__name__, exc)
-    return RegistryUnavailable(f"the adapter registry cannot answer{about}: {exc}")
+    return RegistryUnavailable(f"the adapter registry cannot answer{about}; retry shortly")
 
 
 @dataclass

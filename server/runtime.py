@@ -14,13 +14,14 @@ from pathlib import Path
 from loramux.server import compat
 from loramux.server.adapters import AdapterManager, AdapterManagerOptions
 from loramux.server.admission import Admission
+from loramux.server.auth import KeyStore
 from loramux.server.engines.base import Engine
 from loramux.server.errors import EngineUnavailable
 from loramux.server.handlers import Handlers
 from loramux.server.metrics import Metrics
 from loramux.server.models import ServingModels
 from loramux.server.resolver import Resolver
-from loramux.server.settings import ServerSettings, read_api_keys
+from loramux.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class Runtime:
         from loramux.registry.fingerprint import base_fingerprint
 
         self.settings = settings
-        self.api_keys = read_api_keys(settings.api_keys)
+        self.keys = KeyStore(settings.api_keys)  # first: a bad keys file fails fast
         model_dir = local_model_dir(settings.base)
         self.metrics = Metrics(settings.max_adapter_labels)
         self.engine = build_engine(settings, model_dir, self.metrics)
@@ -90,7 +91,8 @@ class Runtime:
         self.models = ServingModels(self.registry, resolver, self.adapters, base, self.metrics,
                                     root=settings.base)
         self.handlers = Handlers(self.engine, self.tokenizer, self.models, self.metrics,
-                                 Admission(settings.max_pending, self.metrics))
+                                 Admission(settings.max_pending, self.metrics),
+                                 max_prompt_chars=settings.max_prompt_chars)
         self._closed = False
         log.info("serving %s as `%s` (engine %s, quantization %s, fingerprint %s)",
                  model_dir, settings.name, self.engine.info.name, base.quantization,

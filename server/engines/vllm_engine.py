@@ -220,14 +220,17 @@ class VllmEngine:
             params = self._sampling_params(request)
         except (ValueError, TypeError) as exc:
             raise InvalidRequest(str(exc)) from exc
-        from vllm.v1.engine.exceptions import EngineDeadError
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
         self._raise_if_dead()
         stream = self._engine.generate(
             TokensPrompt(prompt_token_ids=request.prompt_token_ids), params,
             request.request_id, lora_request=self._lora_request(request.adapter))
+        started = False
         try:
             async for output in stream:
+                started = True
                 for choice in output.outputs:
                     yield Delta(
                         index=choice.index, text=choice.text, token_ids=list(choice.token_ids),
@@ -236,6 +239,13 @@ class VllmEngine:
                         else None)
         except EngineDeadError as exc:
             raise EngineUnavailable("the vLLM engine has stopped") from exc
+        except (VLLMClientError, EngineGenerateError) as exc:
+            # add_request validates the request and raises ValueError (wrapped in
+            # EngineGenerateError) or a client error: the request's fault, a 400, not a 500.
+            cause = exc if isinstance(exc, VLLMClientError) else exc.__cause__
+            if started or not isinstance(cause, ValueError | VLLMClientError):
+                raise
+            raise InvalidRequest(f"the engine refused this request: {cause}") from exc
 
     def _raise_if_dead(self) -> None:
         if self._engine.errored:

@@ -21,6 +21,7 @@ from loramux.server import compat
 from loramux.server.adapters import AdapterManager, AdapterManagerOptions
 from loramux.server.admission import Admission
 from loramux.server.app import create_app
+from loramux.server.auth import KeyStore
 from loramux.server.engines.base import Delta, EngineInfo, GenerationRequest
 from loramux.server.handlers import Handlers
 from loramux.server.metrics import Metrics
@@ -79,7 +80,7 @@ def app_and_engine(tmp_path: Path):
             engine, registry, metrics, AdapterManagerOptions(cache_dir=tmp_path / "cache")),
         compat.ServedBase(None, "none", 64), metrics, BASE_NAME)
     handlers = Handlers(engine, FakeTokenizer(), models, metrics, Admission(LIMIT, metrics))
-    runtime = SimpleNamespace(settings=ServerSettings(base=BASE_NAME), api_keys={},
+    runtime = SimpleNamespace(settings=ServerSettings(base=BASE_NAME), keys=KeyStore(None),
                               handlers=handlers, metrics=metrics, models=models)
     return create_app(runtime), engine
 

@@ -116,7 +116,7 @@ def test_registry_failure_expires(registry, clock) -> None:
     spy = SpyRegistry(registry)
     spy.fail = RegistryError("connection refused")
     resolver = Resolver(spy, "base", ttl_s=TTL)
-    with pytest.raises(RegistryUnavailable, match="connection refused") as info:
+    with pytest.raises(RegistryUnavailable, match="cannot answer") as info:  # no cause text
         resolve(resolver, "sql")
     assert info.value.status == 503
     spy.fail = None
