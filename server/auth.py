@@ -259,8 +259,11 @@ def principal_of(request: Request) -> Principal:
 
 async def authenticate(request: Request) -> Principal:
     """Dependency: `principal_of`, on the event loop (a sync dependency would take a worker
-    thread per request for a `stat` and a hash, and reload the keys from several threads)."""
-    return principal_of(request)
+    thread per request for a `stat` and a hash, and reload the keys from several threads).
+    The key's name goes to the request state, for the access log."""
+    principal = principal_of(request)
+    request.state.key = principal.name
+    return principal
 
 
 async def require_admin(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:

@@ -102,11 +102,12 @@ class AccessLog:
                         seen[name.lower()] = value.decode("latin-1")
             await send(message)
 
+        state = scope.setdefault("state", {})  # the auth dependency writes the key's name here
         try:
             await self.app(scope, receive, watch)
         finally:
             client = scope.get("client") or ("-", 0)
             ref, digest = (seen.get(h, "-") for h in self._headers)
-            ACCESS.info('%s:%s "%s %s" %s %.3fs adapter=%s digest=%s', client[0], client[1],
-                        scope.get("method"), scope.get("path"), seen["status"],
-                        time.perf_counter() - started, ref, digest)
+            ACCESS.info('%s:%s "%s %s" %s %.3fs key=%s adapter=%s digest=%s', client[0],
+                        client[1], scope.get("method"), scope.get("path"), seen["status"],
+                        time.perf_counter() - started, state.get("key", "-"), ref, digest)

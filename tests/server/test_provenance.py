@@ -170,6 +170,8 @@ def test_each_response_names_the_digest_that_served_it(tmp_path: Path, caplog) -
             served_versions.add(version)
     assert len(mover.history) > 3 and len(served_versions) >= 2, "the alias moved mid-run"
     assert _access_digests(caplog) == Counter(a.digest for a in answers)
+    lines = [r.getMessage() for r in caplog.records if r.name == "loramux.access"]
+    assert lines and all(" key=anonymous " in line for line in lines), lines[:2]  # no keys set
 
 
 @pytest.mark.slow
