@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip
 
-.PHONY: install demo test bench bench-quick lint clean
+.PHONY: install demo test bench bench-quick bench-soak lint clean
 
 install: $(STAMP)
 
@@ -40,6 +40,12 @@ bench: install
 
 bench-quick: install
 	$(BIN)/loramux bench all --quick
+
+# The soak test's long variant (make test runs about a minute of it): twice the admission limit
+# for SOAK_MINUTES; RSS over time, 429s, no 5xx, nothing left in flight. Exit 1 on a failed check.
+SOAK_MINUTES ?= 10
+bench-soak: install
+	$(BIN)/loramux bench soak --minutes $(SOAK_MINUTES)
 
 lint: install
 	$(BIN)/ruff check .
