@@ -257,5 +257,7 @@ def test_readme_tokens_example_parses() -> None:
     section = readme[readme.index("## Registry"):readme.index("## Serving")]
     example = section.split("```\n")[-2]  # the untagged block: the tokens file
     tokens = parse_tokens(example + "solo:read  # a comment, with a comma\n")
-    assert [(t.scope, t.name) for t in tokens][:2] == [("write", "ci"), ("read", "fleet")]
-    assert [t.secret for t in tokens] == ["s3cr3t-for-ci", "s3cr3t-for-servers", "solo"]
+    assert [(t.scope, t.name) for t in tokens][:3] == [
+        ("admin", "ops"), ("write", "ci"), ("read", "fleet")]
+    assert [t.secret for t in tokens] == [
+        "s3cr3t-for-ops", "s3cr3t-for-ci", "s3cr3t-for-servers", "solo"]

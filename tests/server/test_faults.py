@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import subprocess
 import threading
@@ -230,18 +231,23 @@ def test_nan_adapter_on_vllm_fails_alone(server) -> None:
 @pytest.mark.slow
 def test_stream_cut_mid_token_releases_admission_and_lease(server) -> None:
     headers = {"Authorization": f"Bearer {USER_KEY}"}
-    body = {"model": "rand-3", "messages": HELLO, "max_tokens": 300, "stream": True,
+    body = {"model": "rand-3", "messages": HELLO, "max_tokens": 480, "stream": True,
             "ignore_eos": True, "temperature": 0}
     with httpx.Client(base_url=server.url, timeout=300, headers=headers) as client, \
             client.stream("POST", "/v1/chat/completions", json=body) as stream:
         assert stream.status_code == 200
         tokens = 0
         for line in stream.iter_lines():
-            tokens += '"content": "' in line and '"content": ""' not in line
+            if line.startswith("data: {"):
+                delta = json.loads(line[6:])["choices"][0]["delta"]
+                tokens += bool(delta.get("content"))
             if tokens == 3:
+                # Checked inside the loop: leaving it drops httpx's line iterator, which closes
+                # the connection (that is the hang-up this test is about).
+                assert server.metric("loramux_requests_in_flight") >= 1
+                assert server.metric("loramux_adapter_leases") >= 1
                 break
-        assert server.metric("loramux_requests_in_flight") >= 1
-        assert server.metric("loramux_adapter_leases") >= 1
+        assert tokens == 3, "the stream ended before three tokens"
     # The connection is closed mid-stream; the server notices at its next write.
     deadline = 60.0
     wait_until(lambda: server.metric("loramux_requests_in_flight") == 0
@@ -300,7 +306,7 @@ def test_sigkill_under_load_orphans_nothing_and_restart_reclaims_the_cache(
     engine = httpx.get(f"{url}/v1/admin/engine", timeout=30).json()["engine_pid"]
     assert engine is not None, "vLLM runs its engine core in a process of its own"
     children = psutil.Process(victim.proc.pid).children(recursive=True)
-    streaming = threading.Event()
+    streaming = {m: threading.Event() for m in ("k-0", "k-1", "demo-base", "k-2")}
 
     def load(model: str) -> None:
         body = {"model": model, "messages": HELLO, "max_tokens": 200, "stream": True,
@@ -309,7 +315,7 @@ def test_sigkill_under_load_orphans_nothing_and_restart_reclaims_the_cache(
             with httpx.stream("POST", f"{url}/v1/chat/completions", json=body,
                               timeout=120) as r:
                 for _ in r.iter_lines():
-                    streaming.set()
+                    streaming[model].set()
         except httpx.HTTPError:
             pass  # the server is killed under us: expected
 
@@ -317,7 +323,8 @@ def test_sigkill_under_load_orphans_nothing_and_restart_reclaims_the_cache(
                for m in ("k-0", "k-1", "demo-base", "k-2")]
     for t in threads:
         t.start()
-    assert streaming.wait(120), "no request was streaming"
+    # Killed while adapters' requests stream, so their folders are complete in the cache.
+    assert all(streaming[m].wait(180) for m in ("k-0", "k-1")), "no adapter request streamed"
     victim.proc.kill()
     victim.proc.wait()
     try:
