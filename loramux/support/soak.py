@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import psutil
 
+from loramux.server.engines.lifetime import tree_rss
 from loramux.support.adapters import llama_shapes, write_adapter
 from loramux.support.launch import ServerProcess
 
@@ -69,18 +69,6 @@ class SoakResult:
         for s in [*self.samples[::step], self.samples[-1]][: rows + 1]:
             lines.append(f"{s.seconds:6.0f}s {s.rss_bytes / 2**20:10.1f} {s.requests:10d}")
         return "\n".join(lines)
-
-
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and its children (vLLM's engine core, when there is one)."""
-    root = psutil.Process(pid)
-    total = root.memory_info().rss
-    for child in root.children(recursive=True):
-        try:
-            total += child.memory_info().rss
-        except psutil.Error:
-            continue
-    return total
 
 
 def metric(url: str, name: str, headers: dict[str, str] | None = None) -> float | None:

@@ -50,3 +50,18 @@ def die_with_parent() -> bool:
     if os.getppid() == 1:  # the parent died before the line above took effect
         os._exit(1)
     return True
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and its children (vLLM's engine core and workers, when there
+    are some): what the server really holds, for the engine state and the soak's samples."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = root.memory_info().rss
+    for child in root.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:
+            continue
+    return total

@@ -101,20 +101,6 @@ def check_slot_memory(options: VllmOptions, slots: int) -> None:
             "memory: lower --max-loras, --max-cpu-loras or --max-lora-rank")
 
 
-def _children_rss() -> int:
-    """Resident bytes of this process and its engine/worker processes."""
-    import psutil
-
-    me = psutil.Process()
-    total = me.memory_info().rss
-    for child in me.children(recursive=True):
-        try:
-            total += child.memory_info().rss
-        except psutil.Error:
-            continue
-    return total
-
-
 class VllmEngine:
     """Streams deltas from vLLM's AsyncLLM; adapters arrive as LoRARequests keyed by digest.
 
@@ -164,7 +150,7 @@ class VllmEngine:
             max_model_len=model_config.max_model_len,
             max_loras=max_loras,
             max_lora_rank=options.max_lora_rank,
-            resident_bytes=_children_rss(),
+            resident_bytes=lifetime.tree_rss(os.getpid()),
             extra={"startup_seconds": round(seconds, 2)},
         )
         log.info("vLLM engine loaded %s (quantization=%s, max_model_len=%d) in %.1fs; "

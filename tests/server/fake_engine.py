@@ -177,3 +177,23 @@ class LiveServer:
     def __exit__(self, *_: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+class LiveServers:
+    """The live servers one test starts (a fixture yields a starter and calls `close` after)."""
+
+    def __init__(self) -> None:
+        self._running: list[LiveServer] = []
+
+    def start(self, runtime: FakeRuntime) -> str:
+        """Serve `runtime`'s app; its URL."""
+        from loramux.server.app import create_app
+
+        server = LiveServer(create_app(runtime))
+        url = server.__enter__()
+        self._running.append(server)
+        return url
+
+    def close(self) -> None:
+        for server in self._running:
+            server.__exit__()

@@ -19,14 +19,13 @@ from typer.testing import CliRunner
 
 import loramux.registry as reg
 from loramux.server import auth
-from loramux.server.app import create_app
 from loramux.server.auth import ANONYMOUS, KeyStore
 from loramux.server.errors import SettingsError, Unauthorized
 from loramux.server.settings import ServerSettings
 from loramux.support.adapters import write_adapter
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_engine import FakeEngine, LiveServer, build_runtime
+from fake_engine import FakeEngine, LiveServers, build_runtime
 
 BASE = "fake-base"
 SHAPES = {"model.layers.0.self_attn.q_proj": (8, 8)}
@@ -147,7 +146,7 @@ def registry_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def serve(registry_dir: Path, tmp_path: Path):
     """`serve(keys_text, **settings)` → (url, engine, runtime) of a live server."""
-    servers: list[LiveServer] = []
+    servers = LiveServers()
 
     def start(keys: str | None, **kw):
         if keys is not None:
@@ -155,13 +154,10 @@ def serve(registry_dir: Path, tmp_path: Path):
             kw["api_keys"] = tmp_path / "keys"
         engine = FakeEngine()
         runtime = build_runtime(settings(**kw), registry_dir, tmp_path / "cache", engine)
-        server = LiveServer(create_app(runtime))
-        servers.append(server)
-        return server.__enter__(), engine, runtime
+        return servers.start(runtime), engine, runtime
 
     yield start
-    for server in servers:
-        server.__exit__()
+    servers.close()
 
 
 def chat(url: str, model: str, key: str | None = None) -> httpx.Response:

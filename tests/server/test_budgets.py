@@ -15,13 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loramux.server.app import create_app
 from loramux.server.budgets import KeyBudget, Limits
 from loramux.server.errors import RateLimited
 from loramux.server.settings import ServerSettings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_engine import FakeEngine, LiveServer, build_runtime
+from fake_engine import FakeEngine, LiveServers, build_runtime
 
 BASE = "fake-base"
 HELLO = [{"role": "user", "content": "hi"}]  # "<user>hi": 8 prompt tokens for FakeTokenizer
@@ -39,7 +38,7 @@ class Clock:
 @pytest.fixture
 def serve(tmp_path: Path):
     """`serve(keys_text, engine=None, **settings)` → (url, engine, clock)."""
-    servers: list[LiveServer] = []
+    servers = LiveServers()
 
     def start(keys: str, engine: FakeEngine | None = None, **kw):
         (tmp_path / "keys").write_text(keys)
@@ -48,13 +47,10 @@ def serve(tmp_path: Path):
             {"base": BASE, "api_keys": tmp_path / "keys"} | kw, environ={})
         runtime = build_runtime(settings, tmp_path / "registry", tmp_path / "cache", engine,
                                 clock=clock)
-        server = LiveServer(create_app(runtime))
-        servers.append(server)
-        return server.__enter__(), engine, clock
+        return servers.start(runtime), engine, clock
 
     yield start
-    for server in servers:
-        server.__exit__()
+    servers.close()
 
 
 def chat(url: str, key: str, max_tokens: int = 2, **extra) -> httpx.Response:

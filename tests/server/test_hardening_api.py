@@ -30,7 +30,7 @@ from loramux.server.app import create_app
 from loramux.server.settings import ServerSettings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_engine import FakeEngine, FakeTokenizer, LiveServer, build_runtime
+from fake_engine import FakeEngine, FakeTokenizer, LiveServers, build_runtime
 
 BASE = "fake-base"
 HELLO = [{"role": "user", "content": "hi"}]
@@ -56,20 +56,17 @@ def error_of(r: httpx.Response, status: int) -> dict[str, Any]:
 @pytest.fixture
 def serve(tmp_path: Path):
     """`serve(engine=None, tokenizer=None, **settings)` → (url, runtime) of a live server."""
-    servers: list[LiveServer] = []
+    servers = LiveServers()
 
     def start(engine: FakeEngine | None = None, tokenizer=None, **kw: Any):
         runtime = build_runtime(settings(**kw), tmp_path / "registry", tmp_path / "cache",
                                 engine or FakeEngine())
         if tokenizer is not None:
             runtime.handlers.tokenizer = tokenizer
-        server = LiveServer(create_app(runtime))
-        servers.append(server)
-        return server.__enter__(), runtime
+        return servers.start(runtime), runtime
 
     yield start
-    for server in servers:
-        server.__exit__()
+    servers.close()
 
 
 # -- item 2: a chunked body is counted as it arrives -----------------------------------------
