@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip
 
-.PHONY: install demo test bench bench-quick bench-soak lint clean
+.PHONY: install system-deps demo test bench bench-quick bench-soak lint clean
 
 install: $(STAMP)
 
@@ -29,7 +29,11 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(BIN)/loramux demo run
 
-test: install
+# PostgreSQL and an OCI registry for the registry's backends: installed when root, else those tests skip.
+system-deps:
+	.ci/system-deps
+
+test: install system-deps
 	$(BIN)/python -m pytest
 
 # Every part side by side with its peer (vLLM's own server, a naive transformers + peft loop);
