@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loramux.registry.base import Registry
-from loramux.registry.digests import hex_of
+from loramux.registry.digests import hex_of, sha256_file
 from loramux.registry.manifest import Manifest
 from loramux.registry.refs import validate_digest
 from loramux.registry.transfer import materialize
@@ -143,6 +143,23 @@ class AdapterCache:
             )
             return path
 
+    def fetch_verified(self, registry: Registry, manifest: Manifest) -> tuple[Path, str | None]:
+        """`fetch`, checking a folder that was already on disk against the manifest first.
+
+        A fresh download was verified as it was written; a folder found in the cache may have
+        been damaged on disk since, so it is checked, moved aside when damaged and fetched anew.
+        Returns the folder and what was damaged (None: nothing was).
+        """
+        was_cached = self.path(manifest.digest).is_dir()
+        path = self.fetch(registry, manifest)
+        damage = folder_damage(path, manifest) if was_cached else None
+        if damage is None:
+            return path, None
+        log.error("cached adapter %s (%s) is damaged (%s): moved aside, fetching it again",
+                  manifest.ref, manifest.digest[:19], damage)
+        discard(path)
+        return self.fetch(registry, manifest), damage
+
     def remove(self, digest: str) -> bool:
         """Drop one adapter unless it is absent or held; True when it was removed.
 
@@ -229,3 +246,24 @@ class AdapterCache:
 
     def size_bytes(self) -> int:
         return sum(e.size_bytes for e in self.entries())
+
+
+def folder_damage(path: Path, manifest: Manifest) -> str | None:
+    """What differs between a cached folder and its manifest (None: nothing)."""
+    listed = {entry.path for entry in manifest.files}
+    present = {p.relative_to(path).as_posix() for p in path.rglob("*") if not p.is_dir()}
+    if present != listed:
+        return f"files {sorted(present ^ listed)} differ from the manifest's"
+    for entry in manifest.files:
+        sha, size = sha256_file(path / entry.path)
+        if (sha, size) != (entry.sha256, entry.size):
+            return f"{entry.path} hashes to sha256:{sha[:12]}…, not {entry.digest[:19]}…"
+    return None
+
+
+def discard(path: Path) -> None:
+    """Move a folder out of the cache's sight at once (a rename), then delete it. A reader that
+    already opened its files keeps them; the name is one `AdapterCache.sweep` reclaims."""
+    trash = path.with_name(f".{path.name}.partial-damaged-{os.getpid()}")
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)

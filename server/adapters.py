@@ -37,7 +37,7 @@ from pathlib import Path
 from loramux.registry.cache import AdapterCache, TrimResult
 from loramux.registry.errors import IntegrityError, Invalid, NotFound
 from loramux.registry.manifest import Manifest
-from loramux.server.adapter_files import discard, folder_damage, nonfinite_tensors
+from loramux.server.adapter_files import nonfinite_tensors
 from loramux.server.engines.base import AdapterHandle, Engine
 from loramux.server.errors import (
     AdapterTooLarge,
@@ -242,16 +242,10 @@ class AdapterManager:
     def _fetch_verified(self, manifest: Manifest) -> Path:
         """The adapter's cache folder; one that was there before this fetch is checked against
         the manifest first (a fresh download was verified as it was written)."""
-        was_cached = self._cache.path(manifest.digest).is_dir()
-        path = self._cache.fetch(self._registry, manifest)
-        damage = folder_damage(path, manifest) if was_cached else None
-        if damage is None:
-            return path
-        self._metrics.cache_damaged.inc()
-        log.error("cached adapter %s (%s) is damaged (%s): moved aside, fetching it again",
-                  manifest.ref, manifest.digest[:19], damage)
-        discard(path)
-        return self._cache.fetch(self._registry, manifest)
+        path, damage = self._cache.fetch_verified(self._registry, manifest)
+        if damage is not None:
+            self._metrics.cache_damaged.inc()
+        return path
 
     async def _make_room(self) -> None:
         """Unload least-recently-used idle adapters until one more fits in the engine."""
