@@ -107,6 +107,11 @@ class RemoteError(RegistryError, status=502, exit_code=9):
     """The remote registry could not be reached or answered something unexpected."""
 
 
+class BlobStoreUnavailable(RegistryError, status=503, exit_code=9):
+    """The blob store (an OCI registry) cannot be reached, fails, or refuses the registry's
+    credentials: the store's condition, not the request's, so 503 and worth a retry."""
+
+
 def _all_subclasses(cls: type[RegistryError]) -> list[type[RegistryError]]:
     out = [cls]
     for sub in cls.__subclasses__():

@@ -1,0 +1,116 @@
+"""Credentials for an OCI registry and the distribution auth dance, as an ``httpx.Auth``.
+
+A registry answers 401 with ``WWW-Authenticate``: ``Basic`` (send the user and password), or
+``Bearer realm=…,service=…,scope=…`` (fetch a token from ``realm``, with the user and password
+if there are any, anonymously otherwise, then retry with it). The token is kept and sent with
+the next requests, and replaced when a request needs a wider scope (push after pull).
+Credentials come from the environment, read here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import threading
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import httpx
+
+ENV_USERNAME = "LORAMUX_OCI_USERNAME"
+ENV_PASSWORD = "LORAMUX_OCI_PASSWORD"
+ENV_TOKEN = "LORAMUX_OCI_TOKEN"
+_PARAM = re.compile(r'(\w+)=(?:"([^"]*)"|([^,\s]*))')
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """User and password (basic auth, and to obtain bearer tokens), or a ready bearer token."""
+
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+
+    @classmethod
+    def from_env(cls) -> Credentials:
+        return cls(os.environ.get(ENV_USERNAME) or None, os.environ.get(ENV_PASSWORD) or None,
+                   os.environ.get(ENV_TOKEN) or None)
+
+    def basic(self) -> str | None:
+        if self.username is None:
+            return None
+        raw = f"{self.username}:{self.password or ''}".encode()
+        return "Basic " + base64.b64encode(raw).decode("ascii")
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"Credentials(username={self.username!r}, token={'***' if self.token else None})"
+
+
+@dataclass(frozen=True)
+class Challenge:
+    scheme: str
+    params: dict[str, str]
+
+    @classmethod
+    def parse(cls, header: str) -> Challenge | None:
+        scheme, _, rest = header.strip().partition(" ")
+        if not scheme:
+            return None
+        params = {m[1].lower(): m[2] if m[2] is not None else m[3] for m in _PARAM.finditer(rest)}
+        return cls(scheme.lower(), params)
+
+
+class OciAuth(httpx.Auth):
+    """Answers the registry's 401 challenges; thread-safe (one client serves many threads)."""
+
+    def __init__(self, credentials: Credentials) -> None:
+        self.credentials = credentials
+        self._lock = threading.Lock()
+        self._header: str | None = (f"Bearer {credentials.token}" if credentials.token
+                                    else None)
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        with self._lock:
+            sent = self._header
+        if sent is not None:
+            request.headers["Authorization"] = sent
+        response = yield request
+        if response.status_code != 401:
+            return
+        challenge = Challenge.parse(response.headers.get("www-authenticate", ""))
+        if challenge is None:
+            return
+        if challenge.scheme == "basic":
+            header = self.credentials.basic()
+        elif challenge.scheme == "bearer" and "realm" in challenge.params:
+            token_response = yield self._token_request(challenge)
+            token_response.read()
+            header = _token_of(token_response)
+        else:
+            return
+        if header is None or header == sent:
+            return  # nothing new to try: the 401 stands
+        with self._lock:
+            self._header = header
+        request.headers["Authorization"] = header
+        yield request
+
+    def _token_request(self, challenge: Challenge) -> httpx.Request:
+        params = {k: challenge.params[k] for k in ("service", "scope") if k in challenge.params}
+        headers = {"Accept": "application/json"}
+        basic = self.credentials.basic()
+        if basic is not None:
+            headers["Authorization"] = basic
+        return httpx.Request("GET", challenge.params["realm"], params=params, headers=headers)
+
+
+def _token_of(response: httpx.Response) -> str | None:
+    if response.status_code != 200:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
+    return f"Bearer {token}" if isinstance(token, str) and token else None
