@@ -31,6 +31,7 @@ from loramux.registry.errors import (
     Unauthorized,
 )
 from loramux.registry.fingerprint import base_fingerprint
+from loramux.registry.index import ENV_INDEX, index_from_env
 from loramux.registry.manifest import (
     AliasPointer,
     AuditEntry,
@@ -75,20 +76,25 @@ def open(
     token: str | None = None,
     limits: Limits | None = None,
     create: bool = True,
+    index: str | None = None,
 ) -> Registry:
     """A registry at a local path or an ``http(s)://`` URL (default: env, then home).
 
     For a URL, ``token`` defaults to ``LORAMUX_TOKEN``; ``limits`` apply to a local store only
     (a server enforces its own). Without ``create``, a folder that holds no registry raises
-    ``NotFound`` ("no registry at …") instead of becoming a new, empty one.
+    ``NotFound`` ("no registry at …") instead of becoming a new, empty one. ``index``, for a
+    local store, is its index database (default: ``LORAMUX_REGISTRY_INDEX``, else SQLite in the
+    folder).
     """
     location = str(path_or_url) if path_or_url is not None else default_location()
     if is_url(location):
         return RemoteRegistry(location, token=token)
-    return LocalRegistry(Path(location).expanduser(), limits=limits, create=create)
+    return LocalRegistry(Path(location).expanduser(), limits=limits, create=create,
+                         index=index or index_from_env())
 
 
 __all__ = [
+    "ENV_INDEX",
     "AdapterRef",
     "AliasPointer",
     "AuditEntry",

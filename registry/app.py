@@ -280,9 +280,13 @@ def serve(
     auth: TokenAuth,
     limits: Limits | None = None,
     log_level: str = "info",
+    index: str | None = None,
 ) -> None:
-    """Run the server in the foreground (what ``loramux registry serve`` does)."""
+    """Run the server in the foreground (what ``loramux registry serve`` does).
+
+    ``index``: a shared index database (``postgresql://…``) for several servers; default SQLite.
+    """
     import uvicorn
 
-    registry = LocalRegistry(root, limits=limits)
+    registry = LocalRegistry(root, limits=limits, index=index)
     uvicorn.run(create_app(registry, auth), host=host, port=port, log_level=log_level)

@@ -24,6 +24,7 @@ from loramux import registry as reg
 from loramux.registry import render
 from loramux.registry.auth import TOKENS_FORMAT
 from loramux.registry.errors import IntegrityError, RegistryError
+from loramux.registry.index import INDEX_HELP
 from loramux.registry.manifest import parse_labels
 
 REGISTRY_HELP = "Folder or http(s):// URL (env LORAMUX_REGISTRY, else ~/.loramux/registry)."
@@ -362,6 +363,8 @@ def serve(
                                         "a token."),
     max_bytes: int = typer.Option(2 << 30, "--max-bytes", help="Largest adapter accepted."),
     log_level: str = typer.Option("info", "--log-level"),
+    index: str | None = typer.Option(None, "--index", envvar=reg.ENV_INDEX,
+                                     metavar="postgresql://…", help=INDEX_HELP),
 ) -> None:
     """Serve a local store over HTTP (FastAPI; OpenAPI at /docs)."""
     from loramux.registry.app import serve as run
@@ -380,7 +383,7 @@ def serve(
             " read-only registry"
         )
     run(str(root), host=host, port=port, auth=auth,
-        limits=reg.Limits(max_total_bytes=max_bytes), log_level=log_level)
+        limits=reg.Limits(max_total_bytes=max_bytes), log_level=log_level, index=index)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,11 @@ class InternalError(RegistryError, status=500):
     """A bug: what the registry server answers instead of a traceback."""
 
 
+class IndexUnavailable(RegistryError, status=503, exit_code=9):
+    """The index database (PostgreSQL) cannot be reached or fails: the store's condition, not
+    the request's, so 503 and worth a retry."""
+
+
 class RemoteError(RegistryError, status=502, exit_code=9):
     """The remote registry could not be reached or answered something unexpected."""
 

@@ -22,7 +22,7 @@ from loramux.registry.base import (
 from loramux.registry.blobs import BlobStore, BlobUpload, StoreLock
 from loramux.registry.digests import adapter_digest
 from loramux.registry.errors import BlobMissing, Conflict, IntegrityError, InvalidName, NotFound
-from loramux.registry.index import Index, Transaction, now, to_dt
+from loramux.registry.index import INDEX_FILE, Transaction, is_shared, now, open_index, to_dt
 from loramux.registry.maintenance import collect_garbage, verify_blobs
 from loramux.registry.manifest import (
     AliasPointer,
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 # Manifest fields a push request carries as they are.
 _FROM_REQUEST = ("base_fingerprint", "base_components", "quantization", "description", "labels",
                  "lineage")
-INDEX_FILE = "index.db"
 
 
 class LocalRegistry(Registry):
@@ -56,17 +55,20 @@ class LocalRegistry(Registry):
         limits: Limits | None = None,
         actor: str | None = None,
         create: bool = True,
+        index: str | None = None,
     ) -> None:
+        """``index``: a ``postgresql://`` DSN for a shared index (default: SQLite in ``root``)."""
         self.root = Path(root).expanduser()
-        if not create and not (self.root / INDEX_FILE).is_file():
+        if not create and not is_shared(index) and not (self.root / INDEX_FILE).is_file():
             raise NotFound(f"no registry at {self.root}")
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "locks").mkdir(exist_ok=True)
         self.limits = limits or Limits()
         self.actor = actor or default_actor()
         self.blobs = BlobStore(self.root)
-        self.lock = StoreLock(self.root / "locks" / "gc.lock")
-        self.index = Index(self.root / INDEX_FILE)
+        self.index = open_index(index, self.root)
+        # a shared index brings a lock every server sees; the file lock covers one machine
+        self.lock = self.index.store_lock() or StoreLock(self.root / "locks" / "gc.lock")
 
     def __repr__(self) -> str:
         return f"LocalRegistry({str(self.root)!r})"

@@ -1,62 +1,25 @@
-"""The SQLite index: names, versions, aliases, manifests and the audit log.
+"""The index's reads and writes, written once for every SQL backend.
 
-WAL mode lets readers run while a writer commits; every write is one ``BEGIN IMMEDIATE``
-transaction, so version numbers are assigned and made visible atomically (the commit point of a
-push). Connections are cached per thread and per process: sqlite3 connections must not cross a
-fork, and resolve must not pay for opening one per call.
+Statements use ``?`` placeholders and only SQL that SQLite and PostgreSQL read alike; what
+differs (placeholders, string aggregation, identity columns, locks) sits in :class:`Dialect`,
+which each backend fills in. A backend supplies connections and its transaction boundaries.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import sqlite3
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from loramux.registry.errors import Conflict, RegistryError
+from loramux.registry.errors import Conflict
 from loramux.registry.manifest import AliasPointer, AuditEntry, Manifest, VersionInfo
 from loramux.registry.refs import AdapterRef
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS versions(
-    name TEXT NOT NULL, version INTEGER NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL,
-    created_at INTEGER NOT NULL, created_by TEXT NOT NULL, base_fingerprint TEXT,
-    manifest TEXT NOT NULL, deleted_at INTEGER, deleted_by TEXT,
-    PRIMARY KEY (name, version)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS versions_by_digest ON versions(name, digest);
-CREATE INDEX IF NOT EXISTS versions_by_base ON versions(base_fingerprint);
-CREATE TABLE IF NOT EXISTS version_files(
-    name TEXT NOT NULL, version INTEGER NOT NULL, path TEXT NOT NULL, sha256 TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    PRIMARY KEY (name, version, path)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS version_files_by_blob ON version_files(sha256);
-CREATE TABLE IF NOT EXISTS aliases(
-    name TEXT NOT NULL, alias TEXT NOT NULL, version INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL, updated_by TEXT NOT NULL,
-    PRIMARY KEY (name, alias)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS aliases_by_version ON aliases(name, version);
-CREATE TABLE IF NOT EXISTS audit(
-    id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, actor TEXT NOT NULL,
-    action TEXT NOT NULL, name TEXT NOT NULL, version INTEGER, digest TEXT, alias TEXT,
-    old_version INTEGER, old_digest TEXT, detail TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS audit_by_name ON audit(name, at);
-CREATE INDEX IF NOT EXISTS audit_by_alias ON audit(name, alias, at);
-CREATE INDEX IF NOT EXISTS audit_by_at ON audit(at);
-"""
-SCHEMA_VERSION = "1"
 LIVE = "deleted_at IS NULL"
-
 _SELECT = "SELECT v.manifest, v.digest FROM versions v"
 _BY_VERSION = f"{_SELECT} WHERE v.name=? AND v.version=? AND v.{LIVE}"
 _LATEST = f"{_SELECT} WHERE v.name=? AND v.{LIVE} ORDER BY v.version DESC LIMIT 1"
@@ -64,8 +27,8 @@ _BY_ALIAS = (
     f"{_SELECT} JOIN aliases a ON a.name=v.name AND a.version=v.version "
     f"WHERE a.name=? AND a.alias=? AND v.{LIVE}"
 )
-_BY_DIGEST = f"{_SELECT} WHERE v.name=? AND v.digest GLOB ? AND v.{LIVE} ORDER BY v.version DESC"
-
+_BY_DIGEST = (f"{_SELECT} WHERE v.name=? AND substr(v.digest, 1, ?)=? AND v.{LIVE} "
+              "ORDER BY v.version DESC")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -82,117 +45,135 @@ def to_us(dt: datetime) -> int:
     return (dt - _EPOCH) // _US
 
 
+def now() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What one SQL backend spells differently; the index's statements are written for SQLite."""
+
+    name: str
+    placeholder: str  # what ``?`` becomes
+    group_concat: str  # a format string: aggregate ``{expr}`` into a comma-separated text
+    identity: str  # an auto-numbered integer primary key column type
+    table_suffix: str  # after a table whose rows need no rowid (SQLite) / nothing
+    table_exists: str  # a query with one row if the table named by its parameter exists
+    schema_lock: str | None  # taken before migrating, where transactions do not exclude
+
+    def sql(self, statement: str) -> str:
+        return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
+
+
+class Cursor(Protocol):
+    rowcount: int
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """The part of a DB-API connection the index uses (sqlite3 and psycopg 3 both have it)."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ...) -> Cursor: ...
+
+
+class StoreLockLike(Protocol):
+    """Shared for pushes (first blob to commit), exclusive for gc: see blobs.StoreLock."""
+
+    def shared(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]: ...
+
+
 class Index:
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._local = threading.local()
-        self._conns: dict[tuple[int, int], sqlite3.Connection] = {}  # (pid, thread) -> conn
-        self._conns_lock = threading.Lock()
-        conn = self.conn()
-        if self._schema_version(conn) != SCHEMA_VERSION:
-            conn.execute("PRAGMA journal_mode=WAL")
-            with self.write() as tx:
-                tx.create_schema()
-            found = self._schema_version(conn)
-            if found != SCHEMA_VERSION:
-                raise RegistryError(
-                    f"{self.path} has index schema {found}; this loramux reads {SCHEMA_VERSION}"
-                )
+    """Names, versions, aliases, manifests and the audit log; subclasses bring connections.
 
-    @staticmethod
-    def _schema_version(conn: sqlite3.Connection) -> str | None:
-        """Read-only check, so opening an existing store takes no write lock."""
-        try:
-            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        except sqlite3.OperationalError:  # no meta table yet: a new store
-            return None
-        return row[0] if row else None
+    Every write is one :meth:`write` transaction, the commit point of a push: version numbers
+    are assigned and made visible atomically, and alias moves land with their audit entry.
+    """
 
-    def conn(self) -> sqlite3.Connection:
-        """This thread's connection (a fresh one after fork: connections must not cross it)."""
-        cached = getattr(self._local, "conn", None)
-        if cached is not None and cached[0] == os.getpid():
-            return cached[1]
-        conn = sqlite3.connect(
-            self.path, timeout=60, isolation_level=None, check_same_thread=False
-        )
-        conn.execute("PRAGMA busy_timeout=60000")
-        conn.execute("PRAGMA synchronous=FULL")
-        self._local.conn = (os.getpid(), conn)
-        with self._conns_lock:
-            self._prune_dead_threads()
-            self._conns[(os.getpid(), threading.get_ident())] = conn
-        return conn
+    dialect: Dialect
 
-    def _prune_dead_threads(self) -> None:
-        """Server thread pools retire idle threads; close what they leave behind."""
-        alive = {t.ident for t in threading.enumerate()}
-        pid = os.getpid()
-        for key in [k for k in self._conns if k[0] == pid and k[1] not in alive]:
-            with contextlib.suppress(sqlite3.Error):
-                self._conns.pop(key).close()
+    # -- what a backend provides -------------------------------------------------------------
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[Transaction]:
-        """One write transaction; the lock is taken up front so no upgrade can deadlock."""
-        conn = self.conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield Transaction(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+    def read(self) -> Iterator[Connection]:
+        """A connection for one read (no transaction needed)."""
+        raise NotImplementedError
+        yield
+
+    def write(self) -> contextlib.AbstractContextManager[Transaction]:
+        """One write transaction; rolled back if the block raises."""
+        raise NotImplementedError
 
     def close(self) -> None:
-        """Close this process's connections (never a parent's, inherited through fork)."""
-        pid = os.getpid()
-        with self._conns_lock:
-            mine = [k for k in self._conns if k[0] == pid]
-            conns = [self._conns.pop(k) for k in mine]
-        for conn in conns:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
-        self._local = threading.local()
-
-    def ping(self) -> None:
-        """Fails (sqlite3.Error) unless the index can be read: the health check."""
-        self.conn().execute("SELECT 1").fetchone()
+        """Release this process's connections."""
 
     def checkpoint(self) -> None:
-        """Fold the WAL back into the database file (after gc freed space)."""
-        self.conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        """Give space back after gc, where the backend needs telling."""
+
+    def store_lock(self) -> StoreLockLike | None:
+        """A push-vs-gc lock every process sharing this index sees, or None where the store's
+        own file lock already covers them all (an index on one machine)."""
+        return None
+
+    def describe(self) -> str:
+        """Where the index lives, without secrets (for logs and errors)."""
+        return self.dialect.name
 
     # -- reads -------------------------------------------------------------------------------
+
+    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        with self.read() as conn:
+            return conn.execute(self.dialect.sql(sql), args).fetchall()
+
+    def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        with self.read() as conn:
+            return conn.execute(self.dialect.sql(sql), args).fetchone()
+
+    def ping(self) -> None:
+        """Fails unless the index can be read: the health check."""
+        self._one("SELECT 1")
 
     def find(self, ref: AdapterRef) -> Manifest | None:
         """The live version ``ref`` names now, or None; a digest prefix must be unambiguous."""
         if ref.version is not None:
-            row = self.conn().execute(_BY_VERSION, (ref.name, ref.version)).fetchone()
+            row = self._one(_BY_VERSION, (ref.name, ref.version))
         elif ref.alias is not None:
-            row = self.conn().execute(_BY_ALIAS, (ref.name, ref.alias)).fetchone()
+            row = self._one(_BY_ALIAS, (ref.name, ref.alias))
         elif ref.digest is not None:
-            rows = self.conn().execute(_BY_DIGEST, (ref.name, ref.digest + "*")).fetchall()
+            rows = self._all(_BY_DIGEST, (ref.name, len(ref.digest), ref.digest))
             if len({digest for _, digest in rows}) > 1:
                 raise Conflict(f"{ref} is ambiguous: give more digits of the digest")
             row = rows[0] if rows else None
         else:
-            row = self.conn().execute(_LATEST, (ref.name,)).fetchone()
+            row = self._one(_LATEST, (ref.name,))
         return Manifest.model_validate_json(row[0]) if row else None
 
     def live_versions(self, name: str) -> tuple[int, int | None]:
         """(how many live versions ``name`` has, the highest of them)."""
-        return self.conn().execute(
+        count, top = self._one(
             f"SELECT count(*), max(version) FROM versions WHERE name=? AND {LIVE}", (name,)
-        ).fetchone()
+        )
+        return int(count), top
 
     def version_state(self, name: str, version: int) -> tuple[int | None, str | None] | None:
         """(deleted_at, deleted_by) of a version (both None if live); None if it never was."""
-        row = self.conn().execute(
+        row = self._one(
             "SELECT deleted_at, deleted_by FROM versions WHERE name=? AND version=?",
             (name, version),
-        ).fetchone()
+        )
         return (row[0], row[1]) if row else None
+
+    def oci_digest(self, name: str, version: int) -> str | None:
+        """The digest of the OCI artifact manifest recorded for ``name@version``, if any."""
+        row = self._one("SELECT oci_digest FROM versions WHERE name=? AND version=?",
+                        (name, version))
+        return row[0] if row else None
 
     def list_versions(
         self, *, name: str | None, base_fingerprint: str | None, include_deleted: bool
@@ -206,20 +187,20 @@ class Index:
             args.append(base_fingerprint)
         if not include_deleted:
             where.append(f"v.{LIVE}")
+        aliases = self.dialect.group_concat.format(expr="a.alias")
         sql = (
-            "SELECT v.manifest, v.deleted_at, "
-            "(SELECT group_concat(alias, ',') FROM aliases a "
+            f"SELECT v.manifest, v.deleted_at, (SELECT {aliases} FROM aliases a "
             " WHERE a.name=v.name AND a.version=v.version) "
             "FROM versions v"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY v.name, v.version DESC"
         )
         out = []
-        for manifest_json, deleted_at, aliases in self.conn().execute(sql, args):
+        for manifest_json, deleted_at, alias_list in self._all(sql, args):
             m = Manifest.model_validate_json(manifest_json)
             out.append(VersionInfo(
                 **m.model_dump(include=set(VersionInfo.model_fields) - {"aliases", "deleted"}),
-                aliases=sorted(aliases.split(",")) if aliases else [],
+                aliases=sorted(alias_list.split(",")) if alias_list else [],
                 deleted=deleted_at is not None,
             ))
         return out
@@ -227,7 +208,7 @@ class Index:
     def blob_users(self) -> dict[str, list[str]]:
         """Blob hex -> the live versions (``name@N``) that use it: what gc keeps."""
         users: dict[str, list[str]] = {}
-        rows = self.conn().execute(
+        rows = self._all(
             "SELECT f.sha256, f.name, f.version FROM version_files f JOIN versions v "
             f"ON v.name=f.name AND v.version=f.version WHERE v.{LIVE}"
         )
@@ -260,24 +241,23 @@ class Index:
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY id DESC LIMIT ?"
         )
-        rows = self.conn().execute(sql, (*args, max(0, limit)))
         return [
             AuditEntry(
                 id=r[0], at=to_dt(r[1]), actor=r[2], action=r[3], name=r[4], version=r[5],
                 digest=r[6], alias=r[7], old_version=r[8], old_digest=r[9],
                 detail=json.loads(r[10]),
             )
-            for r in rows
+            for r in self._all(sql, (*args, max(0, limit)))
         ]
 
     def alias_at(self, name: str, alias: str, when: datetime) -> AliasPointer | None:
         """Replay the audit log: where ``name:alias`` pointed at ``when``."""
-        row = self.conn().execute(
+        row = self._one(
             "SELECT action, version, digest, at, actor FROM audit WHERE name=? AND alias=? "
             "AND action IN ('alias_set', 'alias_rm') AND at<=? ORDER BY at DESC, id DESC "
             "LIMIT 1",
             (name, alias, to_us(when)),
-        ).fetchone()
+        )
         if row is None or row[0] == "alias_rm":
             return None
         return AliasPointer(
@@ -287,61 +267,80 @@ class Index:
 
 
 class Transaction:
-    """The statements a write runs inside one ``Index.write()`` transaction."""
+    """The statements a write runs inside one ``Index.write()`` transaction.
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
+    Every method that touches a name first calls :meth:`claim`: a backend whose transactions
+    do not already exclude each other (PostgreSQL) serializes writers of that name there, so
+    that "read the highest version, insert the next" and "read the alias, move it, log the old
+    target" cannot interleave between processes.
+    """
 
-    def create_schema(self) -> None:
-        for stmt in SCHEMA.split(";"):
-            if stmt.strip():
-                self._conn.execute(stmt)
-        self._conn.execute(
-            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
-            (SCHEMA_VERSION,),
-        )
+    def __init__(self, conn: Connection, dialect: Dialect) -> None:
+        self.connection = conn
+        self.dialect = dialect
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor:
+        return self.connection.execute(self.dialect.sql(sql), args)
+
+    def claim(self, name: str) -> None:
+        """Hold ``name`` against other writers until the transaction ends (backend-specific)."""
 
     def latest(self, name: str) -> tuple[int, str] | None:
         """(version, digest) of the newest live version."""
-        return self._conn.execute(
+        self.claim(name)
+        row = self.execute(
             f"SELECT version, digest FROM versions WHERE name=? AND {LIVE} "
             "ORDER BY version DESC LIMIT 1",
             (name,),
         ).fetchone()
+        return (row[0], row[1]) if row else None
 
     def manifest(self, name: str, version: int) -> Manifest:
-        (text,) = self._conn.execute(
+        self.claim(name)
+        (text,) = self.execute(
             "SELECT manifest FROM versions WHERE name=? AND version=?", (name, version)
         ).fetchone()
         return Manifest.model_validate_json(text)
 
     def next_version(self, name: str) -> int:
         """Deleted versions count too: a number is never handed out twice."""
-        return self._conn.execute(
+        self.claim(name)
+        return int(self.execute(
             "SELECT coalesce(max(version), 0) + 1 FROM versions WHERE name=?", (name,)
-        ).fetchone()[0]
+        ).fetchone()[0])
 
     def live_digest(self, name: str, version: int) -> str | None:
-        row = self._conn.execute(
+        self.claim(name)
+        row = self.execute(
             f"SELECT digest FROM versions WHERE name=? AND version=? AND {LIVE}", (name, version)
         ).fetchone()
         return row[0] if row else None
 
     def insert_version(self, m: Manifest) -> None:
-        self._conn.execute(
+        self.claim(m.name)
+        self.execute(
             "INSERT INTO versions(name, version, digest, size, created_at, created_by, "
             "base_fingerprint, manifest) VALUES (?,?,?,?,?,?,?,?)",
             (m.name, m.version, m.digest, m.size, to_us(m.created_at), m.created_by,
              m.base_fingerprint, m.model_dump_json()),
         )
-        self._conn.executemany(
-            "INSERT INTO version_files(name, version, path, sha256, size) VALUES (?,?,?,?,?)",
-            [(m.name, m.version, f.path, f.sha256, f.size) for f in m.files],
-        )
+        for f in m.files:
+            self.execute(
+                "INSERT INTO version_files(name, version, path, sha256, size) VALUES (?,?,?,?,?)",
+                (m.name, m.version, f.path, f.sha256, f.size),
+            )
+
+    def set_oci_digest(self, name: str, version: int, digest: str | None) -> bool:
+        """Record the OCI artifact manifest digest of ``name@version``; False if no such row."""
+        self.claim(name)
+        cur = self.execute("UPDATE versions SET oci_digest=? WHERE name=? AND version=?",
+                           (digest, name, version))
+        return cur.rowcount == 1
 
     def mark_deleted(self, name: str, version: int, at: int, actor: str) -> bool:
         """False if the version was no longer live (deleted concurrently)."""
-        cur = self._conn.execute(
+        self.claim(name)
+        cur = self.execute(
             f"UPDATE versions SET deleted_at=?, deleted_by=? WHERE name=? AND version=? AND {LIVE}",
             (at, actor, name, version),
         )
@@ -349,20 +348,24 @@ class Transaction:
 
     def alias_target(self, name: str, alias: str) -> tuple[int, str] | None:
         """(version, digest) the alias points at now."""
-        return self._conn.execute(
+        self.claim(name)
+        row = self.execute(
             "SELECT a.version, v.digest FROM aliases a JOIN versions v "
             "ON v.name=a.name AND v.version=a.version WHERE a.name=? AND a.alias=?",
             (name, alias),
         ).fetchone()
+        return (row[0], row[1]) if row else None
 
     def aliases_of(self, name: str, version: int) -> list[str]:
-        rows = self._conn.execute(
+        self.claim(name)
+        rows = self.execute(
             "SELECT alias FROM aliases WHERE name=? AND version=? ORDER BY alias", (name, version)
-        )
+        ).fetchall()
         return [r[0] for r in rows]
 
     def put_alias(self, name: str, alias: str, version: int, at: int, actor: str) -> None:
-        self._conn.execute(
+        self.claim(name)
+        self.execute(
             "INSERT INTO aliases(name, alias, version, updated_at, updated_by) "
             "VALUES (?,?,?,?,?) ON CONFLICT(name, alias) DO UPDATE SET "
             "version=excluded.version, updated_at=excluded.updated_at, "
@@ -371,7 +374,8 @@ class Transaction:
         )
 
     def drop_alias(self, name: str, alias: str) -> None:
-        self._conn.execute("DELETE FROM aliases WHERE name=? AND alias=?", (name, alias))
+        self.claim(name)
+        self.execute("DELETE FROM aliases WHERE name=? AND alias=?", (name, alias))
 
     def audit(
         self,
@@ -387,13 +391,10 @@ class Transaction:
         old_digest: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> None:
-        self._conn.execute(
+        self.claim(name)
+        self.execute(
             "INSERT INTO audit(at, actor, action, name, version, digest, alias, old_version, "
             "old_digest, detail) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (at, actor, action, name, version, digest, alias, old_version, old_digest,
              json.dumps(detail or {}, sort_keys=True)),
         )
-
-
-def now() -> int:
-    return time.time_ns() // 1000

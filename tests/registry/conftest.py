@@ -1,8 +1,10 @@
-"""Fixtures: tiny adapters, a real HTTP registry server, and the local/remote backend pair.
+"""Fixtures: tiny adapters, a real HTTP registry server, and every backend combination.
 
 The server is started once per session (uvicorn in a thread on a free loopback port); each
 test gets a fresh store which the fixture swaps into the running app, so tests stay isolated
-while the server is real.
+while the server is real. ``backend`` runs each contract test once per entry of ``COMBOS``:
+the client (local or remote) times the index (SQLite, or a fresh PostgreSQL database); a new
+dimension is one more field in :class:`Combo` and one more argument to :func:`make_store`.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "support"))
 
 import registry_support
+from postgres import postgres_dsn, postgres_server  # noqa: F401  (fixtures, registered here)
 from registry_support import ADMIN_TOKEN, write_adapter
 
 from loramux.registry.auth import TokenAuth, parse_tokens
+from loramux.registry.index import ENV_INDEX
 from loramux.registry.remote import RemoteRegistry
 from loramux.registry.store import LocalRegistry
 from loramux.registry.validate import Limits
@@ -66,6 +71,31 @@ def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHand
     handle.stop()
 
 
+@dataclass(frozen=True)
+class Combo:
+    """One backend combination the contract runs against."""
+
+    kind: str  # "local" (the store itself) or "remote" (through the HTTP server)
+    index: str  # "sqlite" or "postgresql"
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}-{self.index}"
+
+
+COMBOS = [Combo(kind, index) for index in ("sqlite", "postgresql") for kind in ("local", "remote")]
+
+
+def make_store(root: Path, *, index: str | None = None, **kwargs: object) -> LocalRegistry:
+    """The store of one combination: ``index`` None is SQLite in ``root``, else a DSN."""
+    return LocalRegistry(root, index=index, **kwargs)  # type: ignore[arg-type]
+
+
+def index_spec(request: pytest.FixtureRequest, index: str) -> str | None:
+    """The ``--index`` value for a combination's index (a fresh database for PostgreSQL)."""
+    return request.getfixturevalue("postgres_dsn") if index == "postgresql" else None
+
+
 @dataclass
 class Backend:
     """The registry under test plus what the tests need to look behind it."""
@@ -75,9 +105,10 @@ class Backend:
     store: LocalRegistry
     registry: LocalRegistry | RemoteRegistry
     server: ServerHandle | None = None
+    index: str | None = None  # the index spec (None: SQLite in root)
 
     def with_limits(self, limits: Limits) -> LocalRegistry | RemoteRegistry:
-        store = LocalRegistry(self.root, limits=limits, actor="tester")
+        store = make_store(self.root, index=self.index, limits=limits, actor="tester")
         if self.server is None:
             return store
         self.server.use(store)
@@ -94,18 +125,23 @@ class Backend:
         return list((self.root / "tmp").iterdir())
 
 
-@pytest.fixture(params=["local", "remote"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+@pytest.fixture(params=COMBOS, ids=lambda c: c.id)
+def backend(request: pytest.FixtureRequest, tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
+    combo: Combo = request.param
     root = tmp_path / "store"
-    store = LocalRegistry(root, actor="tester")
-    if request.param == "local":
-        yield Backend("local", root, store, store)
+    index = index_spec(request, combo.index)
+    if index is not None:  # processes a test starts on the folder find the same index
+        monkeypatch.setenv(ENV_INDEX, index)
+    store = make_store(root, index=index, actor="tester")
+    if combo.kind == "local":
+        yield Backend("local", root, store, store, index=index)
     else:
         server: ServerHandle = request.getfixturevalue("http_server")
         server.use(store)
         # admin: the contract covers gc, verify and forced deletes (test_scopes checks write)
         client = RemoteRegistry(server.url, token=ADMIN_TOKEN, actor="tester")
-        yield Backend("remote", root, store, client, server)
+        yield Backend("remote", root, store, client, server, index=index)
         client.close()
     store.close()
 
