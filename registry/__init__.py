@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from loramux.registry.base import Registry
+from loramux.registry.blobs import ENV_BLOBS, blobs_from_env
 from loramux.registry.errors import (
     BlobMissing,
     ConfigMismatch,
@@ -77,6 +78,7 @@ def open(
     limits: Limits | None = None,
     create: bool = True,
     index: str | None = None,
+    blobs: str | None = None,
 ) -> Registry:
     """A registry at a local path or an ``http(s)://`` URL (default: env, then home).
 
@@ -84,16 +86,18 @@ def open(
     (a server enforces its own). Without ``create``, a folder that holds no registry raises
     ``NotFound`` ("no registry at …") instead of becoming a new, empty one. ``index``, for a
     local store, is its index database (default: ``LORAMUX_REGISTRY_INDEX``, else SQLite in the
-    folder).
+    folder). ``blobs``, for a local store, is its blob store (``oci://host:port/repository``;
+    default: ``LORAMUX_REGISTRY_BLOBS``, else the one the folder was created with, else itself).
     """
     location = str(path_or_url) if path_or_url is not None else default_location()
     if is_url(location):
         return RemoteRegistry(location, token=token)
     return LocalRegistry(Path(location).expanduser(), limits=limits, create=create,
-                         index=index or index_from_env())
+                         index=index or index_from_env(), blobs=blobs or blobs_from_env())
 
 
 __all__ = [
+    "ENV_BLOBS",
     "ENV_INDEX",
     "AdapterRef",
     "AliasPointer",

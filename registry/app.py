@@ -10,11 +10,13 @@ the two steps leaves unreferenced blobs for ``gc`` and no version.
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
@@ -142,28 +144,45 @@ async def resolve(request: Request, _: Reader, ref: str) -> Response:
     return Response(manifest.model_dump_json(), media_type="application/json", headers=headers)
 
 
-def _blob_response(request: Request, digest: str) -> _BlobResponse:
-    path = _registry(request).blob_file(digest)
+def _blob_response(request: Request, digest: str, *, head: bool) -> Response:
+    """A folder store's file is sent as is; an OCI store's blob is first downloaded into a
+    temp file and verified (a corrupt blob is a 422, never bytes), then streamed."""
+    registry = _registry(request)
     headers = {"X-Content-Digest": digest, "ETag": f'"{digest}"', "Cache-Control": "immutable"}
-    return _BlobResponse(path, media_type="application/octet-stream", headers=headers)
+    path = registry.blob_path(digest)
+    if path is not None:
+        return _BlobResponse(path, media_type="application/octet-stream", headers=headers)
+    if head:
+        headers["Content-Length"] = str(registry.blob_size(digest))
+        return Response(media_type="application/octet-stream", headers=headers)
+    blob = registry.open_blob(digest)
+    headers["Content-Length"] = str(os.fstat(blob.fileno()).st_size)
+    return StreamingResponse(_chunks(blob), media_type="application/octet-stream",
+                             headers=headers)
+
+
+def _chunks(blob: BinaryIO) -> Iterator[bytes]:
+    with blob:
+        while chunk := blob.read(_BlobResponse.chunk_size):
+            yield chunk
 
 
 @router.get("/v2/blobs/{digest}", response_class=_BlobResponse,
-            responses={**BLOB_BYTES, **responses(404)})
-def get_blob(request: Request, _: Reader, digest: str) -> _BlobResponse:
+            responses={**BLOB_BYTES, **responses(404, 422, 503)})
+def get_blob(request: Request, _: Reader, digest: str) -> Response:
     """The blob's bytes, streamed; ``X-Content-Digest`` names them (the client re-hashes)."""
-    return _blob_response(request, digest)
+    return _blob_response(request, digest, head=False)
 
 
 @router.head("/v2/blobs/{digest}", response_class=_BlobResponse,
-             responses={**BLOB_BYTES, **responses(404)})
-def head_blob(request: Request, _: Reader, digest: str) -> _BlobResponse:
+             responses={**BLOB_BYTES, **responses(404, 503)})
+def head_blob(request: Request, _: Reader, digest: str) -> Response:
     """200 with the size if the server has the blob (a push skips it), else 404."""
-    return _blob_response(request, digest)
+    return _blob_response(request, digest, head=True)
 
 
 @router.put("/v2/blobs/{digest}", status_code=201, response_model=BlobStored,
-            responses=responses(404, 413, 422), openapi_extra=BLOB_BODY)
+            responses=responses(404, 413, 422, 503), openapi_extra=BLOB_BODY)
 async def put_blob(request: Request, _: Writer, digest: str) -> BlobStored | Response:
     """Stream the body to a temp file, hashing it; it becomes a blob only if it matches.
 
@@ -198,7 +217,7 @@ async def _receive_blob(request: Request, upload: BlobUpload) -> None:
 
 
 @router.post("/v2/adapters/{name}/versions", status_code=201,
-             responses=responses(404, 409, 413, 422))
+             responses=responses(404, 409, 413, 422, 503))
 def push(
     request: Request, identity: Writer, name: str, body: Annotated[PushRequest, Body()]
 ) -> Manifest:
@@ -281,12 +300,14 @@ def serve(
     limits: Limits | None = None,
     log_level: str = "info",
     index: str | None = None,
+    blobs: str | None = None,
 ) -> None:
     """Run the server in the foreground (what ``loramux registry serve`` does).
 
     ``index``: a shared index database (``postgresql://…``) for several servers; default SQLite.
+    ``blobs``: a shared blob store (``oci://host:port/repository``); default the root folder.
     """
     import uvicorn
 
-    registry = LocalRegistry(root, limits=limits, index=index)
+    registry = LocalRegistry(root, limits=limits, index=index, blobs=blobs)
     uvicorn.run(create_app(registry, auth), host=host, port=port, log_level=log_level)

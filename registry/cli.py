@@ -23,6 +23,7 @@ from typer.core import TyperGroup
 from loramux import registry as reg
 from loramux.registry import render
 from loramux.registry.auth import TOKENS_FORMAT
+from loramux.registry.blobs import BLOBS_HELP, ENV_BLOBS
 from loramux.registry.errors import IntegrityError, RegistryError
 from loramux.registry.index import INDEX_HELP
 from loramux.registry.manifest import parse_labels
@@ -365,6 +366,8 @@ def serve(
     log_level: str = typer.Option("info", "--log-level"),
     index: str | None = typer.Option(None, "--index", envvar=reg.ENV_INDEX,
                                      metavar="postgresql://…", help=INDEX_HELP),
+    blobs: str | None = typer.Option(None, "--blobs", envvar=ENV_BLOBS, metavar="oci://…",
+                                     help=BLOBS_HELP),
 ) -> None:
     """Serve a local store over HTTP (FastAPI; OpenAPI at /docs)."""
     from loramux.registry.app import serve as run
@@ -383,7 +386,8 @@ def serve(
             " read-only registry"
         )
     run(str(root), host=host, port=port, auth=auth,
-        limits=reg.Limits(max_total_bytes=max_bytes), log_level=log_level, index=index)
+        limits=reg.Limits(max_total_bytes=max_bytes), log_level=log_level, index=index,
+        blobs=blobs)
 
 
 if __name__ == "__main__":

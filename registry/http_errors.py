@@ -55,7 +55,10 @@ _MEANING = {
     409: "Conflicts with the store's state (aliases on a version, an ambiguous digest)",
     413: "Larger than the registry's limits",
     422: "Bytes that do not hash to the digest they were announced under",
+    503: "A backing store (the index database, the OCI blob registry) cannot answer; retry "
+         "after Retry-After seconds",
 }
+RETRY_AFTER_S = 5
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -67,6 +70,8 @@ def error_response(exc: RegistryError, status: int | None = None) -> JSONRespons
     """The one place a RegistryError becomes an HTTP answer (the client maps it back)."""
     body = {"error": {"message": exc.message, "type": type(exc).__name__, "code": exc.code}}
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    if (status or exc.status) == 503:
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
     return JSONResponse(status_code=status or exc.status, content=body, headers=headers)
 
 

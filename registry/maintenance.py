@@ -2,7 +2,9 @@
 
 Both run under the store's lock taken exclusively, so they never race a push: a push holds it
 shared from its first blob to its commit, which is how gc can delete every unreferenced blob and
-every temp file without a grace period.
+every temp file without a grace period. They work on any blob store: in an OCI registry, gc
+deletes (HTTP DELETE) the unreferenced blobs the store's ledger knows, and verify downloads and
+re-hashes every blob (see registry/blobs/oci.py).
 """
 
 from __future__ import annotations
@@ -10,15 +12,14 @@ from __future__ import annotations
 import logging
 import shutil
 
-from loramux.registry.blobs import BlobStore, StoreLock
-from loramux.registry.digests import sha256_file
+from loramux.registry.blobs import BlobBackend, StoreLock
 from loramux.registry.index import Index
 from loramux.registry.manifest import BlobProblem, GcReport, VerifyReport
 
 log = logging.getLogger(__name__)
 
 
-def collect_garbage(index: Index, blobs: BlobStore, lock: StoreLock) -> GcReport:
+def collect_garbage(index: Index, blobs: BlobBackend, lock: StoreLock) -> GcReport:
     """Blobs no live version references (yanked versions' included) and push leftovers."""
     report = GcReport()
     with lock.exclusive():
@@ -40,8 +41,8 @@ def collect_garbage(index: Index, blobs: BlobStore, lock: StoreLock) -> GcReport
     return report
 
 
-def verify_blobs(index: Index, blobs: BlobStore, lock: StoreLock) -> VerifyReport:
-    """Re-hash every blob on disk and check every referenced one exists.
+def verify_blobs(index: Index, blobs: BlobBackend, lock: StoreLock) -> VerifyReport:
+    """Re-hash every stored blob and check every referenced one exists.
 
     A corrupt blob is moved to ``quarantine/`` (kept for inspection): the store then knows it
     lacks those bytes, so the next push of the same file stores them again, over HTTP too, where
@@ -49,18 +50,16 @@ def verify_blobs(index: Index, blobs: BlobStore, lock: StoreLock) -> VerifyRepor
     """
     report = VerifyReport()
     users = index.blob_users()
-    on_disk = set(blobs.all_hex())
     suspects = []
-    for hex_ in sorted(on_disk | set(users)):
-        if hex_ not in on_disk:
-            report.problems.append(BlobProblem(
-                digest=f"sha256:{hex_}", problem="missing", detail="blob file is missing",
-                used_by=users.get(hex_, [])))
+    for hex_ in sorted(set(blobs.all_hex()) | set(users)):
+        stored = blobs.hash_stored(hex_)
+        if stored is None:
+            if hex_ in users:  # else removed by a concurrent gc, so nothing referenced it
+                report.problems.append(BlobProblem(
+                    digest=f"sha256:{hex_}", problem="missing", detail="blob is missing",
+                    used_by=users[hex_]))
             continue
-        try:
-            actual, size = sha256_file(blobs.path(hex_))
-        except FileNotFoundError:
-            continue  # removed by a concurrent gc, so nothing referenced it
+        actual, size = stored
         report.checked_blobs += 1
         report.checked_bytes += size
         if actual != hex_:

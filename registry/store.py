@@ -19,7 +19,7 @@ from loramux.registry.base import (
     labels_match,
     require_pinned,
 )
-from loramux.registry.blobs import BlobStore, BlobUpload, StoreLock
+from loramux.registry.blobs import BlobUpload, StoreLock, open_blobs
 from loramux.registry.digests import adapter_digest
 from loramux.registry.errors import BlobMissing, Conflict, IntegrityError, InvalidName, NotFound
 from loramux.registry.index import INDEX_FILE, Transaction, is_shared, now, open_index, to_dt
@@ -56,6 +56,7 @@ class LocalRegistry(Registry):
         actor: str | None = None,
         create: bool = True,
         index: str | None = None,
+        blobs: str | None = None,
     ) -> None:
         """``index``: a ``postgresql://`` DSN for a shared index (default: SQLite in ``root``)."""
         self.root = Path(root).expanduser()
@@ -65,7 +66,7 @@ class LocalRegistry(Registry):
         (self.root / "locks").mkdir(exist_ok=True)
         self.limits = limits or Limits()
         self.actor = actor or default_actor()
-        self.blobs = BlobStore(self.root)
+        self.blobs = open_blobs(self.root, blobs)
         self.index = open_index(index, self.root)
         # a shared index brings a lock every server sees; the file lock covers one machine
         self.lock = self.index.store_lock() or StoreLock(self.root / "locks" / "gc.lock")
@@ -75,6 +76,7 @@ class LocalRegistry(Registry):
 
     def close(self) -> None:
         self.index.close()
+        self.blobs.close()
 
     # -- push --------------------------------------------------------------------------------
 
@@ -101,16 +103,24 @@ class LocalRegistry(Registry):
         return BlobUpload(self.blobs, self.lock, digest, max_bytes=self.limits.file_bytes,
                           size=size)
 
-    def blob_file(self, digest: str) -> Path:
-        """The file holding blob ``sha256:<64 hex>`` (to send as is). Raises NotFound."""
+    def blob_path(self, digest: str) -> Path | None:
+        """The local file holding blob ``sha256:<64 hex>``, to send as is; None when the store
+        is not a folder (an OCI registry: stream :meth:`open_blob`). Raises NotFound."""
         validate_digest(digest, full=True)
-        if self.blobs.size(digest) is None:
+        return self.blobs.local_path(digest)
+
+    def blob_size(self, digest: str) -> int:
+        """The size of blob ``sha256:<64 hex>``. Raises NotFound."""
+        validate_digest(digest, full=True)
+        size = self.blobs.size(digest)
+        if size is None:
             raise NotFound(f"blob {digest} is not in the store")
-        return self.blobs.path(digest)
+        return size
 
     def ping(self) -> None:
-        """Raises unless the index can be read (the HTTP health check)."""
+        """Raises unless the index and the blob store answer (the HTTP health check)."""
         self.index.ping()
+        self.blobs.ping()
 
     def _commit(self, name: str, request: PushRequest, actor: str) -> Manifest:
         validate_name(name)
@@ -118,11 +128,11 @@ class LocalRegistry(Registry):
         files = sorted(request.files, key=lambda f: f.path)
         if not files:
             raise InvalidName("a push needs at least one file")
-        paths: dict[str, Path] = {}
+        seen: set[str] = set()
         for f in files:
-            if check_rel_path(f.path) in paths:
+            if check_rel_path(f.path) in seen:
                 raise InvalidName(f"file {f.path!r} is listed twice")
-            paths[f.path] = self.blobs.path(f.sha256)
+            seen.add(f.path)
         check_sizes({f.path: f.size for f in files}, self.limits)
         for f in files:
             size = self.blobs.size(f.sha256)
@@ -130,7 +140,8 @@ class LocalRegistry(Registry):
                 raise BlobMissing(f"blob {f.digest} ({f.path}) has not been uploaded")
             if size != f.size:
                 raise IntegrityError(f"{f.path}: blob {f.digest} has {size} bytes, not {f.size}")
-        checked = _validate(paths, self.limits)
+        with self.blobs.local_files(f.sha256 for f in files) as local:
+            checked = _validate({f.path: local[f.sha256] for f in files}, self.limits)
         digest = adapter_digest(files)
         with self.index.write() as tx:
             at = now()

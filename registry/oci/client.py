@@ -171,9 +171,10 @@ class OciClient:
         self.download_blob(digest, buffer)
         return buffer.getvalue()
 
-    def hash_blob(self, digest: str) -> tuple[str, int]:
-        """(hex, size) of what the registry holds under ``digest``, without judging it."""
-        return self._copy(digest, None)
+    def hash_blob(self, digest: str, out: BinaryIO | None = None) -> tuple[str, int]:
+        """(hex, size) of what the registry holds under ``digest``, without judging it (the
+        bytes go to ``out`` if given: ``verify`` keeps a corrupt blob's bytes)."""
+        return self._copy(digest, out)
 
     def _copy(self, digest: str, out: BinaryIO | None) -> tuple[str, int]:
         h, size = hashlib.sha256(), 0

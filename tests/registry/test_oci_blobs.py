@@ -19,14 +19,19 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "support"))
 
 import oci_registry as oci_support
 from oci_registry import fresh_repository, require_docker_registry
+from registry_support import ADMIN_TOKEN, flip_byte, folder_bytes
 
 from loramux.registry.errors import (
     BlobStoreUnavailable,
+    Conflict,
     IntegrityError,
     InvalidName,
     NotFound,
 )
 from loramux.registry.oci import OCI_MANIFEST, Credentials, OciClient, OciLocation
+from loramux.registry.remote import RemoteRegistry
+from loramux.registry.store import LocalRegistry
+from loramux.support.launch import RegistryProcess
 from loramux.support.oci_registry import OciRegistry
 
 oci_registry = oci_support.oci_registry  # the session's registry fixture
@@ -152,3 +157,109 @@ def test_basic_auth(tmp_path: Path) -> None:
                 bad.get_blob(_digest(data))
     finally:
         registry.stop()
+
+
+# -- the registry on an OCI blob store ---------------------------------------------------------
+
+
+@pytest.fixture
+def own_oci(tmp_path: Path):
+    """A registry process of this test's own: its bytes may be flipped, it may be stopped."""
+    require_docker_registry()
+    registry = OciRegistry(tmp_path / "oci")
+    registry.start()
+    yield registry
+    registry.stop()
+
+
+def _oci_store(root: Path, oci: OciRegistry, repository: str = "loramux/blobs") -> LocalRegistry:
+    return LocalRegistry(root, blobs=oci.location(repository), actor="tester")
+
+
+def test_push_pull_gc_on_oci(own_oci: OciRegistry, adapters, tmp_path: Path) -> None:
+    store = _oci_store(tmp_path / "store", own_oci)
+    a = store.push(adapters["a"], "on-oci")
+    store.push(adapters["b"], "on-oci")
+    files = {f.sha256 for f in a.files} | {f.sha256 for f in store.resolve("on-oci@2").files}
+    assert len(files) == 3  # a and b share their config: stored once
+    assert files <= own_oci.linked_blobs("loramux/blobs")  # (+ each version's artifact config)
+    assert not (tmp_path / "store" / "blobs").exists()  # nothing in the folder store
+    assert store.blobs.temp_files() == []  # staged copies dropped once committed
+    assert folder_bytes(store.pull("on-oci@1", tmp_path / "out")) == folder_bytes(adapters["a"])
+    store.close()
+    # the root remembers its store: reopening without --blobs finds the same blobs
+    again = LocalRegistry(tmp_path / "store")
+    assert folder_bytes(again.pull("on-oci@2", tmp_path / "out2")) == folder_bytes(adapters["b"])
+    with pytest.raises(Conflict, match="keeps its blobs in oci://"):
+        LocalRegistry(tmp_path / "store", blobs=own_oci.location("loramux/other"))
+    again.delete("on-oci@1")
+    report = again.gc()
+    weights_a = a.file("adapter_model.safetensors").sha256
+    assert (report.removed_blobs, report.kept_blobs) == (1, 2)
+    assert weights_a not in own_oci.linked_blobs("loramux/blobs")
+    assert again.verify().ok
+    again.close()
+
+
+def test_flipped_byte_in_the_oci_store_is_caught(own_oci: OciRegistry, http_server, adapters,
+                                                 tmp_path: Path) -> None:
+    store = _oci_store(tmp_path / "store", own_oci)
+    manifest = store.push(adapters["a"], "rot")
+    weights = manifest.file("adapter_model.safetensors")
+    flip_byte(own_oci.blob_data(weights.sha256))
+    http_server.use(store)
+    remote = RemoteRegistry(http_server.url, token=ADMIN_TOKEN)
+    for registry in (store, remote):  # in-process, and through the registry's HTTP server
+        dest = tmp_path / "out" / type(registry).__name__
+        with pytest.raises(IntegrityError, match=weights.sha256):
+            registry.pull("rot@1", dest)
+        assert not dest.exists()
+    got = httpx.get(f"{http_server.url}/v2/blobs/{weights.digest}",
+                    headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert got.status_code == 422 and got.json()["error"]["type"] == "IntegrityError"
+
+    report = remote.verify()
+    [problem] = report.problems
+    assert (problem.digest, problem.problem, problem.used_by) == (weights.digest, "corrupt",
+                                                                  ["rot@1"])
+    assert weights.sha256 not in own_oci.linked_blobs("loramux/blobs")  # deleted from the repo
+    with pytest.raises(NotFound, match=weights.sha256):
+        store.pull("rot@1", tmp_path / "out" / "again")
+    assert [p.problem for p in store.verify().problems] == ["missing"]
+    remote.close()
+
+
+def test_oci_outage_is_503_and_recovers_without_restart(own_oci: OciRegistry, adapters,
+                                                        tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    manifest = _oci_store(root, own_oci).push(adapters["a"], "outage")
+    weights = manifest.file("adapter_model.safetensors")
+    server = RegistryProcess(root, tmp_path / "registry.log",
+                             ["--blobs", own_oci.location("loramux/blobs")],
+                             env={"LORAMUX_REGISTRY_TOKENS": f"{ADMIN_TOKEN}:admin"})
+    server.start()
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    blob_url = f"{server.url}/v2/blobs/{weights.digest}"
+    try:
+        assert httpx.get(blob_url, headers=auth).content == \
+            (adapters["a"] / "adapter_model.safetensors").read_bytes()
+        own_oci.stop()
+        for response in (httpx.get(blob_url, headers=auth),
+                         httpx.get(f"{server.url}/health"),
+                         httpx.put(f"{server.url}/v2/blobs/{_digest(b'new')}", headers=auth,
+                                   content=b"new")):
+            assert response.status_code == 503, response.text
+            error = response.json()["error"]
+            assert error["type"] == "BlobStoreUnavailable", error
+            assert "cannot be reached" in error["message"]
+            assert int(response.headers["retry-after"]) > 0
+        with RemoteRegistry(server.url, token=ADMIN_TOKEN) as remote, \
+                pytest.raises(BlobStoreUnavailable):
+            remote.pull("outage@1", tmp_path / "pulled")
+        assert httpx.get(f"{server.url}/v2/resolve", params={"ref": "outage"},
+                         headers=auth).status_code == 200  # the index still answers
+        own_oci.start()  # the same port
+        assert httpx.get(f"{server.url}/health").status_code == 200
+        assert httpx.get(blob_url, headers=auth).status_code == 200
+    finally:
+        server.stop()

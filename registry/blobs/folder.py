@@ -1,4 +1,4 @@
-"""Content-addressed blob files: ``blobs/sha256/<hex>``, the OCI image-layout path.
+"""The folder blob store (the default): ``blobs/sha256/<hex>``, the OCI image-layout path.
 
 A blob only ever appears under its name complete and verified: bytes go to a temp file in
 ``tmp/`` (same filesystem), are fsynced and hashed, and are renamed into place. A crash leaves at
@@ -14,9 +14,9 @@ import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from loramux.registry.digests import (
     CHUNK,
@@ -145,12 +145,16 @@ class BlobWriter:
         self.temp.unlink(missing_ok=True)
 
 
+class _Writers(Protocol):
+    def writer(self, *, max_bytes: int | None = None, what: str = "blob") -> BlobWriter: ...
+
+
 class BlobUpload:
     """A blob arriving in pieces over HTTP: it holds the store's shared lock from the first
     byte to ``close`` (so gc waits), and becomes a blob only if it hashes to its digest."""
 
     def __init__(
-        self, store: BlobStore, lock: StoreLock, digest: str, *, max_bytes: int,
+        self, store: _Writers, lock: StoreLock, digest: str, *, max_bytes: int,
         size: int | None = None,
     ) -> None:
         if size is not None and size > max_bytes:
@@ -182,6 +186,8 @@ class BlobUpload:
 
 
 class BlobStore:
+    """Blobs as files in ``root``: reads hand out the file itself (the caller hashes)."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.dir = root / "blobs" / "sha256"
@@ -196,8 +202,42 @@ class BlobStore:
             raise NotFound(f"no blob {digest!r}")
         return self.dir / hex_
 
+    def __repr__(self) -> str:
+        return f"BlobStore({str(self.root)!r})"
+
+    @staticmethod
+    def holds_blobs(root: Path) -> bool:
+        """True if ``root`` has a folder store with at least one blob in it."""
+        folder = root / "blobs" / "sha256"
+        return folder.is_dir() and any(folder.iterdir())
+
     def exists(self, digest: str) -> bool:
         return self.path(digest).is_file()
+
+    def local_path(self, digest: str) -> Path:
+        """The file holding the blob, to send as is. Raises NotFound."""
+        path = self.path(digest)
+        if not path.is_file():
+            raise NotFound(f"blob {digest} is not in the store")
+        return path
+
+    @contextlib.contextmanager
+    def local_files(self, hexes: Iterable[str]) -> Iterator[dict[str, Path]]:
+        """Files holding these blobs, for reading while the context lasts (no copies here)."""
+        yield {hex_: self.path(hex_) for hex_ in hexes}
+
+    def hash_stored(self, hex_: str) -> tuple[str, int] | None:
+        """(hex, size) of the bytes stored under ``hex_``; None if there are none."""
+        try:
+            return sha256_file(self.path(hex_))
+        except FileNotFoundError:
+            return None
+
+    def ping(self) -> None:
+        """A folder is always there (its absence shows as NotFound on each blob)."""
+
+    def close(self) -> None:
+        pass
 
     def size(self, digest: str) -> int | None:
         try:
