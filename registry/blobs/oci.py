@@ -15,7 +15,9 @@ exclusive lock like the folder store; blobs uploaded through another registry ro
 this ledger and are left alone (distribution's own ``garbage-collect`` reclaims the bytes of
 every deleted blob). ``verify`` hashes the ledger's blobs and every referenced one; a corrupt
 blob's bytes are saved under ``quarantine/`` and the blob is deleted from the repository, so
-the next push of the same file uploads it again.
+the next push of the same file uploads it again. A registry may keep the rotten bytes anyway
+(CNCF distribution does until its garbage collection runs): that push re-hashes what the
+registry serves and fails with the remedy rather than linking rotten bytes again.
 """
 
 from __future__ import annotations
@@ -165,6 +167,22 @@ class OciBlobStore:
             return
         self.client.push_blob(source, digest, size)
         log.debug("uploaded blob %s (%d bytes) to %s", digest, size, self.client.location)
+        if self.quarantine.is_dir() and any(self.quarantine.glob(f"{hex_}.*")):
+            self._check_repaired(hex_, digest)
+
+    def _check_repaired(self, hex_: str, digest: str) -> None:
+        """A blob verify found rotten was uploaded again: a registry may have kept the old
+        bytes (distribution keeps a deleted blob's data until its garbage collection and does
+        not replace it on upload), so hash what it serves now and refuse loudly if still bad."""
+        actual, _ = self.client.hash_blob(digest)
+        if actual == hex_:
+            return
+        self.client.delete_blob(digest)
+        raise IntegrityError(
+            f"the OCI registry {self.client.location} still serves corrupt bytes for {digest} "
+            f"after a fresh upload (they hash to sha256:{actual}): it keeps a deleted blob's "
+            "data until its own garbage collection runs (docker-registry garbage-collect); "
+            "run it, then push again")
 
     # -- upkeep ------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "support"))
 
 import registry_support
+from oci_registry import require_docker_registry
 from postgres import postgres_dsn, postgres_server  # noqa: F401  (fixtures, registered here)
 from registry_support import ADMIN_TOKEN, write_adapter
 
@@ -30,6 +31,7 @@ from loramux.registry.index import ENV_INDEX
 from loramux.registry.remote import RemoteRegistry
 from loramux.registry.store import LocalRegistry
 from loramux.registry.validate import Limits
+from loramux.support.oci_registry import OciRegistry
 from loramux.support.ports import uvicorn_port
 
 TOKENS = parse_tokens(registry_support.TOKENS)
@@ -77,13 +79,17 @@ class Combo:
 
     kind: str  # "local" (the store itself) or "remote" (through the HTTP server)
     index: str  # "sqlite" or "postgresql"
+    blobs: str = "folder"  # or "oci": a repository in a docker-registry of the test's own
 
     @property
     def id(self) -> str:
-        return f"{self.kind}-{self.index}"
+        return f"{self.kind}-{self.index}" + ("-oci" if self.blobs == "oci" else "")
 
 
 COMBOS = [Combo(kind, index) for index in ("sqlite", "postgresql") for kind in ("local", "remote")]
+# OCI blobs: embedded, and the several-servers setup (remote, PostgreSQL); not all four again
+COMBOS += [Combo("local", "sqlite", "oci"), Combo("remote", "postgresql", "oci")]
+OCI_REPOSITORY = "loramux/contract"
 
 
 def make_store(root: Path, *, index: str | None = None, **kwargs: object) -> LocalRegistry:
@@ -106,6 +112,7 @@ class Backend:
     registry: LocalRegistry | RemoteRegistry
     server: ServerHandle | None = None
     index: str | None = None  # the index spec (None: SQLite in root)
+    oci: OciRegistry | None = None  # the blob store's registry (None: the folder)
 
     def with_limits(self, limits: Limits) -> LocalRegistry | RemoteRegistry:
         store = make_store(self.root, index=self.index, limits=limits, actor="tester")
@@ -119,10 +126,31 @@ class Backend:
         return RemoteRegistry(self.server.url, token=token or "")
 
     def blob_files(self) -> set[str]:
-        return {p.name for p in (self.root / "blobs" / "sha256").iterdir()}
+        """Blobs the store holds: files in its folder, or blobs it uploaded that the OCI
+        repository links (each version's artifact config is not a file blob)."""
+        if self.oci is None:
+            return {p.name for p in (self.root / "blobs" / "sha256").iterdir()}
+        return set(self.store.blobs.all_hex()) & self.oci.linked_blobs(OCI_REPOSITORY)
+
+    def blob_data(self, hex_: str) -> Path:
+        """The file holding a blob's bytes (to flip one)."""
+        if self.oci is None:
+            return self.root / "blobs" / "sha256" / hex_
+        return self.oci.blob_data(hex_)
 
     def temp_files(self) -> list[Path]:
-        return list((self.root / "tmp").iterdir())
+        """Leftovers of pushes: temp files, staged copies, open OCI upload sessions."""
+        if self.oci is None:
+            return list((self.root / "tmp").iterdir())
+        return [*self.store.blobs.temp_files(), *self.oci.uploads(OCI_REPOSITORY)]
+
+
+def _own_oci_registry(tmp_path: Path) -> OciRegistry:
+    """A registry per test: flipped bytes and deleted blobs stay in the test that made them."""
+    require_docker_registry()
+    oci = OciRegistry(tmp_path / "oci")
+    oci.start()
+    return oci
 
 
 @pytest.fixture(params=COMBOS, ids=lambda c: c.id)
@@ -133,17 +161,22 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path,
     index = index_spec(request, combo.index)
     if index is not None:  # processes a test starts on the folder find the same index
         monkeypatch.setenv(ENV_INDEX, index)
+    oci = _own_oci_registry(tmp_path) if combo.blobs == "oci" else None
+    if oci is not None:
+        make_store(root, index=index, blobs=oci.location(OCI_REPOSITORY)).close()  # remembered
     store = make_store(root, index=index, actor="tester")
     if combo.kind == "local":
-        yield Backend("local", root, store, store, index=index)
+        yield Backend("local", root, store, store, index=index, oci=oci)
     else:
         server: ServerHandle = request.getfixturevalue("http_server")
         server.use(store)
         # admin: the contract covers gc, verify and forced deletes (test_scopes checks write)
         client = RemoteRegistry(server.url, token=ADMIN_TOKEN, actor="tester")
-        yield Backend("remote", root, store, client, server, index=index)
+        yield Backend("remote", root, store, client, server, index=index, oci=oci)
         client.close()
     store.close()
+    if oci is not None:
+        oci.stop()
 
 
 @pytest.fixture(scope="session")

@@ -86,7 +86,7 @@ def test_processes_share_one_download(backend, adapters, tmp_path: Path) -> None
 def test_corrupt_blob_never_reaches_the_cache(backend, adapters, tmp_path: Path) -> None:
     manifest = backend.registry.push(adapters["a"], "cached")
     weights = manifest.file("adapter_model.safetensors")
-    flip_byte(backend.root / "blobs" / "sha256" / weights.sha256)
+    flip_byte(backend.blob_data(weights.sha256))
     cache = AdapterCache(tmp_path / "cache")
     with pytest.raises(IntegrityError, match=weights.sha256):
         cache.fetch(backend.registry, manifest)
@@ -95,6 +95,10 @@ def test_corrupt_blob_never_reaches_the_cache(backend, adapters, tmp_path: Path)
     assert cache.size_bytes() == 0
 
     backend.store.verify()  # quarantines the rotten blob
+    if backend.oci is not None:  # distribution keeps rotten data until its own gc (contract)
+        with pytest.raises(IntegrityError, match="garbage-collect"):
+            backend.registry.push(adapters["a"], "cached")
+        return
     backend.registry.push(adapters["a"], "cached")  # stores the bytes again
     assert folder_bytes(cache.fetch(backend.registry, manifest)) == folder_bytes(adapters["a"])
 

@@ -166,7 +166,7 @@ def test_flipped_byte_is_caught_by_pull_and_verify(backend, adapters, tmp_path: 
     reg = backend.registry
     manifest = reg.push(adapters["a"], "rot")
     weights = manifest.file("adapter_model.safetensors")
-    flip_byte(backend.root / "blobs" / "sha256" / weights.sha256)
+    flip_byte(backend.blob_data(weights.sha256))
 
     dest = tmp_path / "out" / "rot"
     with pytest.raises(IntegrityError, match=weights.sha256):
@@ -185,6 +185,13 @@ def test_flipped_byte_is_caught_by_pull_and_verify(backend, adapters, tmp_path: 
     assert not dest.exists()
     assert [p.problem for p in reg.verify().problems] == ["missing"]
 
+    if backend.oci is not None:
+        # CNCF distribution keeps a deleted blob's rotten data until its own garbage collection
+        # and does not replace it on upload: the push says so instead of linking it again
+        with pytest.raises(IntegrityError, match="garbage-collect"):
+            reg.push(adapters["a"], "rot")
+        assert [p.problem for p in reg.verify().problems] == ["missing"]
+        return
     # pushing the intact folder again stores the bytes again (over HTTP too)
     reg.push(adapters["a"], "rot")
     assert reg.verify().ok
