@@ -1,0 +1,351 @@
+"""A LoRA resolver plugin for stock vLLM: `vllm serve BASE --enable-lora` serves registry adapters.
+
+vLLM asks its registered resolvers about a request's ``model`` when it is neither the base nor an
+adapter it already loaded (only with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``). This resolver
+reads loramux references (``name``, ``name@7``, ``name:prod``, ``name@sha256:…``), resolves them
+in a loramux registry (a folder, or an ``http(s)://`` URL with a token), fetches the files through
+the digest-verified `AdapterCache` and refuses an adapter whose manifest names another base.
+
+It is registered through the ``vllm.general_plugins`` entry point and stays a no-op unless
+``LORAMUX_VLLM_REGISTRY`` is set (docs/vllm-resolver.md lists the variables).
+
+Refusals are raised, not returned: vLLM answers a resolver's ``None`` with a bare "does not
+exist", while an exception derived from its ``GracefulHTTPError`` reaches the client as an
+OpenAI-shaped error with our message and status. A model string that is not a loramux reference
+at all gets ``None``, so other resolvers may still claim it.
+
+vLLM keeps what a resolver returned for the life of the process, keyed by the request's model
+string, and numbers adapters itself (it overwrites ``lora_int_id``): an alias moved later is seen
+by this server only after ``/v1/unload_lora_adapter`` for that model string.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from loramux.registry import is_url
+from loramux.registry import open as open_registry
+from loramux.registry.base import Registry
+from loramux.registry.cache import AdapterCache
+from loramux.registry.digests import hex_of
+from loramux.registry.errors import (
+    Conflict,
+    IntegrityError,
+    InvalidBaseModel,
+    InvalidName,
+    NotFound,
+    RegistryError,
+)
+from loramux.registry.fingerprint import base_components, compare, fingerprint_of
+from loramux.registry.manifest import Manifest
+from loramux.registry.refs import AdapterRef, validate_digest
+
+log = logging.getLogger(__name__)
+
+ENV_REGISTRY = "LORAMUX_VLLM_REGISTRY"
+ENV_TOKEN = "LORAMUX_VLLM_TOKEN"
+ENV_CACHE_DIR = "LORAMUX_VLLM_CACHE_DIR"
+ENV_BASE_FINGERPRINT = "LORAMUX_VLLM_BASE_FINGERPRINT"
+# The same folder `loramux serve` uses by default: sharing it between processes is safe.
+DEFAULT_CACHE_DIR = Path("~/.cache/loramux/adapters")
+RESOLVER_NAME = "loramux"
+# What a registry (local store or HTTP client) raises when it cannot answer at all.
+_REGISTRY_FAILURES = (RegistryError, OSError, sqlite3.Error)
+
+
+class IncompatibleAdapter(RegistryError, status=400):
+    """The adapter was trained for another base than the one this vLLM serves."""
+
+
+class RegistryUnavailable(RegistryError, status=503):
+    """The registry (or the local cache disk) cannot answer now; a retry may succeed."""
+
+
+class BaseUnknown(RegistryError, status=500):
+    """The served base cannot be fingerprinted, so no adapter can be checked against it."""
+
+
+@dataclass(frozen=True)
+class ResolverSettings:
+    """The plugin's configuration, read from the environment in one place."""
+
+    registry: str
+    token: str | None = None
+    cache_dir: Path = DEFAULT_CACHE_DIR
+    base_fingerprint: str | None = None  # for a base vLLM loads from somewhere not on disk
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> ResolverSettings | None:
+        """None when ``LORAMUX_VLLM_REGISTRY`` is unset (the plugin stays off).
+
+        Raises ``InvalidName`` for a bad URL scheme or fingerprint: vLLM then fails at start,
+        which beats refusing every request later.
+        """
+        location = env.get(ENV_REGISTRY, "").strip()
+        if not location:
+            return None
+        if not is_url(location) and not Path(location).expanduser().is_dir():
+            raise InvalidName(f"{ENV_REGISTRY}={location!r} is neither an http(s):// URL nor "
+                              "a folder holding a loramux registry")
+        fingerprint = env.get(ENV_BASE_FINGERPRINT, "").strip() or None
+        if fingerprint is not None:
+            validate_digest(fingerprint, full=True)
+        cache_dir = Path(env.get(ENV_CACHE_DIR, "").strip() or DEFAULT_CACHE_DIR).expanduser()
+        return cls(location, env.get(ENV_TOKEN, "").strip() or None, cache_dir, fingerprint)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What vLLM needs to load one adapter (turned into its ``LoRARequest`` by the plugin)."""
+
+    lora_name: str  # the request's model string: vLLM's key and the response's `model`
+    lora_int_id: int
+    path: Path
+    manifest: Manifest
+
+
+def lora_int_id(digest: str) -> int:
+    """A positive int32 from the adapter digest: the same adapter gets the same id everywhere."""
+    return int(hex_of(digest)[:8], 16) & 0x7FFFFFFF or 1
+
+
+@dataclass(frozen=True)
+class _ServedBase:
+    fingerprint: str
+    components: dict[str, str] | None  # None when the fingerprint was given, not computed
+
+
+class RegistryResolver:
+    """The resolver's logic, free of vLLM: reference → checked, verified local adapter folder.
+
+    Blocking (registry calls, hashing); the vLLM plugin runs it in a worker thread. Thread-safe.
+    """
+
+    def __init__(self, settings: ResolverSettings, registry: Registry | None = None) -> None:
+        self.settings = settings
+        self._registry = registry
+        self._cache: AdapterCache | None = None
+        self._bases: dict[str, _ServedBase] = {}
+        self._lock = threading.Lock()
+
+    def resolve(self, base_model_name: str, lora_name: str) -> Resolved | None:
+        """The adapter ``lora_name`` names, fetched and checked for ``base_model_name``.
+
+        Returns None when ``lora_name`` is not a loramux reference. Raises ``NotFound`` (no such
+        adapter), ``Conflict`` (ambiguous digest prefix), ``IncompatibleAdapter`` (another
+        base), ``IntegrityError`` (bytes or answer not matching the digest),
+        ``RegistryUnavailable`` and ``BaseUnknown``; each is logged with its reason.
+        """
+        try:
+            ref = AdapterRef.parse(lora_name)
+        except InvalidName as exc:
+            log.info("loramux resolver: %r is not a registry reference (%s)", lora_name, exc)
+            return None
+        try:
+            base = self._served_base(base_model_name)
+            manifest = self._lookup(ref)
+            check_base(manifest, base.fingerprint, base.components, lora_name, base_model_name)
+            path = self._fetch(manifest)
+        except RegistryError as exc:
+            log.warning("loramux resolver refused `%s` (HTTP %d): %s", lora_name, exc.status,
+                        exc.message)
+            raise
+        log.info("loramux resolver: `%s` is %s (%s) at %s", lora_name, manifest.ref,
+                 manifest.digest, path)
+        return Resolved(lora_name, lora_int_id(manifest.digest), path, manifest)
+
+    def _open(self) -> tuple[Registry, AdapterCache]:
+        with self._lock:
+            if self._registry is None:
+                try:
+                    self._registry = open_registry(self.settings.registry,
+                                                   token=self.settings.token, create=False)
+                except _REGISTRY_FAILURES as exc:
+                    raise unavailable(f"cannot open the loramux registry: {exc}", exc) from exc
+            if self._cache is None:
+                try:
+                    self._cache = AdapterCache(self.settings.cache_dir)
+                except OSError as exc:
+                    raise unavailable(f"cannot use the adapter cache folder: {exc}", exc) from exc
+            return self._registry, self._cache
+
+    def _served_base(self, base_model_name: str) -> _ServedBase:
+        """The served base's fingerprint, computed once per base name (about 1 MiB read)."""
+        if self.settings.base_fingerprint is not None:
+            return _ServedBase(self.settings.base_fingerprint, None)
+        known = self._bases.get(base_model_name)
+        if known is not None:
+            return known
+        folder = base_folder(base_model_name)
+        try:
+            components = base_components(folder)
+        except (InvalidBaseModel, OSError) as exc:
+            raise BaseUnknown(f"cannot fingerprint the served base `{base_model_name}` ({exc}); "
+                              f"set {ENV_BASE_FINGERPRINT}") from exc
+        served = _ServedBase(fingerprint_of(components), components)
+        log.info("loramux resolver: served base `%s` has fingerprint %s", base_model_name,
+                 served.fingerprint)
+        with self._lock:
+            return self._bases.setdefault(base_model_name, served)
+
+    def _lookup(self, ref: AdapterRef) -> Manifest:
+        registry, _ = self._open()
+        try:
+            manifest = registry.resolve(ref)
+        except NotFound as exc:
+            raise NotFound(f"adapter `{ref}` is not in the loramux registry: {exc}") from exc
+        except Conflict as exc:
+            raise Conflict(f"adapter reference `{ref}` is ambiguous: {exc}") from exc
+        except _REGISTRY_FAILURES as exc:
+            raise unavailable(f"the loramux registry cannot answer for `{ref}`", exc) from exc
+        check_answer(ref, manifest)
+        return manifest
+
+    def _fetch(self, manifest: Manifest) -> Path:
+        """The verified cache folder, held for the life of the process: vLLM may read it again
+        whenever its own CPU cache drops the adapter, and never says when it is done."""
+        registry, cache = self._open()
+        try:
+            if manifest.digest not in cache.held():
+                cache.hold(manifest.digest)
+            path, damage = cache.fetch_verified(registry, manifest)
+        except IntegrityError as exc:
+            raise IntegrityError(f"adapter {manifest.ref} failed its digest check: {exc}") from exc
+        except NotFound as exc:
+            raise IntegrityError(f"adapter {manifest.ref} is incomplete in the registry: "
+                                 f"{exc}") from exc
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise unavailable(f"no space left in the adapter cache to fetch {manifest.ref}",
+                                  exc) from exc
+            raise unavailable(f"cannot fetch {manifest.ref}", exc) from exc
+        except _REGISTRY_FAILURES as exc:
+            raise unavailable(f"the loramux registry cannot send {manifest.ref}", exc) from exc
+        if damage is not None:
+            log.warning("loramux resolver: cached %s was damaged (%s) and fetched again",
+                        manifest.ref, damage)
+        return path
+
+
+def unavailable(what: str, exc: BaseException) -> RegistryUnavailable:
+    """A 503 whose message says what failed; the cause's full text goes to the log only."""
+    log.warning("loramux resolver: %s: %s: %s", what, type(exc).__name__, exc)
+    return RegistryUnavailable(f"{what} ({type(exc).__name__}); retry shortly")
+
+
+def check_answer(ref: AdapterRef, manifest: Manifest) -> None:
+    """The registry's manifest must be what the reference pins: a registry (or a proxy in
+    front of it) answering another version for ``name@sha256:…`` is caught here."""
+    wrong = (manifest.name != ref.name
+             or (ref.version is not None and manifest.version != ref.version)
+             or (ref.digest is not None and not manifest.digest.startswith(ref.digest)))
+    if wrong:
+        raise IntegrityError(f"the registry answered {manifest.ref} ({manifest.digest[:19]}…) "
+                             f"for `{ref}`")
+
+
+def check_base(manifest: Manifest, served: str, components: dict[str, str] | None,
+               lora_name: str, base_model_name: str) -> None:
+    """Refuse, with the reason, an adapter trained for another base (or for an unknown one)."""
+    if manifest.base_fingerprint is None:
+        raise IncompatibleAdapter(
+            f"adapter `{lora_name}` ({manifest.ref}) records no base fingerprint, so it cannot "
+            "be checked against the served base: re-push it with --base")
+    if manifest.base_fingerprint == served:
+        return
+    differ = compare(manifest.base_components, components) if components else []
+    which = f"; differs in {', '.join(differ)}" if differ else ""
+    raise IncompatibleAdapter(
+        f"adapter `{lora_name}` ({manifest.ref}) was trained for another base model "
+        f"(fingerprint {manifest.base_fingerprint[:19]}…, served base `{base_model_name}` is "
+        f"{served[:19]}…{which})")
+
+
+def base_folder(base_model_name: str) -> Path:
+    """The served base on disk: vLLM's ``--model`` folder, or its Hugging Face cache snapshot."""
+    folder = Path(base_model_name).expanduser()
+    if folder.is_dir():
+        return folder
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return Path(snapshot_download(base_model_name, local_files_only=True))
+    except (HFValidationError, OSError) as exc:  # OSError: LocalEntryNotFoundError (not cached)
+        raise BaseUnknown(f"the served base `{base_model_name}` is neither a folder nor in the "
+                          f"Hugging Face cache ({exc}); set {ENV_BASE_FINGERPRINT}") from exc
+
+
+@cache
+def _vllm_resolver_class() -> type:
+    """The vLLM-facing class, built on first use so that importing this module needs no vLLM."""
+    from http import HTTPStatus
+
+    from vllm.exceptions import GracefulHTTPError
+    from vllm.lora.request import LoRARequest
+    from vllm.lora.resolver import LoRAResolver
+
+    class LoramuxLoRAResolver(LoRAResolver):
+        """vLLM's resolver interface over `RegistryResolver`, in a worker thread."""
+
+        def __init__(self, core: RegistryResolver) -> None:
+            self.core = core
+
+        async def resolve_lora(self, base_model_name: str, lora_name: str) -> Any:
+            _follow_vllm_logging()  # vLLM configures its logging after loading plugins
+            try:
+                found = await asyncio.to_thread(self.core.resolve, base_model_name, lora_name)
+            except RegistryError as exc:  # vLLM sends message and status to the client
+                raise GracefulHTTPError(exc.message, HTTPStatus(exc.status)) from exc
+            if found is None:
+                return None
+            return LoRARequest(lora_name=found.lora_name, lora_int_id=found.lora_int_id,
+                               lora_path=str(found.path), base_model_name=base_model_name)
+
+    return LoramuxLoRAResolver
+
+
+def vllm_resolver(settings: ResolverSettings, registry: Registry | None = None) -> Any:
+    """A ``vllm.lora.resolver.LoRAResolver`` resolving through the loramux registry."""
+    return _vllm_resolver_class()(RegistryResolver(settings, registry))
+
+
+def register() -> None:
+    """Entry point for ``vllm.general_plugins``; a no-op unless ``LORAMUX_VLLM_REGISTRY`` is set.
+
+    vLLM calls it in each of its processes; only the API server ever asks resolvers, and
+    nothing here does I/O until the first request for an adapter.
+    """
+    settings = ResolverSettings.from_env()
+    if settings is None:
+        return
+    import vllm.envs as envs
+    from vllm.lora.resolver import LoRAResolverRegistry
+
+    LoRAResolverRegistry.register_resolver(RESOLVER_NAME, vllm_resolver(settings))
+    log.info("loramux resolver: adapters from %s, cache %s", settings.registry, settings.cache_dir)
+    if not envs.VLLM_ALLOW_RUNTIME_LORA_UPDATING:
+        log.warning("loramux resolver: VLLM_ALLOW_RUNTIME_LORA_UPDATING is not true, so vLLM "
+                    "never asks resolvers: registry adapters will answer 404")
+
+
+def _follow_vllm_logging() -> None:
+    """loramux's log lines in vLLM's format and level, once vLLM has configured its own logger
+    (the only one it configures); until then a WARNING still reaches stderr."""
+    ours, theirs = logging.getLogger("loramux"), logging.getLogger("vllm")
+    if ours.handlers or not theirs.handlers:
+        return
+    for handler in theirs.handlers:
+        ours.addHandler(handler)
+    ours.setLevel(theirs.getEffectiveLevel())
+    ours.propagate = False

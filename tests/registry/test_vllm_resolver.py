@@ -1,0 +1,277 @@
+"""The resolver plugin for stock vLLM (registry/vllm_resolver.py).
+
+Unit tests drive the resolver's logic against real registries (a local store, and the HTTP server
+through its client) without vLLM. The slow test starts vLLM's own OpenAI server, unmodified, with
+only the plugin's environment, and asks it for registry references with the real openai client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from registry_support import flip_byte, make_base, write_adapter
+
+from loramux.registry import IntegrityError, InvalidName, NotFound, base_fingerprint
+from loramux.registry.vllm_resolver import (
+    ENV_BASE_FINGERPRINT,
+    ENV_CACHE_DIR,
+    ENV_REGISTRY,
+    ENV_TOKEN,
+    IncompatibleAdapter,
+    RegistryResolver,
+    RegistryUnavailable,
+    ResolverSettings,
+    lora_int_id,
+)
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The served base, and another one that differs in its weights only."""
+    root = tmp_path_factory.mktemp("bases")
+    return make_base(root / "served", seed=0), make_base(root / "other", seed=1)
+
+
+@pytest.fixture
+def pushed(backend, adapters, bases):
+    """``pets`` 1 (alias prod) and 2 for the served base; ``alien`` for the other base."""
+    served, other = bases
+    v1 = backend.registry.push(adapters["a"], "pets", alias="prod", base_model=served)
+    v2 = backend.registry.push(adapters["b"], "pets", base_model=served)
+    alien = backend.registry.push(adapters["c8"], "alien", base_model=other)
+    return v1, v2, alien
+
+
+def resolver(backend, tmp_path: Path, **settings) -> RegistryResolver:
+    return RegistryResolver(ResolverSettings("unused", cache_dir=tmp_path / "cache", **settings),
+                            registry=backend.registry)
+
+
+def test_every_reference_form_resolves_to_its_digest(backend, pushed, bases, tmp_path) -> None:
+    v1, v2, _ = pushed
+    core = resolver(backend, tmp_path)
+    expected = {"pets": v2, "pets@1": v1, "pets:prod": v1, f"pets@{v2.digest[:19]}": v2,
+                f"pets@{v1.digest}": v1, "pets:latest": v2}
+    for ref, manifest in expected.items():
+        found = core.resolve(str(bases[0]), ref)
+        assert found is not None and found.manifest.digest == manifest.digest, ref
+        assert found.lora_name == ref
+        assert found.lora_int_id == lora_int_id(manifest.digest) > 0
+        assert found.path.name == manifest.digest.removeprefix("sha256:")
+        assert sorted(p.name for p in found.path.iterdir()) == sorted(
+            f.path for f in manifest.files)
+    assert lora_int_id(v1.digest) != lora_int_id(v2.digest)
+    # Not a loramux reference at all: other resolvers may have it.
+    assert core.resolve(str(bases[0]), "Org/Some-Adapter") is None
+
+
+def test_adapter_for_another_base_is_refused_with_the_reason(backend, pushed, bases,
+                                                              tmp_path) -> None:
+    core = resolver(backend, tmp_path)
+    with pytest.raises(IncompatibleAdapter, match="trained for another base model") as refused:
+        core.resolve(str(bases[0]), "alien")
+    assert refused.value.status == 400
+    assert "differs in weights" in refused.value.message  # the component that differs
+    assert not list((tmp_path / "cache" / "sha256").iterdir()), "refused before any download"
+    # The same check against a fingerprint given instead of a folder.
+    given = resolver(backend, tmp_path, base_fingerprint=base_fingerprint(bases[1]))
+    assert given.resolve("some/hub-model", "alien") is not None
+    with pytest.raises(IncompatibleAdapter, match="another base"):
+        given.resolve("some/hub-model", "pets")
+
+
+def test_adapter_without_fingerprint_is_refused(backend, adapters, bases, tmp_path) -> None:
+    backend.registry.push(adapters["a"], "blind")  # its config names no local base folder
+    with pytest.raises(IncompatibleAdapter, match="records no base fingerprint"):
+        resolver(backend, tmp_path).resolve(str(bases[0]), "blind")
+
+
+@pytest.mark.parametrize("ref", ["ghost", "pets@9", "pets:canary", "pets@sha256:abcdef123456"])
+def test_unknown_reference_is_404_with_the_reason(backend, pushed, bases, tmp_path, ref) -> None:
+    with pytest.raises(NotFound, match="is not in the loramux registry") as refused:
+        resolver(backend, tmp_path).resolve(str(bases[0]), ref)
+    assert refused.value.status == 404
+
+
+def test_flipped_byte_is_caught_and_nothing_is_cached(backend, pushed, bases, tmp_path) -> None:
+    v1 = pushed[0]
+    flip_byte(backend.blob_data(v1.file("adapter_model.safetensors").sha256))
+    with pytest.raises(IntegrityError, match="failed its digest check"):
+        resolver(backend, tmp_path).resolve(str(bases[0]), "pets@1")
+    assert [p.name for p in (tmp_path / "cache" / "sha256").iterdir()] == []
+
+
+def test_damaged_cache_folder_is_fetched_again(backend, pushed, bases, tmp_path) -> None:
+    core = resolver(backend, tmp_path)
+    first = core.resolve(str(bases[0]), "pets@1")
+    weights = first.path / "adapter_model.safetensors"
+    good = weights.read_bytes()
+    weights.chmod(0o644)
+    weights.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # rot on the cache disk
+    again = resolver(backend, tmp_path).resolve(str(bases[0]), "pets@1")  # a new process
+    assert again.path == first.path and weights.read_bytes() == good
+
+
+def test_registry_answering_another_version_is_caught(backend, pushed, bases, tmp_path) -> None:
+    v1, v2, _ = pushed
+
+    class Lying:
+        """A registry (or a proxy in front of one) answering version 2 whatever is asked."""
+
+        def resolve(self, ref):
+            return v2
+
+        def __getattr__(self, name):
+            return getattr(backend.registry, name)
+
+    core = RegistryResolver(ResolverSettings("unused", cache_dir=tmp_path / "c"), Lying())
+    assert core.resolve(str(bases[0]), "pets").manifest == v2
+    for ref in ("pets@1", f"pets@{v1.digest[:19]}"):
+        with pytest.raises(IntegrityError, match="the registry answered pets@2"):
+            core.resolve(str(bases[0]), ref)
+
+
+def test_registry_down_or_token_refused_is_503(backend, pushed, bases, tmp_path) -> None:
+    closed = ResolverSettings("http://127.0.0.1:9", cache_dir=tmp_path / "cache")
+    with pytest.raises(RegistryUnavailable, match=r"cannot answer for `pets`.*RemoteError") as e:
+        RegistryResolver(closed).resolve(str(bases[0]), "pets")
+    assert e.value.status == 503
+    if backend.server is not None:
+        wrong = replace(closed, registry=backend.server.url, token="not-a-token")
+        with pytest.raises(RegistryUnavailable, match="Unauthorized"):
+            RegistryResolver(wrong).resolve(str(bases[0]), "pets")
+
+
+def test_settings_come_from_the_environment(tmp_path: Path) -> None:
+    assert ResolverSettings.from_env({}) is None  # the plugin stays off
+    store = tmp_path / "store"
+    store.mkdir()
+    env = {ENV_REGISTRY: str(store), ENV_TOKEN: "t", ENV_CACHE_DIR: str(tmp_path / "c"),
+           ENV_BASE_FINGERPRINT: "sha256:" + "a" * 64}
+    assert ResolverSettings.from_env(env) == ResolverSettings(
+        str(store), "t", tmp_path / "c", "sha256:" + "a" * 64)
+    for bad, why in (({ENV_REGISTRY: str(tmp_path / "nowhere")}, "neither an http"),
+                     ({ENV_REGISTRY: "s3://bucket"}, "unknown registry URL scheme"),
+                     ({**env, ENV_BASE_FINGERPRINT: "sha256:zz"}, "invalid digest")):
+        with pytest.raises(InvalidName, match=why):
+            ResolverSettings.from_env(bad)
+
+
+def test_vllm_gets_a_lora_request_or_the_reason(backend, pushed, bases, tmp_path) -> None:
+    """Through vLLM's own resolver interface: a refusal is vLLM's GracefulHTTPError, which its
+    API server turns into an error response carrying our message and status."""
+    from vllm.exceptions import GracefulHTTPError
+
+    from loramux.registry.vllm_resolver import vllm_resolver
+
+    plugin = vllm_resolver(ResolverSettings("unused", cache_dir=tmp_path / "cache"),
+                           backend.registry)
+    request = asyncio.run(plugin.resolve_lora(str(bases[0]), "pets:prod"))
+    assert (request.lora_name, request.lora_int_id) == ("pets:prod", lora_int_id(pushed[0].digest))
+    assert Path(request.lora_path).name == pushed[0].digest.removeprefix("sha256:")
+    with pytest.raises(GracefulHTTPError, match="trained for another base") as refused:
+        asyncio.run(plugin.resolve_lora(str(bases[0]), "alien"))
+    assert refused.value.http_status == 400
+    assert asyncio.run(plugin.resolve_lora(str(bases[0]), "not/ours")) is None
+
+
+# -- stock vLLM ------------------------------------------------------------------------------
+
+READER, WRITER = "vllm-reader-token", "ci-writer-token"
+
+
+def _stock_vllm(demo_base: Path, registry_url: str, root: Path):
+    from loramux.support.launch import ChildServer
+
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(demo_base),
+           "--served-model-name", "demo-base", "--host", "127.0.0.1", "--port", "0",
+           "--enable-lora", "--max-loras", "2", "--max-cpu-loras", "8", "--max-lora-rank", "8",
+           "--max-model-len", "256", "--max-num-seqs", "4", "--dtype", "bfloat16",
+           "--seed", "0", "--disable-log-stats"]
+    env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", ENV_REGISTRY: registry_url,
+           ENV_TOKEN: READER, ENV_CACHE_DIR: str(root / "vllm-cache"),
+           "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           # No working directory on sys.path: a source checkout's stale *.egg-info there
+           # would hide the installed entry points (the plugin) from importlib.metadata.
+           "PYTHONSAFEPATH": "1"}
+    return ChildServer(cmd, root / "vllm.log", env=env, timeout_s=600, name="vllm serve")
+
+
+@pytest.mark.slow
+def test_stock_vllm_serves_registry_references(demo_base: Path, tmp_path: Path) -> None:
+    import httpx
+    import openai
+
+    from loramux.registry import RemoteRegistry
+    from loramux.support.launch import RegistryProcess
+
+    store = tmp_path / "registry"
+    tokens = {"LORAMUX_REGISTRY_TOKENS": f"{READER}:read:vllm,{WRITER}:write:ci"}
+    registry = RegistryProcess(store, tmp_path / "registry.log", env=tokens)
+    url = registry.start()
+    folders = {seed: write_adapter(tmp_path / f"src-{seed}", seed=seed, hidden=256, layers=4,
+                                   modules=("q_proj", "o_proj")) for seed in (1, 2, 3)}
+    with RemoteRegistry(url, token=WRITER) as client:
+        v1 = client.push(folders[1], "pets", alias="prod", base_model=demo_base)
+        v2 = client.push(folders[2], "pets", base_model=demo_base)
+        client.push(folders[1], "alien", base_fingerprint="sha256:" + "ab" * 32)
+        rotten = client.push(folders[3], "rotten", base_model=demo_base)
+    flip_byte(store / "blobs" / "sha256" / rotten.file("adapter_model.safetensors").sha256)
+
+    vllm = _stock_vllm(demo_base, url, tmp_path)
+    try:
+        vllm_url = vllm.start()
+        client = openai.OpenAI(base_url=f"{vllm_url}/v1", api_key="unused", max_retries=0,
+                               timeout=120)
+
+        def complete(model: str) -> str:
+            answer = client.completions.create(model=model, prompt="The cat sat on the",
+                                               max_tokens=8, temperature=0)
+            assert answer.model == model
+            return answer.choices[0].text
+
+        # The oracle: vLLM loading the source folders itself, no registry involved.
+        for name, seed in (("direct-1", 1), ("direct-2", 2)):
+            loaded = httpx.post(f"{vllm_url}/v1/load_lora_adapter", timeout=120,
+                                json={"lora_name": name, "lora_path": str(folders[seed])})
+            assert loaded.status_code == 200, loaded.text
+        one, two = complete("direct-1"), complete("direct-2")
+        assert one != two, "the two adapters must answer differently for this test to mean much"
+
+        assert complete("pets") == two
+        assert complete("pets@1") == one
+        assert complete("pets:prod") == one
+        assert complete(f"pets@{v2.digest}") == two
+        assert complete(f"pets@{v1.digest[:19]}") == one
+        listed = {m.id for m in client.models.list().data}
+        assert {"pets", "pets@1", "pets:prod", f"pets@{v2.digest}"} <= listed
+
+        with pytest.raises(openai.BadRequestError, match="trained for another base model"):
+            complete("alien")
+        with pytest.raises(openai.NotFoundError, match="is not in the loramux registry"):
+            complete("pets@7")
+        with pytest.raises(openai.UnprocessableEntityError, match="failed its digest check"):
+            complete("rotten")
+
+        registry.proc.kill()  # the registry goes down: a reason, then recovery without restart
+        registry.proc.wait()
+        with pytest.raises(openai.InternalServerError, match="registry cannot answer") as down:
+            complete("pets@2")
+        assert down.value.status_code == 503
+        registry = RegistryProcess(store, tmp_path / "registry-2.log", env=tokens,
+                                   port=registry.port)
+        registry.start()
+        assert complete("pets@2") == two
+
+        log = (tmp_path / "vllm.log").read_text(errors="replace")
+        assert "loramux resolver refused `alien` (HTTP 400)" in log
+        assert os.path.isdir(tmp_path / "vllm-cache" / "sha256" / v1.digest[7:])
+    finally:
+        vllm.stop()
+        registry.stop()
