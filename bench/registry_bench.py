@@ -6,7 +6,9 @@ versions directly with ``Index.insert_version`` (the function the push commit it
 one transaction, each with its own digest and every name with a ``prod`` alias; only the blob
 copies are skipped, which resolve never touches. Refs are a mix of ``name``, ``name@N``,
 ``name:prod`` and ``name@sha256:<16 hex>``, resolved locally and over loopback HTTP (the server in
-its own process, keep-alive client, bearer token checked on every request).
+its own process, keep-alive client, bearer token checked on every request). The same 10,000
+versions are also seeded into a PostgreSQL 15 index (a throwaway server on loopback, see
+``loramux.support.postgres``) and resolved over HTTP through ``registry serve --index``.
 
 Throughput: a 100 MB adapter (``quick``: 10 MB) pushed and pulled, locally and over HTTP,
 against ``shutil.copyfile`` of the same bytes in the same run. Two costs a plain copy does not
@@ -40,7 +42,8 @@ from loramux.support.adapters import write_adapter as write_random
 from loramux.support.launch import RegistryProcess
 
 TOKEN = "bench-token"
-TARGETS = {"local_p99_ms": 2.0, "http_p99_ms": 10.0, "throughput_ratio": 0.5}
+TARGETS = {"local_p99_ms": 2.0, "http_p99_ms": 10.0, "http_postgresql_p99_ms": 5.0,
+           "throughput_ratio": 0.5}
 
 
 def write_adapter(folder: Path, *, mib: float, seed: int = 0, rank: int = 64) -> Path:
@@ -102,12 +105,48 @@ def _time_calls(fn: Callable[[str], Any], refs: list[str], warmup: int = 200) ->
     return samples
 
 
-def _server(root: Path, log: Path) -> RegistryProcess:
+def _server(root: Path, log: Path, index: str | None = None) -> RegistryProcess:
     """``loramux registry serve`` in its own process, as in production (no shared GIL)."""
-    server = RegistryProcess(root, log, args=["--log-level", "warning"],
+    server = RegistryProcess(root, log, args=["--log-level", "warning",
+                                              *(["--index", index] if index else [])],
                              env={ENV_TOKENS: f"{TOKEN}:write:bench"}, timeout_s=30)
     server.start()
     return server
+
+
+def _resolve_http(store: LocalRegistry, refs: list[str], log: Path,
+                  index: str | None = None) -> dict[str, float]:
+    """Resolve ``refs`` through a registry server on ``store``'s folder (and ``index``)."""
+    from loramux.registry.remote import RemoteRegistry
+
+    server = _server(store.root, log, index)
+    try:
+        with RemoteRegistry(server.url, token=TOKEN) as client:
+            return _percentiles(_time_calls(client.resolve, refs, warmup=50))
+    finally:
+        server.stop()
+
+
+def _resolve_postgresql(tmp: Path, template: Path, names: int, per_name: int,
+                        samples: int) -> dict[str, Any]:
+    """The same index on PostgreSQL, resolved over HTTP; skipped (with why) without it."""
+    from loramux.support import postgres
+
+    if not postgres.installed():
+        return {"skipped": f"PostgreSQL 15 is not installed ({postgres.PG_BIN})"}
+    server = postgres.PostgresServer().start()
+    try:
+        dsn = server.create_database()
+        store = LocalRegistry(tmp / "resolve-pg-store", index=dsn)
+        try:
+            digests = seed(store, template, names, per_name)
+        finally:
+            store.close()
+        refs = _refs(names, per_name, digests, samples)
+        return _resolve_http(store, refs, tmp / "resolve-pg.log", dsn) | {
+            "server": "PostgreSQL 15, loopback TCP, fsync off (reads only)"}
+    finally:
+        server.stop()
 
 
 def _throughput(tmp: Path, mib: float, reps: int) -> dict[str, Any]:
@@ -164,8 +203,6 @@ def _throughput(tmp: Path, mib: float, reps: int) -> dict[str, Any]:
 
 def run(quick: bool = False, out: Path | None = None, show: bool = True) -> dict[str, Any]:
     """Run the benchmark; returns (and optionally writes) the figures."""
-    from loramux.registry.remote import RemoteRegistry
-
     names, per_name = (100, 10) if quick else (1000, 10)
     samples = 2000 if quick else 20000
     http_samples = 500 if quick else 3000
@@ -185,19 +222,19 @@ def run(quick: bool = False, out: Path | None = None, show: bool = True) -> dict
                            "method": "1 real push + Index.insert_version in one transaction"}
         refs = _refs(names, per_name, digests, samples)
         results["resolve_local"] = _percentiles(_time_calls(store.resolve, refs))
-        server = _server(store.root, tmp / "resolve.log")
         try:
-            with RemoteRegistry(server.url, token=TOKEN) as client:
-                results["resolve_http"] = _percentiles(
-                    _time_calls(client.resolve, refs[:http_samples], warmup=50)
-                )
+            results["resolve_http"] = _resolve_http(store, refs[:http_samples],
+                                                    tmp / "resolve.log")
         finally:
-            server.stop()
             store.close()
+        results["resolve_http_postgresql"] = _resolve_postgresql(
+            tmp, tmp / "template", names, per_name, http_samples)
         results["throughput"] = _throughput(tmp, 10 if quick else 100, 3)
     results["pass"] = {
         "local_p99": results["resolve_local"]["p99_ms"] <= TARGETS["local_p99_ms"],
         "http_p99": results["resolve_http"]["p99_ms"] <= TARGETS["http_p99_ms"],
+        "http_postgresql_p99": results["resolve_http_postgresql"].get("p99_ms", float("inf"))
+        <= TARGETS["http_postgresql_p99_ms"],
         "push_local": results["throughput"]["ratio_vs_copyfile"]["push local"] >= 0.5,
         "pull_local": results["throughput"]["ratio_vs_copyfile"]["pull local"] >= 0.5,
     }
@@ -219,8 +256,13 @@ def _print(results: dict[str, Any]) -> None:
     seed_info = results["seed"]
     table.add_row("index", f"{seed_info['versions']} versions / {seed_info['names']} names", "")
     for key, label, target in (("resolve_local", "resolve local", "local_p99_ms"),
-                               ("resolve_http", "resolve HTTP", "http_p99_ms")):
+                               ("resolve_http", "resolve HTTP", "http_p99_ms"),
+                               ("resolve_http_postgresql", "resolve HTTP, PostgreSQL",
+                                "http_postgresql_p99_ms")):
         r = results[key]
+        if "skipped" in r:
+            table.add_row(label, f"skipped: {r['skipped']}", f"p99 <= {TARGETS[target]} ms")
+            continue
         table.add_row(f"{label} p50 / p99", f"{r['p50_ms']:.3f} / {r['p99_ms']:.3f} ms",
                       f"p99 <= {TARGETS[target]} ms")
     tp = results["throughput"]

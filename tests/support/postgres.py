@@ -1,115 +1,29 @@
-"""A real PostgreSQL 15 for the tests: one server per session, a fresh database per test.
+"""PostgreSQL fixtures: one server per session, a fresh database per test.
 
-The server runs from a temp folder on a free loopback port and is stopped at the end of the
-session. Each test's database is a copy of a template the index has already migrated (fast: no
-schema work per test) and is dropped afterwards. PostgreSQL refuses to run as root, so as root
-the cluster belongs to the ``postgres`` user. Missing binaries: a developer without root skips
-(with that reason); as root (CI) that is a failure, since ``.ci/system-deps`` installs them.
+The server (``loramux.support.postgres``) runs from a temp folder on a free loopback port and is
+stopped at the end of the session; each test's database is dropped after it. Missing binaries:
+a developer without root skips (with that reason); as root (CI) that is a failure, since
+``.ci/system-deps`` installs them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-PG_BIN = Path(os.environ.get("LORAMUX_PG_BIN", "/usr/lib/postgresql/15/bin"))
-TEMPLATE = "loramux_template"
-_SERVER_SETTINGS = ("-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                    "-c max_connections=400 -c shared_buffers=64MB")
+from loramux.support.postgres import PG_BIN, PostgresServer, installed
 
 
 def require_postgres() -> None:
     """Skip (no root, no PostgreSQL) or fail (root: CI must have it) when it is missing."""
-    if (PG_BIN / "initdb").is_file() and (PG_BIN / "pg_ctl").is_file():
+    if installed():
         return
     if os.geteuid() == 0:
         pytest.fail(f"PostgreSQL 15 is missing ({PG_BIN}): run .ci/system-deps")
     pytest.skip(f"PostgreSQL 15 is not installed ({PG_BIN}) and this is not root: "
                 ".ci/system-deps installs it")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class PostgresServer:
-    """``initdb`` + ``pg_ctl start`` in a temp folder; ``database()`` hands out fresh DSNs."""
-
-    def __init__(self) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="loramux-pg-"))  # /tmp: postgres can reach it
-        self.data = self.folder / "data"
-        self.log = self.folder / "server.log"
-        self.as_root = os.geteuid() == 0
-        self.port = 0
-        self._names = itertools.count()
-
-    def _run(self, *cmd: str | Path) -> None:
-        argv = [str(c) for c in cmd]
-        if self.as_root:
-            argv = ["runuser", "-u", "postgres", "--", *argv]
-        subprocess.run(argv, check=True, capture_output=True, timeout=120)
-
-    def start(self) -> PostgresServer:
-        if self.as_root:
-            shutil.chown(self.folder, "postgres", "postgres")
-        self._run(PG_BIN / "initdb", "-D", self.data, "-A", "trust", "-U", "postgres",
-                  "--no-sync", "-E", "UTF8")
-        for _ in range(5):  # a port taken between our probe and the server's bind: try another
-            self.port = _free_port()
-            opts = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 {_SERVER_SETTINGS}"
-            try:
-                self._run(PG_BIN / "pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60",
-                          "-o", opts, "start")
-                break
-            except subprocess.CalledProcessError:
-                text = self.log.read_text(errors="replace")
-                if "could not bind" not in text:
-                    raise RuntimeError(f"PostgreSQL did not start:\n{text}") from None
-        else:
-            raise RuntimeError(f"PostgreSQL found no free port:\n{self.log.read_text()}")
-        self._make_template()
-        return self
-
-    def dsn(self, dbname: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
-
-    def admin(self, sql: str) -> None:
-        import psycopg
-
-        with psycopg.connect(self.dsn(), autocommit=True) as conn:
-            conn.execute(sql)
-
-    def _make_template(self) -> None:
-        from loramux.registry.index.postgres import PostgresIndex
-
-        self.admin(f"CREATE DATABASE {TEMPLATE}")
-        PostgresIndex(self.dsn(TEMPLATE)).close()  # the migrations, once
-
-    def create_database(self) -> str:
-        """A fresh, migrated, empty database; its DSN."""
-        name = f"t{os.getpid()}_{next(self._names)}"
-        self.admin(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
-        return self.dsn(name)
-
-    def drop_database(self, dsn: str) -> None:
-        name = dsn.rsplit("/", 1)[1]
-        self.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # leftover clients too
-
-    def stop(self) -> None:
-        with contextlib.suppress(subprocess.SubprocessError, OSError):
-            self._run(PG_BIN / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
