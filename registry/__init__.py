@@ -45,6 +45,7 @@ from loramux.registry.manifest import (
     VerifyReport,
     VersionInfo,
 )
+from loramux.registry.oci.location import is_oci_url
 from loramux.registry.refs import AdapterRef
 from loramux.registry.remote import RemoteRegistry
 from loramux.registry.store import LocalRegistry
@@ -80,7 +81,8 @@ def open(
     index: str | None = None,
     blobs: str | None = None,
 ) -> Registry:
-    """A registry at a local path or an ``http(s)://`` URL (default: env, then home).
+    """A registry at a local path or an ``http(s)://`` URL (default: env, then home); an
+    ``oci://host:port/repository`` reads a registry's OCI artifacts, read-only.
 
     For a URL, ``token`` defaults to ``LORAMUX_TOKEN``; ``limits`` apply to a local store only
     (a server enforces its own). Without ``create``, a folder that holds no registry raises
@@ -90,6 +92,10 @@ def open(
     default: ``LORAMUX_REGISTRY_BLOBS``, else the one the folder was created with, else itself).
     """
     location = str(path_or_url) if path_or_url is not None else default_location()
+    if is_oci_url(location):
+        from loramux.registry.oci.readonly import OciReadOnlyRegistry
+
+        return OciReadOnlyRegistry(location)
     if is_url(location):
         return RemoteRegistry(location, token=token)
     return LocalRegistry(Path(location).expanduser(), limits=limits, create=create,

@@ -20,6 +20,7 @@ from loramux.registry.base import (
     require_pinned,
 )
 from loramux.registry.blobs import BlobUpload, StoreLock, open_blobs
+from loramux.registry.blobs.oci import OciBlobStore
 from loramux.registry.digests import adapter_digest
 from loramux.registry.errors import BlobMissing, Conflict, IntegrityError, InvalidName, NotFound
 from loramux.registry.index import INDEX_FILE, Transaction, is_shared, now, open_index, to_dt
@@ -34,6 +35,7 @@ from loramux.registry.manifest import (
     VerifyReport,
     VersionInfo,
 )
+from loramux.registry.oci.artifact import push_artifact
 from loramux.registry.refs import AdapterRef, validate_alias, validate_digest, validate_name
 from loramux.registry.validate import Limits, check_rel_path, check_sizes, scan_folder
 from loramux.registry.validate import validate_adapter as _validate
@@ -163,6 +165,9 @@ class LocalRegistry(Registry):
                     created_by=request.created_by or actor,
                 )
                 tx.insert_version(manifest)
+                if isinstance(self.blobs, OciBlobStore):  # its OCI artifact, before the commit
+                    oci_digest = push_artifact(self.blobs.client, manifest)
+                    tx.set_oci_digest(name, manifest.version, oci_digest)
                 tx.audit(
                     at=at, actor=actor, action="push", name=name, version=manifest.version,
                     digest=digest, detail={"size": manifest.size, "files": len(files)},
