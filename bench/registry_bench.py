@@ -150,9 +150,12 @@ def _resolve_postgresql(tmp: Path, template: Path, names: int, per_name: int,
 
 
 def _throughput(tmp: Path, mib: float, reps: int) -> dict[str, Any]:
-    """Each repetition pushes new content (no dedup shortcut) and pulls it back."""
+    """Each repetition pushes new content (no dedup shortcut) and pulls it back: to the local
+    folder store, and to an OCI blob store (a docker-registry on loopback, filesystem storage;
+    skipped with a note where it is not installed), in-process and through a registry server."""
     from loramux.registry.digests import sha256_file
     from loramux.registry.remote import RemoteRegistry
+    from loramux.support.oci_registry import OciRegistry, binary
 
     sources = [write_adapter(tmp / f"adapter-{i}", mib=mib, seed=i) for i in range(reps)]
     nbytes = sum(p.stat().st_size for p in sources[0].iterdir())
@@ -179,6 +182,28 @@ def _throughput(tmp: Path, mib: float, reps: int) -> dict[str, Any]:
         "push http": lambda i: client.push(sources[i], "big"),
         "pull http": lambda i: client.pull(f"big@{i + 1}", tmp / f"rpulled-{i}"),
     }
+    oci = OciRegistry(tmp / "oci") if binary() is not None else None
+    closers: list[Callable[[], Any]] = []
+    if oci is not None:
+        oci.start()
+        closers.append(oci.stop)
+        location = oci.location("bench/throughput")
+        oci_store = LocalRegistry(tmp / "throughput-oci", blobs=location)
+        closers.append(oci_store.close)
+        oci_server = RegistryProcess(tmp / "throughput-oci-remote", tmp / "oci-remote.log",
+                                     args=["--log-level", "warning", "--blobs",
+                                           oci.location("bench/throughput-http")],
+                                     env={ENV_TOKENS: f"{TOKEN}:write:bench"}, timeout_s=30)
+        oci_server.start()
+        closers.append(oci_server.stop)
+        oci_client = RemoteRegistry(oci_server.url, token=TOKEN)
+        closers.append(oci_client.close)
+        steps |= {
+            "OCI push": lambda i: oci_store.push(sources[i], "big"),
+            "OCI pull": lambda i: oci_store.pull(f"big@{i + 1}", tmp / f"opulled-{i}"),
+            "OCI push http": lambda i: oci_client.push(sources[i], "big2"),
+            "OCI pull http": lambda i: oci_client.pull(f"big2@{i + 1}", tmp / f"orpulled-{i}"),
+        }
     times: dict[str, list[float]] = {label: [] for label in steps}
     try:
         for i in range(reps):  # interleaved, each from a clean page cache state
@@ -192,8 +217,12 @@ def _throughput(tmp: Path, mib: float, reps: int) -> dict[str, Any]:
         client.close()
         server.stop()
         store.close()
+        for close in reversed(closers):
+            close()
     mbps = {k: nbytes / v / 1e6 for k, v in secs.items()}
     return {
+        "oci": ("docker-registry (CNCF distribution) on loopback, filesystem storage in the "
+                "bench's temp folder" if oci is not None else "skipped: docker-registry missing"),
         "bytes": nbytes,
         "MB_per_s": mbps,
         "ratio_vs_copyfile": {k: mbps[k] / mbps["copyfile"] for k in mbps},
@@ -203,6 +232,7 @@ def _throughput(tmp: Path, mib: float, reps: int) -> dict[str, Any]:
 
 def run(quick: bool = False, out: Path | None = None, show: bool = True) -> dict[str, Any]:
     """Run the benchmark; returns (and optionally writes) the figures."""
+
     names, per_name = (100, 10) if quick else (1000, 10)
     samples = 2000 if quick else 20000
     http_samples = 500 if quick else 3000
