@@ -59,10 +59,8 @@ class PostgresServer:
                   "--no-sync", "-E", "UTF8")
         for _ in range(5):  # a port taken between our probe and the server's bind: try another
             self.port = _free_port()
-            opts = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 {_SERVER_SETTINGS}"
             try:
-                self._run(PG_BIN / "pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60",
-                          "-o", opts, "start")
+                self._pg_start()
                 break
             except subprocess.CalledProcessError:
                 text = self.log.read_text(errors="replace")
@@ -72,6 +70,19 @@ class PostgresServer:
             raise RuntimeError(f"PostgreSQL found no free port:\n{self.log.read_text()}")
         self._make_template()
         return self
+
+    def _pg_start(self) -> None:
+        opts = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 {_SERVER_SETTINGS}"
+        self._run(PG_BIN / "pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60",
+                  "-o", opts, "start")
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data: an outage, ended by ``resume()``."""
+        self._run(PG_BIN / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start it again on the same port, as an operator would after an outage."""
+        self._pg_start()
 
     def dsn(self, dbname: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
@@ -88,10 +99,10 @@ class PostgresServer:
         self.admin(f"CREATE DATABASE {TEMPLATE}")
         PostgresIndex(self.dsn(TEMPLATE)).close()  # the migrations, once
 
-    def create_database(self) -> str:
-        """A fresh, migrated, empty database; its DSN."""
+    def create_database(self, *, migrated: bool = True) -> str:
+        """A fresh, empty database (with the index's tables unless ``migrated`` is False)."""
         name = f"t{os.getpid()}_{next(self._names)}"
-        self.admin(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+        self.admin(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE if migrated else 'template0'}")
         return self.dsn(name)
 
     def drop_database(self, dsn: str) -> None:

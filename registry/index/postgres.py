@@ -43,7 +43,10 @@ POSTGRES = Dialect(
 )
 POOL_SIZE = 16  # connections for queries, per server process
 LOCK_POOL_SIZE = 64  # connections holding a push's shared lock (one per push in flight)
-CONNECT_TIMEOUT_S = 10
+CONNECT_TIMEOUT_S = 5
+# How long a query waits for a pooled connection: queries take milliseconds, so a longer wait
+# means the database is down, and the request should get its 503 rather than hang.
+POOL_WAIT_S = 3
 _FAILURES = (psycopg.OperationalError, psycopg_pool.PoolTimeout, psycopg.InterfaceError)
 
 
@@ -125,8 +128,9 @@ class PostgresIndex(Index):
 
     def _make_pool(self, size: int, min_size: int, kind: str) -> psycopg_pool.ConnectionPool:
         return psycopg_pool.ConnectionPool(
-            self.dsn, min_size=min_size, max_size=size, open=True, timeout=CONNECT_TIMEOUT_S,
+            self.dsn, min_size=min_size, max_size=size, open=True, timeout=POOL_WAIT_S,
             name=f"loramux-index-{kind}",
+            check=psycopg_pool.ConnectionPool.check_connection,  # none left dead by a restart
             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
         )
 

@@ -1,8 +1,8 @@
 """Several registry servers on one PostgreSQL index (issue 13, item 4 and its must-holds).
 
-Two real ``loramux registry serve --index postgresql://…`` processes share one database and one
-blob store. The blob store is one folder on this machine (both servers point ``--root`` at it);
-the OCI blob store has tests of its own. What is checked: a push through one server resolves
+Two real ``loramux registry serve --index postgresql://…`` processes share one database (which
+they migrate together on start) and one blob store: a repository in a real OCI registry
+(docker-registry), or for the tests that look at blob files, one folder both serve. Checked: a push through one server resolves
 through the other at once; 8 concurrent pushers over both get 8 distinct versions and every
 alias move is in the audit log, each one recording the target it really replaced; a server
 SIGKILLed mid-push leaves no partial version; a ``loramux serve`` reading through one server sees
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from oci_registry import fresh_repository, oci_registry  # noqa: F401  (a fixture)
 from registry_support import (
     ADMIN_TOKEN,
     READ_TOKEN,
@@ -35,22 +36,26 @@ from loramux.registry import RemoteError
 from loramux.registry.digests import adapter_digest
 from loramux.registry.remote import RemoteRegistry
 from loramux.support.launch import RegistryProcess
+from loramux.support.postgres import PostgresServer
 
 pytestmark = pytest.mark.timeout(240)
 PUSHERS = 8
 
 
 class Fleet:
-    """Registry server processes over one store folder and one PostgreSQL database."""
+    """Registry server processes over one PostgreSQL database and one blob store: the same
+    store folder, or (``oci``) each server its own folder and one OCI repository."""
 
-    def __init__(self, root: Path, dsn: str, logs: Path) -> None:
-        self.root, self.dsn, self.logs = root, dsn, logs
+    def __init__(self, tmp: Path, dsn: str, blobs: str | None) -> None:
+        self.root, self.dsn, self.blobs, self.logs = tmp / "store", dsn, blobs, tmp / "logs"
         self.servers: list[RegistryProcess] = []
         self._all: list[RegistryProcess] = []
 
     def start(self, i: int) -> RegistryProcess:
-        server = RegistryProcess(self.root, self.logs / f"registry-{i}-{time.monotonic_ns()}.log",
-                                 args=["--index", self.dsn, "--log-level", "warning"],
+        root = self.root if self.blobs is None else self.root.with_name(f"store-{i}")
+        args = ["--index", self.dsn, "--log-level", "warning"]
+        server = RegistryProcess(root, self.logs / f"registry-{i}-{time.monotonic_ns()}.log",
+                                 args=args + (["--blobs", self.blobs] if self.blobs else []),
                                  env={"LORAMUX_REGISTRY_TOKENS": TOKENS})
         self._all.append(server)
         server.start()
@@ -72,16 +77,26 @@ class Fleet:
             server.stop()
 
 
-@pytest.fixture
-def fleet(tmp_path: Path, postgres_dsn: str) -> Iterator[Fleet]:
-    fleet = Fleet(tmp_path / "store", postgres_dsn, tmp_path / "logs")
+@pytest.fixture(params=["oci"])
+def fleet(request: pytest.FixtureRequest, tmp_path: Path,
+          postgres_server: PostgresServer) -> Iterator[Fleet]:
+    """Two servers on a database no one has migrated yet (they race to do it) and the blob
+    store ``request.param`` names: ``folder`` or ``oci`` (a fresh repository)."""
+    blobs = None
+    if request.param == "oci":
+        oci = request.getfixturevalue("oci_registry")
+        blobs = oci.location(fresh_repository("loramux/fleet"))
+    dsn = postgres_server.create_database(migrated=False)
+    fleet = Fleet(tmp_path, dsn, blobs)
     try:
         fleet.start_all(2)
         yield fleet
     finally:
         fleet.stop()
+        postgres_server.drop_database(dsn)
 
 
+@pytest.mark.parametrize("fleet", ["folder", "oci"], indirect=True)
 def test_a_push_through_one_server_resolves_through_the_other(fleet: Fleet, adapters,
                                                               tmp_path: Path) -> None:
     with fleet.client(0) as a, fleet.client(1, READ_TOKEN) as b:
@@ -147,6 +162,7 @@ def _push_until_killed(url: str, name: str, folders: list[Path],
                 return
 
 
+@pytest.mark.parametrize("fleet", ["folder"], indirect=True)  # looks at the blob files
 def test_sigkilled_registry_server_leaves_no_partial_version(fleet: Fleet,
                                                               tmp_path: Path) -> None:
     """Pushes of fresh ~4 MB adapters (every push uploads) through server 0, SIGKILLed at a
@@ -190,8 +206,7 @@ def test_sigkilled_registry_server_leaves_no_partial_version(fleet: Fleet,
         assert more.version == len(numbers) + 1
 
 
-def test_a_server_killed_inside_its_commit_leaves_nothing(fleet: Fleet, adapters,
-                                                        postgres_dsn: str) -> None:
+def test_a_server_killed_inside_its_commit_leaves_nothing(fleet: Fleet, adapters) -> None:
     """The kill lands inside the commit transaction, for sure: the test holds a lock on
     ``version_files`` so the server's commit waits after inserting the version row and before
     its files; then SIGKILL. PostgreSQL rolls it all back (row, alias move, audit entry);
@@ -201,8 +216,8 @@ def test_a_server_killed_inside_its_commit_leaves_nothing(fleet: Fleet, adapters
     with fleet.client(0) as a:
         first = a.push(adapters["a"], "held", alias="prod")
     errors: list[BaseException] = []
-    with psycopg.connect(postgres_dsn) as blocker, \
-            psycopg.connect(postgres_dsn, autocommit=True) as watcher:
+    with psycopg.connect(fleet.dsn) as blocker, \
+            psycopg.connect(fleet.dsn, autocommit=True) as watcher:
         blocker.execute("LOCK TABLE version_files IN EXCLUSIVE MODE")  # reads still pass
         pusher = threading.Thread(target=_push_until_killed, daemon=True,
                                   args=(fleet.servers[0].url, "held", [adapters["b"]], errors))
