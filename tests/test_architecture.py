@@ -52,3 +52,18 @@ def test_no_source_file_over_400_lines() -> None:
             for p in (REPO / part).rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 400}
     assert not long, long
+
+
+def test_every_package_is_installed() -> None:
+    """pyproject lists packages by hand (the parts live in top-level folders, installed under
+    `loramux.`): a new sub-package missing there works in an editable install and is absent
+    from a wheel."""
+    import tomllib
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    folders = {folder: name for name, folder in config["package-dir"].items()}
+    found = {".".join([folders[init.parent.relative_to(REPO).parts[0]],
+                       *init.parent.relative_to(REPO).parts[1:]])
+             for part in folders for init in (REPO / part).rglob("__init__.py")}
+    assert found - listed == set(), "add these to [tool.setuptools] packages"
