@@ -2,11 +2,11 @@
 
 Two real ``loramux registry serve --index postgresql://…`` processes share one database (which
 they migrate together on start) and one blob store: a repository in a real OCI registry
-(docker-registry), or for the tests that look at blob files, one folder both serve. Checked: a push through one server resolves
-through the other at once; 8 concurrent pushers over both get 8 distinct versions and every
-alias move is in the audit log, each one recording the target it really replaced; a server
-SIGKILLed mid-push leaves no partial version; a ``loramux serve`` reading through one server sees
-an alias moved through the other within its resolve TTL.
+(docker-registry), or, for the tests that look at blob files, one folder both serve. Checked: a
+push through one server resolves through the other at once; 8 concurrent pushers over both get
+8 distinct versions and every alias move is in the audit log, each one recording the target it
+really replaced; a server SIGKILLed mid-push leaves no partial version; a ``loramux serve``
+reading through one server sees an alias moved through the other within its resolve TTL.
 """
 
 from __future__ import annotations
