@@ -286,6 +286,8 @@ def gc(
         render.console().print(
             f"removed {report.removed_blobs} blob(s) ({render.size(report.removed_bytes)}) and "
             f"{report.removed_temp_files} temp file(s); kept {report.kept_blobs} blob(s)"
+            + (f"; removed {report.removed_artifacts} OCI artifact(s) of deleted versions"
+               if report.removed_artifacts else "")
         )
 
 

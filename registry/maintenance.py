@@ -23,6 +23,12 @@ def collect_garbage(index: Index, blobs: BlobBackend, lock: StoreLock) -> GcRepo
     """Blobs no live version references (yanked versions' included) and push leftovers."""
     report = GcReport()
     with lock.exclusive():
+        # A deleted version's OCI artifact goes first: it would point at blobs removed below.
+        for name, version, digest in index.deleted_artifacts():
+            blobs.drop_artifact(digest)
+            with index.write() as tx:
+                tx.set_oci_digest(name, version, None)
+            report.removed_artifacts += 1
         referenced = index.blob_users()
         for hex_ in blobs.all_hex():
             if hex_ in referenced:

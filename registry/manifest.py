@@ -239,6 +239,7 @@ class GcReport(BaseModel):
     removed_bytes: int = 0
     removed_temp_files: int = 0
     kept_blobs: int = 0
+    removed_artifacts: int = 0  # OCI artifact manifests of deleted versions
 
 
 class BlobProblem(BaseModel):

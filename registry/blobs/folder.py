@@ -293,3 +293,7 @@ class BlobStore:
         except FileNotFoundError:
             return 0
         return size
+
+    def drop_artifact(self, digest: str) -> bool:
+        """A folder store keeps no OCI artifacts: nothing to drop."""
+        return False

@@ -194,6 +194,10 @@ class OciBlobStore:
         (self.ledger / hex_).unlink(missing_ok=True)
         return size or 0
 
+    def drop_artifact(self, digest: str) -> bool:
+        """Delete a version's artifact manifest (and so its tag); False if it was gone."""
+        return self.client.delete_manifest(digest)
+
     def quarantine_if_corrupt(self, hex_: str) -> str | None:
         """Save a corrupt blob's bytes locally, then delete it from the repository."""
         self.quarantine.mkdir(parents=True, exist_ok=True)

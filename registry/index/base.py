@@ -175,6 +175,13 @@ class Index:
                         (name, version))
         return row[0] if row else None
 
+    def deleted_artifacts(self) -> list[tuple[str, int, str]]:
+        """(name, version, OCI manifest digest) of deleted versions whose artifact is still
+        recorded: gc deletes those manifests before the blobs they point at."""
+        return [(n, v, d) for n, v, d in self._all(
+            f"SELECT name, version, oci_digest FROM versions WHERE NOT ({LIVE}) "
+            "AND oci_digest IS NOT NULL ORDER BY name, version")]
+
     def list_versions(
         self, *, name: str | None, base_fingerprint: str | None, include_deleted: bool
     ) -> list[VersionInfo]:

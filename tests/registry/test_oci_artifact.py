@@ -154,6 +154,25 @@ def test_registry_pull_reads_straight_from_oci(oci_store, tmp_path: Path) -> Non
     assert r.exit_code == 3, r.output
 
 
+def test_gc_drops_a_deleted_versions_artifact_before_its_blobs(oci_store,
+                                                              tmp_path: Path) -> None:
+    """A deleted version's tag must not outlive the blobs gc removes: a mirror pull would then
+    find an artifact pointing at nothing."""
+    location, store = oci_store
+    store.push(write_adapter(tmp_path / "one", seed=11), "gone")
+    kept = store.push(write_adapter(tmp_path / "two", seed=12), "gone")
+    store.delete("gone@1")
+    assert store.index.oci_digest("gone", 1) is not None  # a yanked version: kept until gc
+    report = store.gc()
+    assert report.removed_artifacts == 1 and report.removed_blobs >= 1
+    assert store.index.oci_digest("gone", 1) is None
+    assert _raw(location, f"manifests/{oa.version_tag('gone', 1)}").status_code == 404
+    with open_registry(location) as mirror:
+        assert [v.version for v in mirror.list(name="gone")] == [2]
+        assert mirror.resolve("gone") == kept
+    assert store.gc().removed_artifacts == 0
+
+
 def test_a_flipped_byte_in_the_oci_store_fails_the_pull(oci_registry, oci_store,
                                                         tmp_path: Path) -> None:
     location, store = oci_store
