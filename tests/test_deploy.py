@@ -1,9 +1,9 @@
-"""The images and the Kubernetes manifest never serve without API keys (issue 12, item 3).
+"""The images never serve without API keys (issue 12, item 3).
 
 The images listen on 0.0.0.0, so their entrypoint refuses `serve` without a keys file (a mounted
 secret or LORAMUX_API_KEYS) unless `--insecure-no-auth` is said out loud; the entrypoint runs
-here with a stand-in `loramux` on PATH that only records its arguments. The manifest's server
-reads its keys from a secret volume.
+here with a stand-in `loramux` on PATH that only records its arguments. The Kubernetes kit's
+server reads its keys from a secret volume: tests/deploy/test_k8s.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -73,19 +72,3 @@ def test_images_start_through_the_entrypoint(name: str) -> None:
     assert entry and "deploy/entrypoint.sh" in entry.group(1), "the key check is bypassed"
     assert re.search(r"^COPY \. \.$", text, re.MULTILINE), "the entrypoint is in the image"
 
-
-def test_the_manifest_reads_keys_from_a_secret() -> None:
-    docs = list(yaml.safe_load_all((DEPLOY / "k8s" / "loramux.yaml").read_text()))
-    (server,) = [d for d in docs if d["kind"] == "Deployment"
-                 and d["metadata"]["name"] == "loramux-server"]
-    pod = server["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    env = {e["name"]: e.get("value") for e in container.get("env", [])}
-    args = container["args"]
-    keys = env.get("LORAMUX_API_KEYS") or args[args.index("--api-keys") + 1]
-    secrets = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
-    mounts = [m for m in container["volumeMounts"] if m["name"] in secrets
-              and keys.startswith(m["mountPath"].rstrip("/") + "/") and "subPath" not in m]
-    assert mounts, f"{keys} is not on a secret volume (without subPath, so rotation reaches it)"
-    assert not secrets[mounts[0]["name"]].get("optional"), "the pod must not start without it"
-    assert "--insecure-no-auth" not in args and "LORAMUX_INSECURE_NO_AUTH" not in env
