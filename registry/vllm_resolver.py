@@ -25,7 +25,6 @@ import asyncio
 import errno
 import logging
 import os
-import sqlite3
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,7 +59,7 @@ ENV_BASE_FINGERPRINT = "LORAMUX_VLLM_BASE_FINGERPRINT"
 DEFAULT_CACHE_DIR = Path("~/.cache/loramux/adapters")
 RESOLVER_NAME = "loramux"
 # What a registry (local store or HTTP client) raises when it cannot answer at all.
-_REGISTRY_FAILURES = (RegistryError, OSError, sqlite3.Error)
+_REGISTRY_FAILURES = (RegistryError, OSError)
 
 
 class IncompatibleAdapter(RegistryError, status=400):

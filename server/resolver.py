@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from dataclasses import dataclass
 
@@ -26,7 +25,7 @@ log = logging.getLogger(__name__)
 # A pinned reference never points elsewhere, but it can be yanked: keep that visible soon too.
 PINNED_TTL_S = 30.0
 # What a registry (local store or HTTP client) may raise when it cannot answer at all.
-REGISTRY_FAILURES = (RegistryError, OSError, sqlite3.Error)
+REGISTRY_FAILURES = (RegistryError, OSError)
 
 
 def registry_failure(exc: Exception, model: str | None, served_name: str) -> ServerError:

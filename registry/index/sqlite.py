@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from loramux.registry.errors import IndexUnavailable
 from loramux.registry.index.base import Dialect, Index, Transaction
 from loramux.registry.index.migrations import migrate
 
@@ -30,6 +31,20 @@ SQLITE = Dialect(
 )
 
 
+@contextlib.contextmanager
+def _answering(where: str) -> Iterator[None]:
+    """A file SQLite cannot use (locked past the busy timeout, unreadable, not a database, disk
+    full) is the registry's 503 with the reason, as an unreachable PostgreSQL is: callers then
+    handle one error type whichever index is behind. Constraint and SQL errors stay what they
+    are (bugs, not outages)."""
+    try:
+        yield
+    except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
+        raise
+    except sqlite3.DatabaseError as exc:
+        raise IndexUnavailable(f"index {where} cannot answer: {exc}") from exc
+
+
 class SqliteIndex(Index):
     dialect = SQLITE
 
@@ -38,7 +53,8 @@ class SqliteIndex(Index):
         self._local = threading.local()
         self._conns: dict[tuple[int, int], sqlite3.Connection] = {}  # (pid, thread) -> conn
         self._conns_lock = threading.Lock()
-        self.conn().execute("PRAGMA journal_mode=WAL")
+        with _answering(str(self.path)):
+            self.conn().execute("PRAGMA journal_mode=WAL")
         migrate(self)
 
     def describe(self) -> str:
@@ -70,19 +86,21 @@ class SqliteIndex(Index):
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
-        yield self.conn()
+        with _answering(str(self.path)):
+            yield self.conn()
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Transaction]:
         """One write transaction; the lock is taken up front so no upgrade can deadlock."""
-        conn = self.conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield Transaction(conn, self.dialect)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with _answering(str(self.path)):
+            conn = self.conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield Transaction(conn, self.dialect)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def close(self) -> None:
         """Close this process's connections (never a parent's, inherited through fork)."""
@@ -97,4 +115,5 @@ class SqliteIndex(Index):
 
     def checkpoint(self) -> None:
         """Fold the WAL back into the database file (after gc freed space)."""
-        self.conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with _answering(str(self.path)):
+            self.conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")

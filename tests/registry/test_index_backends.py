@@ -160,3 +160,29 @@ def test_an_index_outage_is_a_503_with_its_reason_and_heals(tmp_path: Path, http
         if store is not None:
             store.close()
         pg.stop()
+
+
+def test_an_unusable_sqlite_file_is_index_unavailable_not_a_driver_error(tmp_path: Path,
+                                                                          adapters) -> None:
+    """Callers (the server's resolver, the vLLM plugin) handle one error type for an index that
+    cannot answer, whichever database is behind it: SQLite's own errors never leave the index."""
+    store = LocalRegistry(tmp_path / "store", actor="tester")
+    store.push(adapters["a"], "alpha")
+    store.close()
+    index = open_index(None, tmp_path / "store")
+    index.conn().execute("PRAGMA busy_timeout=50")
+    blocker = sqlite3.connect(tmp_path / "store" / INDEX_FILE, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process writes past the busy timeout
+    try:
+        with pytest.raises(IndexUnavailable, match="cannot answer: database is locked"), \
+                index.write() as tx:
+            tx.next_version("alpha")
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    with index.write() as tx:  # it heals once the file is free
+        assert tx.next_version("alpha") == 2
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / INDEX_FILE).write_bytes(b"not a database" * 512)
+    with pytest.raises(IndexUnavailable, match="file is not a database"):
+        open_index(None, tmp_path / "garbage")
