@@ -4,12 +4,14 @@ Tests and the benchmark use a real OCI registry: filesystem storage under ``fold
 deletes enabled, the port picked by the kernel (``127.0.0.1:0``) and read back from the child's
 socket. ``stop()`` then ``start()`` brings it back on the same port, which is how the outage
 tests take it away and return it. ``users`` turns on basic auth (an htpasswd file, bcrypt via the
-C library's crypt, as distribution accepts only bcrypt).
+C library's crypt, as distribution accepts only bcrypt); ``token_auth`` turns on bearer-token
+auth (distribution's ``auth.token``: tokens from ``realm``, signed under ``rootcertbundle``).
 """
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -37,11 +39,23 @@ def _bcrypt(password: str) -> str:
     return hashed
 
 
+@dataclass(frozen=True)
+class TokenAuthConfig:
+    """distribution's ``auth.token`` section: the registry sends clients to ``realm`` for a
+    token and trusts tokens for ``service`` from ``issuer`` signed under a certificate of
+    ``rootcertbundle`` (a PEM file)."""
+
+    realm: str
+    service: str
+    issuer: str
+    rootcertbundle: Path
+
+
 class OciRegistry(ChildServer):
     """``docker-registry serve CONFIG`` with its storage in ``folder``."""
 
     def __init__(self, folder: Path, *, users: dict[str, str] | None = None,
-                 timeout_s: float = 30) -> None:
+                 token_auth: TokenAuthConfig | None = None, timeout_s: float = 30) -> None:
         exe = binary()
         if exe is None:
             raise FileNotFoundError(f"{BINARY} is not installed (run .ci/system-deps)")
@@ -50,10 +64,13 @@ class OciRegistry(ChildServer):
         self.config = self.folder / "config.yml"
         self.folder.mkdir(parents=True, exist_ok=True)
         self.users = users or {}
+        if self.users and token_auth is not None:
+            raise ValueError("one auth scheme at a time: users (basic) or token_auth")
+        self.token_auth = token_auth
         self._write_config(0)
         # /v2/ answers 401 under auth; the readiness probe then uses a public path.
         super().__init__([exe, "serve", str(self.config)], self.folder / "registry.log",
-                         None, "/v2/" if not self.users else "/", timeout_s=timeout_s,
+                         None, "/v2/" if not self._auth else "/", timeout_s=timeout_s,
                          name=BINARY)
 
     def _write_config(self, port: int) -> None:
@@ -69,10 +86,19 @@ class OciRegistry(ChildServer):
             htpasswd = self.folder / "htpasswd"
             htpasswd.write_text("".join(f"{u}:{_bcrypt(p)}\n" for u, p in self.users.items()))
             config["auth"] = {"htpasswd": {"realm": "loramux-test", "path": str(htpasswd)}}
+        if self.token_auth is not None:
+            t = self.token_auth
+            config["auth"] = {"token": {"realm": t.realm, "service": t.service,
+                                        "issuer": t.issuer,
+                                        "rootcertbundle": str(t.rootcertbundle)}}
         self.config.write_text(yaml.safe_dump(config))
 
+    @property
+    def _auth(self) -> bool:
+        return bool(self.users) or self.token_auth is not None
+
     def _ready(self, port: int) -> bool:
-        if self.users:  # "/" is 200 or 404 depending on build; any HTTP answer means up
+        if self._auth:  # "/" is 200 or 404 depending on build; any HTTP answer means up
             import httpx
 
             try:

@@ -3,8 +3,13 @@
 A registry answers 401 with ``WWW-Authenticate``: ``Basic`` (send the user and password), or
 ``Bearer realm=…,service=…,scope=…`` (fetch a token from ``realm``, with the user and password
 if there are any, anonymously otherwise, then retry with it). The token is kept and sent with
-the next requests, and replaced when a request needs a wider scope (push after pull).
-Credentials come from the environment, read here and nowhere else.
+the next requests, and replaced when a request needs a wider scope (push after pull) or when
+the registry no longer takes it (expired). Credentials come from the environment, read here and
+nowhere else.
+
+A bearer exchange that gets no usable token raises ``BlobStoreUnavailable`` naming the token
+server and why (refused, no token in its answer, scope not granted): ending the flow quietly
+would hand the token server's answer to the caller as if the registry had sent it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from collections.abc import Generator
 from dataclasses import dataclass
 
 import httpx
+
+from loramux.registry.errors import BlobStoreUnavailable
 
 ENV_USERNAME = "LORAMUX_OCI_USERNAME"
 ENV_PASSWORD = "LORAMUX_OCI_PASSWORD"
@@ -81,36 +88,67 @@ class OciAuth(httpx.Auth):
         challenge = Challenge.parse(response.headers.get("www-authenticate", ""))
         if challenge is None:
             return
+        bearer = challenge.scheme == "bearer" and "realm" in challenge.params
         if challenge.scheme == "basic":
             header = self.credentials.basic()
-        elif challenge.scheme == "bearer" and "realm" in challenge.params:
+        elif bearer:
             token_response = yield self._token_request(challenge)
             token_response.read()
-            header = _token_of(token_response)
+            header = self._token_of(token_response, challenge)
         else:
             return
         if header is None or header == sent:
-            return  # nothing new to try: the 401 stands
+            if bearer:  # the last response is the token server's: never the caller's answer
+                raise self._refused(challenge, "gave the token the registry just refused")
+            return  # nothing new to try: the registry's 401 stands
         with self._lock:
             self._header = header
         request.headers["Authorization"] = header
-        yield request
+        response = yield request
+        again = Challenge.parse(response.headers.get("www-authenticate", "")) \
+            if bearer and response.status_code == 401 else None
+        if again is not None and again.params.get("error") == "insufficient_scope":
+            raise self._refused(again, "did not grant it")
 
     def _token_request(self, challenge: Challenge) -> httpx.Request:
-        params = {k: challenge.params[k] for k in ("service", "scope") if k in challenge.params}
+        # One ``scope`` parameter per space-delimited entry of the challenge's scope (the token
+        # spec): a cross-repository mount asks for two, and a joined one is a malformed scope.
+        params = [("service", challenge.params["service"])] if "service" in challenge.params \
+            else []
+        params += [("scope", scope) for scope in challenge.params.get("scope", "").split()]
         headers = {"Accept": "application/json"}
         basic = self.credentials.basic()
         if basic is not None:
             headers["Authorization"] = basic
         return httpx.Request("GET", challenge.params["realm"], params=params, headers=headers)
 
+    def _token_of(self, response: httpx.Response, challenge: Challenge) -> str:
+        if response.status_code != 200:
+            raise self._refused(challenge, f"refused (HTTP {response.status_code}"
+                                           f"{_detail(response)})")
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            raise self._refused(challenge, "answered without a token (no 'token' or "
+                                           "'access_token' in its JSON)")
+        return f"Bearer {token}"
 
-def _token_of(response: httpx.Response) -> str | None:
-    if response.status_code != 200:
-        return None
+    def _refused(self, challenge: Challenge, what: str) -> BlobStoreUnavailable:
+        who = (f"user {self.credentials.username!r}" if self.credentials.username
+               else "anonymous requests")
+        scope = challenge.params.get("scope") or "the registry"
+        return BlobStoreUnavailable(
+            f"OCI token server {challenge.params.get('realm')} asked for {scope} for {who}: "
+            f"{what} (set {ENV_USERNAME} and {ENV_PASSWORD}, or {ENV_TOKEN})")
+
+
+def _detail(response: httpx.Response) -> str:
     try:
-        body = response.json()
-    except ValueError:
-        return None
-    token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
-    return f"Bearer {token}" if isinstance(token, str) and token else None
+        errors = response.json().get("errors") or []
+        text = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors)
+    except (ValueError, AttributeError):
+        text = response.text[:200].strip()
+    return f" {text}" if text else ""
