@@ -185,6 +185,18 @@ class BlobUpload:
         self._held.__exit__(None, None, None)
 
 
+def ingest(w: BlobWriter, src: Path) -> tuple[str, int]:
+    """Copy ``src`` through writer ``w`` (any store's) and commit it; nothing is left behind
+    when it fails. Returns (hex, size) of what was stored."""
+    try:
+        hex_, size = w.copy_from_file(src)
+        w.commit(hex_, size)
+    except BaseException:
+        w.abort()
+        raise
+    return hex_, size
+
+
 class BlobStore:
     """Blobs as files in ``root``: reads hand out the file itself (the caller hashes)."""
 
@@ -256,14 +268,7 @@ class BlobStore:
 
     def ingest_file(self, src: Path, *, max_bytes: int | None = None) -> tuple[str, int]:
         """Copy a local file in; returns (hex, size) of what was stored."""
-        w = self.writer(max_bytes=max_bytes, what=str(src))
-        try:
-            hex_, size = w.copy_from_file(src)
-            w.commit(hex_, size)
-        except BaseException:
-            w.abort()
-            raise
-        return hex_, size
+        return ingest(self.writer(max_bytes=max_bytes, what=str(src)), src)
 
     def quarantine_if_corrupt(self, hex_: str) -> str | None:
         """Move a blob whose bytes no longer match its name out of the way; say what it held."""

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from loramux.registry.blobs.folder import BlobStore, BlobWriter
+from loramux.registry.blobs.folder import BlobStore, BlobWriter, ingest
 from loramux.registry.digests import hex_of
 from loramux.registry.errors import IntegrityError, NotFound
 from loramux.registry.oci.client import OciClient
@@ -150,14 +150,7 @@ class OciBlobStore:
         return OciBlobWriter(self, max_bytes, what)
 
     def ingest_file(self, src: Path, *, max_bytes: int | None = None) -> tuple[str, int]:
-        w = self.writer(max_bytes=max_bytes, what=str(src))
-        try:
-            hex_, size = w.copy_from_file(src)
-            w.commit(hex_, size)
-        except BaseException:
-            w.abort()
-            raise
-        return hex_, size
+        return ingest(self.writer(max_bytes=max_bytes, what=str(src)), src)
 
     def publish(self, hex_: str, size: int, source: BinaryIO) -> None:
         """Upload verified bytes unless the repository already has the blob."""
