@@ -9,6 +9,9 @@
     loramux bench registry|trainer   one of those two alone, its table printed
     loramux bench soak --minutes N   a server at twice its admission limit for N minutes:
                                      RSS over time, 429s, no 5xx, nothing left in flight
+    loramux bench affinity           3 replicas sharing a registry: Zipf load routed round robin
+                                     vs the gateway picker's LoRA-affinity rule (a test harness);
+                                     adapter loads, cache hit rate, TTFT; not part of `all`
     loramux bench show [FILE]        print the tables of a results file (default: the latest)
 """
 
@@ -137,6 +140,30 @@ def soak(minutes: float = typer.Option(10.0, "--minutes", min=0.5, help="Length 
     for name, ok in report["verdicts"].items():
         typer.echo(f"  {'ok  ' if ok else 'FAIL'} {name}")
     if not all(report["verdicts"].values()):
+        raise typer.Exit(1)
+
+
+@app.command("affinity")
+def affinity(engine: str = typer.Option("vllm", "--engine",
+                                        help="vllm, or transformers (the reference engine)."),
+             requests: int = typer.Option(300, "--requests", min=1),
+             adapters: int = typer.Option(30, "--adapters", min=1),
+             slots: int = typer.Option(10, "--slots", min=1,
+                                       help="Adapters each replica keeps (--max-cpu-loras)."),
+             concurrency: int = typer.Option(8, "--concurrency", min=1),
+             out: Path = OUT, cache_dir: Path = CACHE) -> None:
+    """Affinity: round robin vs the endpoint picker's LoRA-affinity rule over 3 replicas."""
+    from loramux.bench import affinity as affinity_bench
+
+    if engine not in ("transformers", "vllm"):
+        raise typer.BadParameter("--engine is transformers or vllm")
+    cfg = affinity_bench.AffinityConfig(engine=engine, requests=requests, adapters=adapters,
+                                        slots=slots, concurrency=concurrency)
+    command = "loramux " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    results, path = affinity_bench.run(cfg, out, cache_dir, command=command)
+    typer.echo(path.with_suffix(".md").read_text())
+    typer.echo(f"wrote {path}")
+    if not all(r["ok"] for r in results["routings"].values()):
         raise typer.Exit(1)
 
 
