@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from loramux.server.errors import Overloaded
+from loramux.server.gateway_metrics import RequestStates, Ticket
 from loramux.server.metrics import Metrics
 
 
@@ -15,17 +16,20 @@ class Admission:
         self.limit = limit
         self.count = 0
         self._metrics = metrics
+        self.states = RequestStates()  # where each admitted request is, for the gateway
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one of `limit` places for the body of the `async with`; raise Overloaded if none."""
+    async def slot(self) -> AsyncIterator[Ticket]:
+        """Hold one of `limit` places for the body of the `async with`; raise Overloaded if none.
+        The ticket says where the request is (see `gateway_metrics`)."""
         if self.count >= self.limit:
             raise Overloaded(f"server is at its limit of {self.limit} running and queued "
                              "requests; retry shortly", retry_after=1)
         self.count += 1
         self._metrics.in_flight.set(self.count)
         try:
-            yield
+            with self.states.admitted() as ticket:
+                yield ticket
         finally:
             self.count -= 1
             self._metrics.in_flight.set(self.count)

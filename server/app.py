@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
-from loramux.server import openapi
+from loramux.server import gateway_metrics, openapi
 from loramux.server.auth import Admin, User, protect_routes, require_admin, visible
 from loramux.server.errors import (
     InvalidRequest,
@@ -149,6 +149,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(title="loramux", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible multi-LoRA server; adapters from the registry.")
     app.state.runtime = runtime
+    gateway_metrics.install(runtime.handlers, runtime.metrics.registry)  # the gateway's view
     app.add_middleware(_LastResort)
     app.add_middleware(AccessLog, headers=(openapi.REF_HEADER, openapi.DIGEST_HEADER))
     openapi.install(app, [ChatCompletionRequest, CompletionRequest, AdapterAction])

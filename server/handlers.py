@@ -25,6 +25,7 @@ from loramux.server.admission import Admission
 from loramux.server.auth import Principal
 from loramux.server.engines.base import Delta, Engine, GenerationRequest, Sampling
 from loramux.server.errors import InvalidRequest, ServerError, to_server_error
+from loramux.server.gateway_metrics import Ticket
 from loramux.server.metrics import Metrics
 from loramux.server.models import ServingModels
 from loramux.server.protocol import (
@@ -60,6 +61,7 @@ class _Job:
     label: str
     prompt_tokens: int
     endpoint: str
+    ticket: Ticket
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     completion_tokens: int = 0
@@ -168,9 +170,11 @@ class Handlers:
         label = self.models.unknown_label(req.model)
         try:
             budget = stack.enter_context(principal.admit())  # the key's own limits first
-            await stack.enter_async_context(self.admission.slot())
+            ticket = await stack.enter_async_context(self.admission.slot())
             target = await self.models.target(req.model, principal)
             label = target.label
+            if target.manifest is not None:  # the gateway lists the adapter it awaits
+                ticket.model, ticket.digest = req.model, target.manifest.digest
             ids = await off_loop(tokenize)
             if not ids:
                 raise InvalidRequest("the prompt has no tokens", param="prompt")
@@ -178,7 +182,7 @@ class Handlers:
             budget.reserve(len(ids) + sampling.max_tokens * sampling.n)
             adapter = await stack.enter_async_context(self.models.lease(target))
             job = _Job(GenerationRequest(new_id("cmpl"), ids, sampling, adapter), req.model,
-                       label, len(ids), endpoint)
+                       label, len(ids), endpoint, ticket)
             budget.usage = lambda: job.prompt_tokens + job.completion_tokens
         except BaseException as exc:
             await stack.aclose()
@@ -205,6 +209,7 @@ class Handlers:
     async def _deltas(self, job: _Job) -> AsyncIterator[Delta]:
         """Engine deltas with metrics; aborts the engine request if the consumer goes away."""
         finished = False
+        job.ticket.in_engine = True
         try:
             async for delta in self.engine.generate(job.request):
                 if delta.token_ids and job.first_token_at is None:

@@ -22,6 +22,7 @@ from loramux.server.adapters import AdapterManager
 from loramux.server.auth import Principal, check_adapter
 from loramux.server.engines.base import AdapterHandle
 from loramux.server.errors import IncompatibleAdapter, ModelNotFound
+from loramux.server.gateway_metrics import ClientNames
 from loramux.server.metrics import BASE, OTHER, Metrics
 from loramux.server.protocol import ModelCard, now
 from loramux.server.resolver import REGISTRY_FAILURES, Resolver, registry_failure
@@ -52,6 +53,7 @@ class ServingModels:
         self.root = root  # what the base card names as its source (folder or Hub id)
         self._warned: set[str] = set()
         self._manifests: dict[str, Manifest] = {}
+        self.client_names = ClientNames()  # for the gateway's LoRA-affinity metrics
 
     @property
     def served_name(self) -> str:
@@ -77,6 +79,7 @@ class ServingModels:
             return Target(model, BASE)
         manifest = await self._resolve(model, principal)
         warning = compat.check(manifest, self.base)
+        self.client_names.saw(model, manifest)
         if warning and manifest.digest not in self._warned:
             self._warned.add(manifest.digest)
             log.warning(warning)

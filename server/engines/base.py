@@ -74,6 +74,22 @@ class EngineInfo:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class EngineLoad:
+    """The engine scheduler's own count of its requests and KV cache, as of its last step.
+
+    Optional: an engine that has a scheduler view offers it as `scheduler_load()` (the vLLM
+    engine does); the gateway metrics (`loramux.server.gateway_metrics`) fall back to the
+    server's own counts for an engine that does not.
+    """
+
+    running: int
+    waiting: int
+    kv_cache_usage: float  # fraction of the KV cache in use, 0..1
+    block_size: int | None = None  # tokens per KV block, when the cache is paged
+    num_blocks: int | None = None  # KV blocks in the cache
+
+
 class Engine(Protocol):
     info: EngineInfo
 

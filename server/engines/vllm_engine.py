@@ -20,6 +20,7 @@ from loramux.server.engines.base import (
     AdapterHandle,
     Delta,
     EngineInfo,
+    EngineLoad,
     GenerationRequest,
     TokenLogprob,
 )
@@ -139,6 +140,7 @@ class VllmEngine:
         self._kwargs = kwargs
         self._on_base_load = on_base_load
         self._loaded: dict[int, AdapterHandle] = {}  # what a restart loads again
+        self._load = EngineLoad(0, 0, 0.0)  # the scheduler's counts as of its last step
         started = time.perf_counter()
         self._engine = self._start()
         seconds = time.perf_counter() - started
@@ -162,9 +164,47 @@ class VllmEngine:
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self._kwargs))
+        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self._kwargs),
+                                           stat_loggers=[self._scheduler_stats_logger()])
         self._on_base_load()
         return engine
+
+    def _scheduler_stats_logger(self):
+        """A vLLM stat-logger factory that keeps the scheduler's last counts for
+        `scheduler_load`. Any custom logger turns vLLM's stats on (its console logger stays off;
+        its own Prometheus logger writes to prometheus_client's global registry, which loramux's
+        `/metrics` does not serve)."""
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        engine = self
+
+        class SchedulerLoad(StatLoggerBase):
+            def __init__(self, vllm_config, engine_index: int = 0) -> None:
+                self.cache = vllm_config.cache_config
+
+            def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None,
+                       engine_idx: int = 0) -> None:
+                if scheduler_stats is None:
+                    return
+                s = scheduler_stats  # fields named as in vLLM 0.32; older builds lack some
+                engine._load = EngineLoad(
+                    s.num_running_reqs,
+                    s.num_waiting_reqs + getattr(s, "num_skipped_waiting_reqs", 0),
+                    float(getattr(s, "kv_cache_usage", getattr(s, "gpu_cache_usage", 0.0))),
+                    self.cache.block_size, self.cache.num_gpu_blocks)
+
+            def log_engine_initialized(self) -> None:
+                pass
+
+        return SchedulerLoad
+
+    def scheduler_load(self) -> EngineLoad:
+        """Running and waiting requests and KV-cache use, from vLLM's scheduler (last step)."""
+        load = self._load
+        if load.block_size is None:  # no step yet: the cache's shape is known all the same
+            cache = self._engine.vllm_config.cache_config
+            load = EngineLoad(0, 0, 0.0, cache.block_size, cache.num_gpu_blocks)
+        return load
 
     async def restart(self) -> None:
         """Operator action: stop vLLM (in-flight requests fail) and start it again, base weights
