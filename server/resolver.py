@@ -6,6 +6,14 @@ and are cached for longer. When an entry expires, concurrent requests for the sa
 share one registry lookup (single flight): a hot alias costs the registry one call per TTL, not
 one per waiting request. `registry_failure` is the one place a registry error becomes the
 server's answer: unknown names are 404, a registry that cannot answer is 503.
+
+Moving references are monotonic per server: once `name:prod` (or `name`) has resolved to a
+version here, an answer naming an older version is taken only when the registry shows that the
+reference really went back (its audit log has the alias moved to the answer after it pointed at
+the newer version; for a bare name, the newer version was deleted). Otherwise the answer comes
+from a registry that lags (a replica of its index behind the primary, a cache) and the newer
+version stays. So replicas behind one registry each serve a moved alias within the TTL and no
+replica ever serves a version older than one it already served, rollbacks apart.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import time
 from dataclasses import dataclass
 
 from loramux.registry.errors import Conflict, InvalidName, NotFound, RegistryError
+from loramux.registry.errors import InvalidRequest as NoHistory
 from loramux.registry.manifest import Manifest
 from loramux.registry.refs import AdapterRef
 from loramux.server.errors import InvalidRequest, ModelNotFound, RegistryUnavailable, ServerError
@@ -56,6 +65,7 @@ class Resolver:
         self._max_entries = max_entries
         self._cache: dict[str, _Entry] = {}
         self._lookups: dict[str, asyncio.Task[_Entry]] = {}  # in flight, one per reference
+        self._newest: dict[str, Manifest] = {}  # per moving reference, the newest it named here
 
     def is_base(self, model: str) -> bool:
         return model == self.served_name
@@ -104,4 +114,38 @@ class Resolver:
         except REGISTRY_FAILURES as exc:
             error = registry_failure(exc, model, self.served_name)
             return _Entry(None, error, time.monotonic() + self.ttl_s)
+        if not ref.pins_version:
+            manifest = self._monotonic(ref, model, manifest)
         return _Entry(manifest, None, time.monotonic() + ttl)
+
+    def _monotonic(self, ref: AdapterRef, model: str, answer: Manifest) -> Manifest:
+        """`answer`, unless it is older than what `model` named here before and the registry
+        cannot show that the reference went back (see the module's docstring)."""
+        newest = self._newest.get(model)
+        if newest is not None and answer.version < newest.version:
+            try:
+                went_back = self._went_back(ref, answer, newest)
+            except NoHistory:  # a read-only OCI mirror keeps no history: trust its answer
+                went_back = True
+            except REGISTRY_FAILURES as exc:
+                log.warning("cannot check why `%s` went back to %s: %s", model, answer.ref, exc)
+                went_back = False
+            if not went_back:
+                log.warning("the registry answered %s for `%s`, older than %s already served "
+                            "here and not moved back: a lagging registry; keeping %s",
+                            answer.ref, model, newest.ref, newest.ref)
+                return newest
+        if len(self._newest) >= self._max_entries:
+            self._newest.clear()
+        self._newest[model] = answer
+        return answer
+
+    def _went_back(self, ref: AdapterRef, answer: Manifest, newest: Manifest) -> bool:
+        if ref.alias is None:  # the latest goes back only when the newer version is deleted
+            return any(v.version == newest.version and v.deleted  # (a lagging index lacks it)
+                       for v in self._registry.list(name=ref.name, include_deleted=True))
+        moves = [e for e in self._registry.log(name=ref.name, alias=ref.alias, limit=1000)
+                 if e.action == "alias_set"]  # newest first
+        current = next((i for i, e in enumerate(moves) if e.version == answer.version), None)
+        return current is not None and any(e.version == newest.version
+                                           for e in moves[current + 1:])
