@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 
 from loramux.registry.errors import Invalid
-from loramux.registry.index.base import Index, Transaction, now, to_dt, to_us
+from loramux.registry.index.base import Index, Transaction
+from loramux.registry.index.times import now, to_dt, to_us
 
 ENV_INDEX = "LORAMUX_REGISTRY_INDEX"
 INDEX_FILE = "index.db"

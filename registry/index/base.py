@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol
 
 from loramux.registry.errors import Conflict
+from loramux.registry.index.times import to_dt, to_us
 from loramux.registry.manifest import AliasPointer, AuditEntry, Manifest, VersionInfo
 from loramux.registry.refs import AdapterRef
 
@@ -29,25 +29,6 @@ _BY_ALIAS = (
 )
 _BY_DIGEST = (f"{_SELECT} WHERE v.name=? AND substr(v.digest, 1, ?)=? AND v.{LIVE} "
               "ORDER BY v.version DESC")
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
-
-
-def to_dt(us: int) -> datetime:
-    """Times are stored as integer microseconds so that they round-trip exactly."""
-    return _EPOCH + us * _US
-
-
-def to_us(dt: datetime) -> int:
-    if dt.tzinfo is None:
-        dt = dt.astimezone()  # a naive time is the user's local time
-    return (dt - _EPOCH) // _US
-
-
-def now() -> int:
-    return time.time_ns() // 1000
-
 
 @dataclass(frozen=True)
 class Dialect:

@@ -1,0 +1,25 @@
+"""How the index stores time: integer microseconds since the epoch, UTC, so values round-trip
+exactly through either database (no driver's datetime conversions in between)."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def to_dt(us: int) -> datetime:
+    """Times are stored as integer microseconds so that they round-trip exactly."""
+    return _EPOCH + us * _US
+
+
+def to_us(dt: datetime) -> int:
+    if dt.tzinfo is None:
+        dt = dt.astimezone()  # a naive time is the user's local time
+    return (dt - _EPOCH) // _US
+
+
+def now() -> int:
+    return time.time_ns() // 1000
