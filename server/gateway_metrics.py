@@ -26,14 +26,18 @@ How the picker reads them, and what loramux does about it:
   `max_lora` as an int. vLLM leaves one series per label combination it ever had; loramux emits
   only the current one, stamped with the scrape time, so it is always the latest.
 - The adapter names are the `model` strings clients send (`sql-helper:prod`, `sql-helper@3`,
-  `sql-helper`), since the picker matches them against the request's `model`; plus each
-  version's canonical `name@N`. A name is listed under the digest it last resolved to here, so
-  an alias that moved stops being listed for the old version's digest.
+  `sql-helper`), since the picker matches them against the request's `model`, and only those. A
+  name is listed under the digest it last resolved to here, so an alias that moved stops being
+  listed for the old version's digest.
+- `max_lora` is the engine's LoRA slots, shifted by the names that share an adapter: the picker
+  decides "room for one more" as `len(running) + len(waiting) < max_lora`, counting names, while
+  slots hold adapters (`sql-helper:prod` and `sql-helper` may be one). Reported as slots + names
+  − distinct adapters in use (unnamed resident ones count too), the picker's test holds exactly
+  when a slot is free.
 - `running_lora_adapters`: the adapters loaded in the engine, ready to serve (the protocol's
   words; vLLM lists only adapters with a running request, a subset of these). A replica that
   holds an adapter idle still attracts its requests, which is what saves a fetch and a load.
   `waiting_lora_adapters`: adapters admitted requests wait for (being fetched or loaded).
-  `max_lora`: the engine's LoRA slots, at most the adapters the server keeps loaded.
 - Queued and running: an admitted request is queued until it reaches the engine (resolving,
   tokenizing, waiting for its adapter), then running, unless the engine's scheduler says it
   waits there (vLLM: its scheduler counts, as of its last step). Queued + running is always
@@ -96,13 +100,12 @@ class ClientNames:
         self._lock = threading.Lock()
 
     def saw(self, model: str, manifest: Manifest) -> None:
-        """`model` resolved to `manifest` (its canonical `name@N` is a name for it too)."""
+        """A client asked for `model`, which resolved to `manifest`."""
+        if "," in model:  # never from a parsed ref; the label's separator all the same
+            return
         with self._lock:
-            for name in (model, manifest.ref):
-                if "," in name:  # never from a parsed ref; the label's separator all the same
-                    continue
-                self._digests[name] = manifest.digest
-                self._digests.move_to_end(name)
+            self._digests[model] = manifest.digest
+            self._digests.move_to_end(model)
             while len(self._digests) > self.cap:
                 self._digests.popitem(last=False)
 
@@ -175,10 +178,13 @@ class GatewayCollector(Collector):
 
         resident = set(self._adapters.resident_digests())
         loaded = self._names.for_digests(resident)
-        awaited = sorted({t.model for t in tickets if t.model and not t.in_engine
-                          and t.digest not in resident} - set(loaded))
+        waits = {t.model: t.digest for t in tickets
+                 if t.model and not t.in_engine and t.digest not in resident}
+        awaited = sorted(set(waits) - set(loaded))
+        in_use = len(resident) + len({waits[name] for name in awaited})
+        max_lora = self.max_lora() + len(loaded) + len(awaited) - in_use
         family = GaugeMetricFamily(LORA_INFO.name, LORA_INFO.help, labels=LORA_INFO.labels)
-        family.add_metric([str(self.max_lora()), ",".join(loaded), ",".join(awaited)],
+        family.add_metric([str(max(max_lora, 0)), ",".join(loaded), ",".join(awaited)],
                           time.time())
         yield family
 
