@@ -32,7 +32,7 @@ How the picker reads them, and what loramux does about it:
 - `max_lora` is the engine's LoRA slots, shifted by the names that share an adapter: the picker
   decides "room for one more" as `len(running) + len(waiting) < max_lora`, counting names, while
   slots hold adapters (`sql-helper:prod` and `sql-helper` may be one). Reported as slots + names
-  − distinct adapters in use (unnamed resident ones count too), the picker's test holds exactly
+  - distinct adapters in use (unnamed resident ones count too), the picker's test holds exactly
   when a slot is free.
 - `running_lora_adapters`: the adapters loaded in the engine, ready to serve (the protocol's
   words; vLLM lists only adapters with a running request, a subset of these). A replica that
