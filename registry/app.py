@@ -137,9 +137,15 @@ def list_versions(
 @router.get("/v2/resolve", response_model=Manifest, responses=responses(404, 409))
 async def resolve(request: Request, _: Reader, ref: str) -> Response:
     """The manifest ``ref`` resolves to now. The inference server may call this per request,
-    so it runs on the event loop (an indexed read in WAL mode never waits for writers and takes
-    tens of microseconds, less than a thread-pool hop) and serializes the manifest once."""
-    manifest = _registry(request).resolve(ref)
+    so on SQLite it runs on the event loop (an indexed read in WAL mode never waits for writers
+    and takes tens of microseconds, less than a thread-pool hop); a database server is a network
+    round trip that can wait seconds when the database is down, so that read goes to a thread
+    and never stalls the other requests (health checks included). Serialized once."""
+    registry = _registry(request)
+    if registry.index.dialect.name == "sqlite":
+        manifest = registry.resolve(ref)
+    else:
+        manifest = await run_in_threadpool(registry.resolve, ref)
     headers = {"X-Adapter-Digest": manifest.digest, "X-Adapter-Ref": manifest.ref}
     return Response(manifest.model_dump_json(), media_type="application/json", headers=headers)
 
