@@ -18,7 +18,20 @@ from typing import Any
 
 from loramux.trainer.config import CONFIG_FILE, TrainConfig, build_config
 from loramux.trainer.data import Example, LoadedData, check_lengths, load_data, split
-from loramux.trainer.errors import ConfigError, DataError, ModelError, TrainingInterrupted
+from loramux.trainer.errors import (
+    ConfigError,
+    DataError,
+    ModelError,
+    PublishRefused,
+    TrainingInterrupted,
+)
+from loramux.trainer.evaluation import (
+    MIN_RECORDS_TO_SPLIT,
+    auto_split_size,
+    exact_match_items,
+    measure,
+    sibling_eval_file,
+)
 from loramux.trainer.publish import check_options, publish
 from loramux.trainer.report import (
     CURVE_FILE,
@@ -28,6 +41,7 @@ from loramux.trainer.report import (
     write_report,
 )
 from loramux.trainer.sft import CHECKPOINTS, sft_config, trainer_class
+from loramux.trainer.verdict import Verdict, judge, refusal
 
 log = logging.getLogger(__name__)
 # bitsandbytes warns at import when the optional `kernels` package is missing; the fallback
@@ -47,6 +61,7 @@ class TrainResult:
     reference: str | None = None  # name@version when published
     manifest: Any = None
     skipped: list[str] = field(default_factory=list)
+    verdict: Verdict | None = None
 
 
 @dataclass
@@ -58,6 +73,8 @@ class PreparedData:
     eval_file: LoadedData | None
     skipped: list[str]
     train_tokens: int = 0
+    eval_path: Path | None = None  # the eval file used (given, or found next to the data)
+    eval_note: str = ""  # where the eval data came from, for the user
 
 
 def coerce_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainConfig:
@@ -75,19 +92,36 @@ def prepare_data(config: TrainConfig) -> PreparedData:
     train_file = load_data(config.data, **opts)
     skipped = list(train_file.skipped)
     eval_file = None
-    if config.eval is not None:
-        eval_file = load_data(config.eval, **opts)
+    eval_path = config.eval
+    n = len(train_file.examples)
+    if eval_path is None and config.evaluate and not config.eval_split:
+        eval_path = sibling_eval_file(config.data)
+    if eval_path is not None:
+        eval_file = load_data(eval_path, **opts)
         skipped += eval_file.skipped
         source = {e.kind for e in train_file.examples}
         if eval_file.kind != train_file.kind or {e.kind for e in eval_file.examples} != source:
-            raise DataError(f"{config.eval}: eval data is {eval_file.examples[0].kind} but the "
+            raise DataError(f"{eval_path}: eval data is {eval_file.examples[0].kind} but the "
                             f"training data is {train_file.examples[0].kind}; use one format")
         train, evals = train_file.examples, eval_file.examples
+        found = "" if config.eval is not None else f"found next to {Path(config.data).name}, "
+        note = f"eval: {eval_path} ({found}{len(evals)} records)"
     elif config.eval_split:
         train, evals = split(train_file, config.eval_split, config.seed)
+        note = f"eval: {len(evals)} of {n} records held out (--eval-split {config.eval_split:g})"
+    elif not config.evaluate:
+        train, evals = train_file.examples, []
+        note = "eval: off (--no-eval): no verdict on whether the adapter learns"
+    elif count := auto_split_size(n):
+        train, evals = split(train_file, 0.0, config.seed, count=count)
+        note = (f"eval: {count} of {n} records held out (no eval file next to the data; "
+                "--eval FILE, --eval-split or --no-eval to choose)")
     else:
         train, evals = train_file.examples, []
-    return PreparedData(train, evals, train_file.kind, train_file, eval_file, skipped)
+        note = (f"eval: none: {n} records are too few to hold any out (fewer than "
+                f"{MIN_RECORDS_TO_SPLIT}); give --eval FILE for a verdict")
+    return PreparedData(train, evals, train_file.kind, train_file, eval_file, skipped,
+                        eval_path=eval_path, eval_note=note)
 
 
 def _needs_chat_template(config: TrainConfig, kind: str) -> bool:
@@ -231,10 +265,17 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, *, callbacks: list 
     trainer.remove_callback(PrinterCallback)
 
     started_step = 0
+    items, em_reason = (exact_match_items(data.eval, tokenizer, config.prompt_template)
+                        if eval_rows else ([], ""))
+    before = after = (None, None)
     try:
+        if eval_rows:
+            before = measure(trainer, tokenizer, items, base=True)
         result = trainer.train(resume_from_checkpoint=resume_from)
         started_step = meter.step_at_start
-        final_eval = trainer.evaluate() if eval_rows else {}
+        if eval_rows:
+            after = measure(trainer, tokenizer, items, base=False)
+        final_eval = {"eval_loss": after[0]} if eval_rows else {}
     except KeyboardInterrupt:
         progress.close()
         step = trainer.state.global_step
@@ -276,7 +317,7 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, *, callbacks: list 
             "kind": data.kind,
             "train_file": str(config.data),
             "train_digest": data.train_file.digest,
-            "eval_file": str(config.eval) if config.eval else None,
+            "eval_file": str(data.eval_path) if data.eval_path else None,
             "eval_digest": data.eval_file.digest if data.eval_file else None,
             "eval_split": config.eval_split,
             "records_read": data.train_file.records_read
@@ -293,11 +334,23 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, *, callbacks: list 
         "library_versions": library_versions(),
         "log_history": history,
     }
+    verdict = judge(before[0], after[0], min_eval_gain=config.min_eval_gain,
+                    exact_match_before=before[1], exact_match_after=after[1],
+                    exact_match_total=len(items),
+                    reason=em_reason if eval_rows else data.eval_note)
+    report["verdict"] = verdict.as_dict() | {"line": verdict.line(
+        trainer.state.global_step, config.learning_rate), "eval": data.eval_note}
     config_path = config.save(out / CONFIG_FILE)
     curve = plot_loss_curve(history, out / CURVE_FILE, title=f"{out.name}: loss")
     report_path = write_report(report, out / REPORT_FILE)
     outcome = TrainResult(out, config, metrics, report, report_path, curve, config_path,
                           skipped=data.skipped)
+    outcome.verdict = verdict
+    why = refusal(verdict) if config.publish and not config.force else None
+    if why:
+        report["publish_refused"] = why
+        write_report(report, report_path)
+        raise PublishRefused(f"{why} (the adapter is saved in {out})", outcome)
     if config.publish:
         manifest = publish(out, config, report)
         outcome.manifest = manifest

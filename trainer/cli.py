@@ -51,9 +51,10 @@ FLAG_NAMES: dict[str, tuple[str, ...]] = {
     "learning_rate": ("--lr", "--learning-rate"),
     "early_stopping_patience": ("--early-stopping-patience", "--patience"),
     "labels": ("--label",),
+    "evaluate": ("--evaluate", " /--no-eval"),  # --no-eval is the short opt-out
 }
 # Switches that only turn something on (no --no-resume); other booleans get --x/--no-x.
-ON_SWITCHES = {"resume", "overwrite", "skip_bad_records"}
+ON_SWITCHES = {"resume", "overwrite", "skip_bad_records", "force"}
 SCALARS = (bool, int, float, str, Path)
 
 
@@ -172,23 +173,42 @@ def train_command(config: Path | None, dry_run: bool, overrides: dict[str, Any])
             console.print(f"data ok: {len(data.train)} train / {len(data.eval)} eval "
                           f"{data.kind} examples, {len(data.skipped)} skipped "
                           "(token lengths are checked when the tokenizer loads)")
+            console.print(data.eval_note, markup=False, highlight=False)
             return
-        from loramux.trainer.report import summary_table
+        from loramux.trainer.errors import PublishRefused
 
         console.print(f"training [bold]{cfg.out}[/] from {cfg.data} on {cfg.base} "
                       f"({'QLoRA NF4' if cfg.quantize else 'LoRA'}, r={cfg.r})")
-        result = train(cfg, console=console, data=data)
-        console.print(summary_table(result.report))
-        if result.skipped:
-            console.print(f"[yellow]skipped {len(result.skipped)} bad records[/] "
-                          f"(listed in {result.report_path.name})")
-        console.print(f"adapter: {result.adapter_dir}")
-        console.print(f"report: {result.report_path}  loss curve: {result.loss_curve_path}  "
-                      f"config: {result.config_path}")
-        if result.reference:
-            suffix = f" (alias {cfg.alias})" if cfg.alias else ""
-            console.print(f"published [bold green]{result.reference}[/]{suffix}")
-            print(result.reference, file=sys.stderr if console.is_terminal else sys.stdout)
+        console.print(data.eval_note, markup=False, highlight=False)
+        try:
+            result = train(cfg, console=console, data=data)
+        except PublishRefused as exc:
+            if exc.result is not None:
+                _print_outcome(console, exc.result)
+            raise
+        _print_outcome(console, result)
+
+
+def _print_outcome(console: Any, result: Any) -> None:
+    """The summary table, where the files are, what was published; the verdict is the last line."""
+    from loramux.trainer.report import summary_table
+
+    console.print(summary_table(result.report))
+    if result.skipped:
+        console.print(f"[yellow]skipped {len(result.skipped)} bad records[/] "
+                      f"(listed in {result.report_path.name})")
+    console.print(f"adapter: {result.adapter_dir}")
+    console.print(f"report: {result.report_path}  loss curve: {result.loss_curve_path}  "
+                  f"config: {result.config_path}")
+    if result.reference:
+        suffix = f" (alias {result.config.alias})" if result.config.alias else ""
+        console.print(f"published [bold green]{result.reference}[/]{suffix}")
+        print(result.reference, file=sys.stderr if console.is_terminal else sys.stdout)
+    verdict = result.report.get("verdict") or {}
+    from rich.text import Text
+
+    style = "green" if verdict.get("learned") else "yellow"
+    console.print(Text(verdict.get("line", ""), style=style))
 
 
 def _standalone() -> typer.Typer:

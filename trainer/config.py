@@ -56,6 +56,11 @@ class TrainConfig(BaseModel):
     data: Path = Field(description="Training data (.jsonl .json .csv .parquet).")
     eval: Path | None = Field(None, description="Eval data, same formats.")
     eval_split: float = Field(0.0, ge=0.0, lt=0.5, description="Hold out this share for eval.")
+    # Without eval or eval_split: an eval file next to train.<ext>, else a 10 % split
+    # (loramux.trainer.evaluation); the base and the adapter are compared on it.
+    evaluate: bool = Field(True, description="Eval base vs adapter (auto eval data).")
+    min_eval_gain: float = Field(0.1, ge=0.0, lt=1.0, description="Eval-loss fall that "
+                                 "counts as learned.")
     out: Path = Field(description="Output folder for the adapter.")
 
     # -- data --------------------------------------------------------------------------------
@@ -127,6 +132,7 @@ class TrainConfig(BaseModel):
     alias: str | None = Field(None, description="Alias to move to the new version.")
     description: str = Field("", description="Adapter description.")
     labels: dict[str, str] = Field(default_factory=dict, description="key=value (repeatable).")
+    force: bool = Field(False, description="Publish even if no better than the base.")
 
     @field_validator("target_modules", mode="before")
     @classmethod
@@ -146,6 +152,8 @@ class TrainConfig(BaseModel):
     def _consistent(self) -> TrainConfig:
         if self.eval is not None and self.eval_split:
             raise ValueError("give either eval (a file) or eval_split (a share of data), not both")
+        if not self.evaluate and self.has_eval:
+            raise ValueError("no-eval contradicts eval/eval_split: give one or the other")
         if self.early_stopping_patience and not self.has_eval:
             raise ValueError("early_stopping_patience needs eval data: set eval or eval_split")
         if self.publish and not self.name:
@@ -196,7 +204,8 @@ class TrainConfig(BaseModel):
     def hyperparameters(self) -> dict[str, Any]:
         """The settings that shape the adapter (lineage): no paths, no publishing options."""
         skip = {"base", "data", "eval", "out", "name", "publish", "registry", "alias",
-                "description", "labels", "progress", "resume", "overwrite", "threads", "device"}
+                "description", "labels", "progress", "resume", "overwrite", "threads", "device",
+                "evaluate", "min_eval_gain", "force"}
         return {k: v for k, v in self.model_dump(mode="json").items() if k not in skip}
 
 

@@ -316,11 +316,13 @@ def load_data(path: Path | str, *, fmt: str = "auto", prompt_template: str | Non
                       problems, file_digest(path))
 
 
-def split(data: LoadedData, share: float, seed: int) -> tuple[list[Example], list[Example]]:
-    """A seeded (train, eval) split holding out ``share`` of the examples (at least one)."""
+def split(data: LoadedData, share: float, seed: int, *, count: int | None = None,
+          ) -> tuple[list[Example], list[Example]]:
+    """A seeded (train, eval) split holding out ``share`` of the examples (at least one), or
+    exactly ``count`` of them."""
     order = list(range(len(data.examples)))
     random.Random(seed).shuffle(order)
-    n_eval = max(1, round(len(order) * share))
+    n_eval = count if count is not None else max(1, round(len(order) * share))
     if n_eval >= len(order):
         raise DataError(f"{data.path}: {len(order)} examples are too few to hold out {share:.0%}")
     held = set(order[:n_eval])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from loramux.errors import LoramuxError
 
@@ -53,3 +53,18 @@ class TrainingInterrupted(TrainerError):
     """Stopped by the user (Ctrl-C); the last checkpoint can be resumed, nothing was published."""
 
     exit_code: ClassVar[int] = 130
+
+
+class PublishRefused(PublishError):
+    """``--publish`` without ``--force`` on an adapter no better than the base on the eval set.
+
+    The run finished and the adapter is saved; ``result`` is its TrainResult. Exit code 3 tells
+    a script "trained, not published" apart from bad options (2).
+    """
+
+    status: ClassVar[int] = 422
+    exit_code: ClassVar[int] = 3
+
+    def __init__(self, message: str, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from loramux.trainer.config import CONFIG_FILE, TrainConfig
-from loramux.trainer.errors import ConfigError, PublishError
+from loramux.trainer.errors import ConfigError, PublishError, PublishRefused
 from loramux.trainer.report import CURVE_FILE, REPORT_FILE
+from loramux.trainer.verdict import from_report, refusal
 
 # What goes into the registry: the adapter and the files that explain it (no checkpoints,
 # no tokenizer copy, nothing pickled).
@@ -69,13 +70,15 @@ def lineage(config: TrainConfig, report: dict[str, Any]) -> dict[str, Any]:
         "metrics": {k: v for k, v in report["metrics"].items() if v is not None},
         "library_versions": report["library_versions"],
         "eval_dataset_digest": data.get("eval_digest"),
-        "eval_dataset": Path(config.eval).name if config.eval else None,
+        "eval_dataset": Path(data["eval_file"]).name if data.get("eval_file") else None,
         "eval_split": config.eval_split or None,
         "records": {"train": data["train_examples"], "eval": data["eval_examples"],
                     "skipped": data["skipped_records"]},
         "base_model": config.base,
         "runtime": report["runtime"],
         "trainer": "loramux.trainer (TRL SFTTrainer + PEFT LoRA)",
+        # base vs adapter on the eval set: numbers, learned true/false/null, the rule's threshold
+        "verdict": report.get("verdict"),
     }
 
 
@@ -116,11 +119,14 @@ def publish(adapter_dir: Path, config: TrainConfig, report: dict[str, Any]):
 
 
 def publish_trained(adapter_dir: Path | str, name: str, registry: str | Path, *,
-                    alias: str | None = None, description: str | None = None):
+                    alias: str | None = None, description: str | None = None,
+                    force: bool = False):
     """Publish an adapter trained earlier (its saved config and report give the lineage).
 
     For adapters trained without ``--publish``: the lineage comes from the files the run wrote
-    next to the adapter, so publishing later records the same facts as publishing at once.
+    next to the adapter, so publishing later records the same facts as publishing at once, and
+    the same gate applies (PublishRefused unless ``force`` when its verdict says it did not
+    learn; reports from before verdicts existed are not gated).
     """
     import json
 
@@ -134,4 +140,8 @@ def publish_trained(adapter_dir: Path | str, name: str, registry: str | Path, *,
         "name": name, "registry": str(registry), "alias": alias, "description": description,
         "publish": True})
     check_options(config)
-    return publish(adapter_dir, config, json.loads(report_file.read_text(encoding="utf-8")))
+    report = json.loads(report_file.read_text(encoding="utf-8"))
+    why = None if force else refusal(from_report(report))
+    if why:
+        raise PublishRefused(why)
+    return publish(adapter_dir, config, report)

@@ -100,6 +100,14 @@ def summary_table(report: dict[str, Any]):
         ("records used / skipped", f"{report['data']['train_examples']} / "
                                    f"{report['data']['skipped_records']}"),
     ]
+    verdict = report.get("verdict") or {}
+    if verdict.get("eval_loss_before") is not None:
+        rows.insert(3, ("eval loss: base → adapter", f"{verdict['eval_loss_before']:.4f} → "
+                                                     f"{verdict['eval_loss_after']:.4f}"))
+    if verdict.get("exact_match_before") is not None:
+        rows.insert(4, (f"exact match ({verdict['exact_match_total']} prompts)",
+                        f"{verdict['exact_match_before']:.0%} → "
+                        f"{verdict['exact_match_after']:.0%}"))
     if m.get("stopped_early"):
         rows.append(("stopped early", "yes (eval loss stopped improving)"))
     for key, value in rows:
