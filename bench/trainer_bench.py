@@ -38,7 +38,8 @@ def _loramux_worker(base: str, data: str, out: str, steps: int) -> dict[str, Any
 
     result = train({"base": base, "data": data, "out": out, "max_steps": steps,
                     "save_steps": 10 * steps, "logging_steps": 10, "progress": False,
-                    **SETTINGS})
+                    # the plain loop evaluates nothing: neither does this side (no auto eval)
+                    "evaluate": False, **SETTINGS})
     m = result.metrics
     return {"tokens": m["tokens_seen"], "seconds": m["train_seconds"],
             "tokens_per_second": m["tokens_per_second"], "peak_rss_bytes": peak_rss_bytes(),
