@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from loramux.registry.oci.location import OciLocation
 from loramux.registry.refs import validate_digest
 
 log = logging.getLogger(__name__)
+# Waits before repeating a HEAD/GET answered 5xx (see OciClient._send).
+_RETRY_DELAYS_S = (0.05, 0.2, 0.5)
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MANIFEST_TYPES = (OCI_MANIFEST, OCI_INDEX, "application/vnd.docker.distribution.manifest.v2+json",
@@ -98,10 +101,20 @@ class OciClient:
 
     def _send(self, method: str, url: str | httpx.URL, *, ok: tuple[int, ...] = (200,),
               what: str = "", **kwargs: object) -> httpx.Response:
-        try:
-            response = self._http.request(method, url, **kwargs)  # type: ignore[arg-type]
-        except httpx.TransportError as exc:
-            raise self._unreachable(exc) from None
+        """One request; a HEAD or GET answered 5xx is retried a few times (CNCF distribution's
+        filesystem driver answers 500 on a HEAD while the same blob is being linked by a
+        concurrent upload), as container clients do; other methods are not repeated."""
+        delays = _RETRY_DELAYS_S if method in ("HEAD", "GET") else ()
+        for delay in (*delays, None):
+            try:
+                response = self._http.request(method, url, **kwargs)  # type: ignore[arg-type]
+            except httpx.TransportError as exc:
+                raise self._unreachable(exc) from None
+            if response.status_code < 500 or delay is None:
+                break
+            log.info("OCI %s %s answered %d; retrying", method, httpx.URL(url).path,
+                     response.status_code)
+            time.sleep(delay)
         if response.status_code not in ok:
             raise self._error(response, what or f"{method} {httpx.URL(url).path}")
         return response

@@ -255,7 +255,7 @@ def test_readme_tokens_example_parses() -> None:
     """The tokens file shown in the README, comments (with commas) and all."""
     readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Registry"):readme.index("## Serving")]
-    example = section.split("```\n")[-2]  # the untagged block: the tokens file
+    example = next(block for block in section.split("```") if "s3cr3t-for-ops:" in block)
     tokens = parse_tokens(example + "solo:read  # a comment, with a comma\n")
     assert [(t.scope, t.name) for t in tokens][:3] == [
         ("admin", "ops"), ("write", "ci"), ("read", "fleet")]

@@ -263,3 +263,25 @@ def test_oci_outage_is_503_and_recovers_without_restart(own_oci: OciRegistry, ad
         assert httpx.get(blob_url, headers=auth).status_code == 200
     finally:
         server.stop()
+
+
+def test_a_head_answered_500_is_retried_and_a_put_is_not(monkeypatch) -> None:
+    """CNCF distribution answers 500 to a HEAD while a concurrent upload links the same blob (seen
+    with 8 pushers sharing files); a HEAD or GET is repeated, a state-changing request never."""
+    digest = "sha256:" + "c7" * 32
+    answers = {"HEAD": [500, 500, 200], "PUT": [500, 201]}
+    seen: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.method)
+        return httpx.Response(answers[request.method].pop(0), headers={"content-length": "7"})
+
+    monkeypatch.setattr("loramux.registry.oci.client._RETRY_DELAYS_S", (0, 0, 0))
+    client = OciClient("oci+http://127.0.0.1:9/loramux/retry")
+    client._http = httpx.Client(base_url="http://127.0.0.1:9",
+                                transport=httpx.MockTransport(handle))
+    assert client.blob_size(digest) == 7
+    assert seen == ["HEAD"] * 3
+    with pytest.raises(BlobStoreUnavailable):
+        client.put_manifest("t", b"{}")
+    assert seen[3:] == ["PUT"]
