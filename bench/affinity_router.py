@@ -21,7 +21,8 @@ commit before pkg/epp left that repository, 2026-06-16):
   waiting queues, 1.0 for all when they are equal.
 - `kv-cache-utilization-scorer`: 1 - KV-cache usage.
 - Profile (`scheduling/scheduler_profile.go`): the sum of score x weight; weights as in
-  deploy/k8s/base/endpoint-picker.yaml: lora-affinity 3, queue 2, kv-cache 2 (its
+  deploy/k8s/base/endpoint-picker.yaml (a test keeps them equal): lora-affinity 20, queue 2,
+  kv-cache 2 (why 20: that file's comment and docs/bench.md) (its
   prefix-cache-scorer, weight 1, is left out: it keeps its own in-memory index of prompts, and
   leaving it out means any affinity measured comes from the LoRA rule alone).
 - `max-score-picker` (`picker/maxscore/picker.go`, the default): shuffle, then the highest score,
@@ -43,7 +44,7 @@ from prometheus_client.parser import text_string_to_metric_families
 log = logging.getLogger(__name__)
 
 REFRESH_S = 0.05  # the EPP's default --refresh-metrics-interval
-WEIGHTS = {"lora-affinity": 3.0, "queue": 2.0, "kv-cache": 2.0}
+WEIGHTS = {"lora-affinity": 20.0, "queue": 2.0, "kv-cache": 2.0}
 WAITING = "vllm:num_requests_waiting"
 KV_CACHE = "vllm:kv_cache_usage_perc"
 LORA_INFO = "vllm:lora_requests_info"

@@ -14,6 +14,7 @@ import pytest
 import loramux.registry as reg
 from loramux.bench import affinity
 from loramux.bench.affinity_router import (
+    WEIGHTS,
     AffinityRouter,
     ReplicaMetrics,
     RoundRobinRouter,
@@ -59,12 +60,19 @@ def test_parse_takes_latest_nonempty_lora_sample_and_keeps_state_without_one() -
     assert (later.active, later.max_active) == ({"a", "b"}, 8)
 
 
-def test_weighted_sum_prefers_holder_unless_queue_outweighs_room() -> None:
+def test_weighted_sum_prefers_the_holder_over_a_shorter_queue() -> None:
+    """With the shipped weights (lora-affinity 20, queue 2, kv-cache 2) a replica holding the
+    adapter wins even against an idle one with room: a one-request queue difference is the
+    queue scorer's full 2 points, less than affinity's 20 x (1.0 - 0.8)."""
+    w = WEIGHTS
     holder = ReplicaMetrics(waiting_queue=4, active={"a"}, max_active=2)
     full = ReplicaMetrics(waiting_queue=0, active={"b", "c"}, max_active=2)
     roomy = ReplicaMetrics(waiting_queue=0, active=set(), max_active=2)
-    assert scores([holder, full], "a") == [3.0 + 0.0 + 2.0, 0.0 + 2.0 + 2.0]  # holder wins
-    assert scores([holder, roomy], "a") == [5.0, 3 * 0.8 + 2.0 + 2.0]  # the queue wins
+    on_holder = w["lora-affinity"] * 1.0 + w["queue"] * 0.0 + w["kv-cache"]
+    assert scores([holder, full], "a") == [on_holder, 0.0 + w["queue"] + w["kv-cache"]]
+    assert scores([holder, roomy], "a") == [
+        on_holder, w["lora-affinity"] * 0.8 + w["queue"] + w["kv-cache"]]
+    assert on_holder > w["lora-affinity"] * 0.8 + w["queue"] + w["kv-cache"]
 
 
 @pytest.fixture

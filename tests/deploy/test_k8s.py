@@ -205,6 +205,12 @@ def test_gateway_reaches_the_servers_through_the_picker(rendered, variant: str) 
     declared = {p["type"] for p in config["plugins"]}
     profile = {p["pluginRef"] for p in config["schedulingProfiles"][0]["plugins"]}
     assert "lora-affinity-scorer" in profile and profile <= declared
+    # bench affinity measures this profile: its harness must use the weights shipped here
+    from loramux.bench.affinity_router import WEIGHTS
+
+    shipped = {p["pluginRef"].removesuffix("-scorer").removesuffix("-utilization"): p["weight"]
+               for p in config["schedulingProfiles"][0]["plugins"]}
+    assert {k: shipped[k] for k in WEIGHTS} == WEIGHTS
 
     (rule,) = _one(objects, "HTTPRoute", "loramux")["spec"]["rules"]
     assert rule["backendRefs"] == [{"group": "inference.networking.k8s.io",
