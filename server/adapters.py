@@ -288,9 +288,11 @@ class AdapterManager:
                                if d in held and s.in_use == 0 and not s.pinned]:
                     if excess <= 0:
                         break
-                    size = self._resident[digest].size
+                    slot = self._resident.get(digest)  # each unload below awaits: another
+                    if slot is None:  # request may have evicted this one meanwhile
+                        continue
                     if await self.unload(digest):
-                        excess -= size
+                        excess -= slot.size
                 first = result
                 result = await asyncio.to_thread(self._cache.trim, budget, self.options.pinned)
                 result = TrimResult(result.total_bytes, first.removed + result.removed,
