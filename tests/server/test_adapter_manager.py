@@ -245,3 +245,34 @@ def test_fetch_from_remote_registry_over_http(tmp_path: Path) -> None:
         remote.close()
     finally:
         server.stop()
+
+
+def test_disk_trim_survives_an_eviction_during_its_own_unload(setup) -> None:
+    """The trim unloads idle adapters one by one, awaiting each; another request may evict the
+    next candidate meanwhile (seen in CI as a KeyError answered 500)."""
+    manager, manifests, engine, _ = setup
+    m = manager(max_cache_bytes=10 * manifests[0].size)
+
+    async def scenario() -> None:
+        for manifest in manifests[:3]:
+            await m.load(manifest)
+        first, second = list(m.resident_digests())[:2]
+        m.options.max_cache_bytes = 0  # now every idle adapter must go
+        started, release = asyncio.Event(), asyncio.Event()
+        unload = engine.unload_adapter
+
+        async def slow_unload(adapter: AdapterHandle) -> None:
+            if adapter.digest == first:
+                started.set()
+                await release.wait()
+            await unload(adapter)
+
+        engine.unload_adapter = slow_unload
+        trim = asyncio.create_task(m._trim_disk())
+        await started.wait()
+        assert await m.unload(second)  # another request evicts the next candidate meanwhile
+        release.set()
+        await trim
+        assert m.resident_digests() == []
+
+    asyncio.run(scenario())
