@@ -204,7 +204,7 @@ class VersionInfo(BaseModel):
     deleted: bool = False
 
 
-AuditAction = Literal["push", "alias_set", "alias_rm", "delete"]
+AuditAction = Literal["push", "alias_set", "alias_rm", "delete", "evaluate", "promote"]
 
 
 class AuditEntry(BaseModel):

@@ -64,6 +64,13 @@ CREATE INDEX IF NOT EXISTS audit_by_at ON audit(at);
     Migration(2, "versions.oci_digest: the version's OCI artifact manifest", """
 ALTER TABLE versions ADD COLUMN oci_digest TEXT;
 """),
+    Migration(3, "evaluations: eval-gated promotion results per version", """
+CREATE TABLE IF NOT EXISTS evaluations(
+    id {identity}, audit_id BIGINT NOT NULL, at BIGINT NOT NULL, name TEXT NOT NULL,
+    version INTEGER NOT NULL, role TEXT NOT NULL, passed INTEGER NOT NULL, record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS evaluations_by_version ON evaluations(name, version, at);
+"""),
 )
 LATEST = MIGRATIONS[-1].number
 
