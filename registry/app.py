@@ -34,6 +34,7 @@ from loramux.registry.auth import (
 from loramux.registry.base import DEFAULT_LOG_LIMIT
 from loramux.registry.blobs import BlobUpload
 from loramux.registry.bodies import RequestGate
+from loramux.registry.canary import CanaryRequest, CanaryState, Split
 from loramux.registry.http_errors import responses
 from loramux.registry.manifest import (
     AliasPointer,
@@ -241,6 +242,28 @@ def alias_set(
     version: Annotated[int, Body(embed=True, ge=1, le=2**62)],
 ) -> AliasPointer:
     return _registry(request).alias_set(name, alias, version, actor=actor_of(identity, request))
+
+
+@router.put("/v2/adapters/{name}/aliases/{alias}/canary", responses=responses(404, 413))
+def canary_set(request: Request, identity: Writer, name: str, alias: str,
+               body: Annotated[CanaryRequest, Body()]) -> CanaryState:
+    """Point the alias at ``stable`` and send ``weight`` of its requests to ``canary``."""
+    return _registry(request).canary_set(name, alias, body.stable, body.canary, body.weight,
+                                         reason=body.reason, actor=actor_of(identity, request))
+
+
+@router.get("/v2/adapters/{name}/aliases/{alias}/canary", responses=responses(404))
+def canary_state(request: Request, _: Reader, name: str, alias: str) -> CanaryState:
+    return _registry(request).canary(name, alias)
+
+
+@router.get("/v2/resolve/split", responses=responses(404, 409))
+async def resolve_split(request: Request, _: Reader, ref: str) -> Split:
+    """As ``/v2/resolve``, with an alias's canary and its share: what a server splits by."""
+    registry = _registry(request)
+    if registry.index.dialect.name == "sqlite":
+        return registry.resolve_split(ref)
+    return await run_in_threadpool(registry.resolve_split, ref)
 
 
 @router.delete("/v2/adapters/{name}/aliases/{alias}", status_code=204,

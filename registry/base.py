@@ -19,6 +19,7 @@ from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from pydantic import ValidationError
 
+from loramux.registry.canary import CanaryState, Split
 from loramux.registry.errors import InvalidBaseModel, InvalidName, InvalidRequest
 from loramux.registry.fingerprint import base_components, fingerprint_of
 from loramux.registry.manifest import (
@@ -159,6 +160,25 @@ class Registry(Protocol):
     def alias_rm(self, name: str, alias: str) -> None:
         """Remove ``name:alias``. Raises ``InvalidName``, ``NotFound`` if it is not set."""
         ...
+
+    def canary_set(self, name: str, alias: str, stable: int, canary: int | None,
+                   weight: float, *, reason: str | None = None) -> CanaryState:
+        """Point ``name:alias`` at ``stable`` and send ``weight`` (0..1) of its requests to
+        ``canary`` (None: no canary); an audit row ``canary`` records it with ``reason``.
+        Weight 0 with a canary is a rollback that keeps the canary visible.
+
+        Raises ``InvalidName``, ``InvalidRequest`` (weight, canary == stable), ``NotFound``.
+        """
+        raise InvalidRequest(f"{self!r} holds no canaries")
+
+    def canary(self, name: str, alias: str) -> CanaryState:
+        """The alias's split now. Raises ``NotFound`` if the alias is not set."""
+        raise InvalidRequest(f"{self!r} holds no canaries")
+
+    def resolve_split(self, ref: str | AdapterRef) -> Split:
+        """As :meth:`resolve`, and for an alias with a live canary also the canary's manifest
+        and share, so that a server can split requests between the two."""
+        return Split(stable=self.resolve(ref))
 
     def delete(self, ref: str | AdapterRef, *, force: bool = False) -> VersionInfo:
         """Yank a version (``name@N`` or ``name@sha256:…``): it no longer resolves, and its

@@ -204,7 +204,8 @@ class VersionInfo(BaseModel):
     deleted: bool = False
 
 
-AuditAction = Literal["push", "alias_set", "alias_rm", "delete", "evaluate", "promote"]
+AuditAction = Literal["push", "alias_set", "alias_rm", "delete", "evaluate", "promote",
+                      "canary"]
 
 
 class AuditEntry(BaseModel):

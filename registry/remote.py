@@ -19,6 +19,7 @@ import httpx
 
 from loramux.registry import manifest as records
 from loramux.registry.base import Registry, default_actor, require_pinned
+from loramux.registry.canary import CanaryRequest, CanaryState, Split, check_args
 from loramux.registry.digests import sha256_fd
 from loramux.registry.errors import BlobMissing, Forbidden, RemoteError, error_class
 from loramux.registry.refs import AdapterRef, validate_alias, validate_name
@@ -203,6 +204,27 @@ class RemoteRegistry(Registry):
             "PUT", f"/v2/adapters/{name}/aliases/{alias}", json={"version": int(version)}
         )
         return records.AliasPointer.model_validate_json(response.content)
+
+    def canary_set(self, name: str, alias: str, stable: int, canary: int | None,
+                   weight: float, *, reason: str | None = None) -> CanaryState:
+        validate_name(name)
+        validate_alias(alias)
+        check_args(int(stable), canary, weight)
+        body = CanaryRequest(stable=stable, canary=canary, weight=weight, reason=reason)
+        response = self._request("PUT", f"/v2/adapters/{name}/aliases/{alias}/canary",
+                                 json=body.model_dump(mode="json"))
+        return CanaryState.model_validate_json(response.content)
+
+    def canary(self, name: str, alias: str) -> CanaryState:
+        validate_name(name)
+        validate_alias(alias)
+        response = self._request("GET", f"/v2/adapters/{name}/aliases/{alias}/canary")
+        return CanaryState.model_validate_json(response.content)
+
+    def resolve_split(self, ref: str | AdapterRef) -> Split:
+        ref = str(AdapterRef.parse(ref))
+        return Split.model_validate_json(
+            self._request("GET", "/v2/resolve/split", params={"ref": ref}).content)
 
     def alias_rm(self, name: str, alias: str) -> None:
         validate_name(name)

@@ -21,6 +21,7 @@ from loramux.registry.base import (
 )
 from loramux.registry.blobs import BlobUpload, StoreLock, open_blobs
 from loramux.registry.blobs.oci import OciBlobStore
+from loramux.registry.canary import LocalCanaries, end_canary
 from loramux.registry.digests import adapter_digest
 from loramux.registry.errors import BlobMissing, Conflict, IntegrityError, InvalidName, NotFound
 from loramux.registry.index import INDEX_FILE, Transaction, is_shared, now, open_index, to_dt
@@ -47,7 +48,7 @@ _FROM_REQUEST = ("base_fingerprint", "base_components", "quantization", "descrip
                  "lineage")
 
 
-class LocalRegistry(Registry):
+class LocalRegistry(LocalCanaries, Registry):
     """The registry in a local folder; safe for many threads and processes at once."""
 
     def __init__(
@@ -175,6 +176,7 @@ class LocalRegistry(Registry):
                 log.info("pushed %s (%s)", manifest.ref, digest)
             if request.alias is not None:
                 self._alias_set(tx, name, request.alias, manifest.version, actor, at)
+                end_canary(tx, name, request.alias, actor, at)
         return manifest
 
     # -- reads -------------------------------------------------------------------------------
@@ -218,8 +220,11 @@ class LocalRegistry(Registry):
     ) -> AliasPointer:
         validate_name(name)
         validate_alias(alias)
+        actor, at = actor or self.actor, now()
         with self.index.write() as tx:
-            return self._alias_set(tx, name, alias, int(version), actor or self.actor, now())
+            pointer = self._alias_set(tx, name, alias, int(version), actor, at)
+            end_canary(tx, name, alias, actor, at)  # a plain move ends any canary
+            return pointer
 
     def _alias_set(
         self, tx: Transaction, name: str, alias: str, version: int, actor: str, at: int

@@ -71,6 +71,10 @@ CREATE TABLE IF NOT EXISTS evaluations(
 );
 CREATE INDEX IF NOT EXISTS evaluations_by_version ON evaluations(name, version, at);
 """),
+    Migration(4, "aliases.canary_version, canary_weight: a weighted canary beside an alias", """
+ALTER TABLE aliases ADD COLUMN canary_version INTEGER;
+ALTER TABLE aliases ADD COLUMN canary_weight BIGINT NOT NULL DEFAULT 0;
+"""),
 )
 LATEST = MIGRATIONS[-1].number
 
