@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, BinaryIO
 
-from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -35,6 +35,7 @@ from loramux.registry.base import DEFAULT_LOG_LIMIT
 from loramux.registry.blobs import BlobUpload
 from loramux.registry.bodies import RequestGate
 from loramux.registry.canary import CanaryRequest, CanaryState, Split
+from loramux.registry.evaluation import Evaluation, EvaluationEntry, PromoteRequest
 from loramux.registry.http_errors import responses
 from loramux.registry.manifest import (
     AliasPointer,
@@ -307,6 +308,28 @@ def alias_at(
 ) -> AliasPointer | None:
     return _registry(request).alias_at(name, alias, when)
 
+
+@router.post("/v2/adapters/{name}/evaluations", status_code=201, responses=responses(404, 413))
+def record_evaluation(request: Request, identity: Writer, name: str,
+                      body: Annotated[Evaluation, Body()]) -> EvaluationEntry:
+    """Record an eval-gate run (``loramux registry promote`` measured it on a server)."""
+    return _registry(request).record_evaluation(name, body, actor=actor_of(identity, request))
+
+
+@router.get("/v2/adapters/{name}/versions/{version}/evaluations", responses=responses(404))
+def evaluations(request: Request, _: Reader, name: str,
+                version: Annotated[int, Path(ge=1, le=2**62)],
+                limit: Annotated[int, Query(ge=0, le=1000)] = 5) -> list[EvaluationEntry]:
+    return _registry(request).evaluations(name, version, limit)
+
+
+@router.post("/v2/adapters/{name}/aliases/{alias}/promote", responses=responses(404, 409, 422))
+def promote_alias(request: Request, identity: Writer, name: str, alias: str,
+                  body: Annotated[PromoteRequest, Body()]) -> AliasPointer:
+    """Move the alias if it still points at ``expected``, citing a passing evaluation."""
+    return _registry(request).promote_alias(
+        name, alias, body.version, expected=body.expected, evaluation_id=body.evaluation_id,
+        actor=actor_of(identity, request))
 
 @router.post("/v2/gc")
 def gc(request: Request, _: Admin) -> GcReport:

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from loramux.registry.canary import CanaryState, Split
 from loramux.registry.errors import InvalidBaseModel, InvalidName, InvalidRequest
+from loramux.registry.evaluation import Evaluation, EvaluationEntry
 from loramux.registry.fingerprint import base_components, fingerprint_of
 from loramux.registry.manifest import (
     AliasPointer,
@@ -227,6 +228,29 @@ class Registry(Protocol):
         Raises ``InvalidName`` for a bad name or alias.
         """
         ...
+
+    def record_evaluation(self, name: str, evaluation: Evaluation) -> EvaluationEntry:
+        """Record a gate run on ``name`` (audit ``evaluate``, and a row per version measured,
+        which :meth:`evaluations` lists). Over HTTP it needs a write token.
+
+        Raises ``InvalidRequest`` when ``passed`` does not follow from the scores, ``NotFound``
+        when a measured version (with its digest) is not live.
+        """
+        raise InvalidRequest(f"{self!r} does not record evaluations")
+
+    def evaluations(self, name: str, version: int, limit: int = 5) -> list[EvaluationEntry]:
+        """The newest ``limit`` recorded evaluations that measured ``name@version``."""
+        return []
+
+    def promote_alias(self, name: str, alias: str, version: int, *, expected: int | None,
+                      evaluation_id: int) -> AliasPointer:
+        """Move ``name:alias`` to ``version`` if it still points at ``expected`` (None: unset),
+        citing the passing evaluation ``evaluation_id`` of exactly this move (audit ``promote``).
+
+        Raises ``Conflict`` when the alias moved meanwhile or the evaluation is of another move,
+        ``GateFailed`` when it did not pass, ``NotFound``.
+        """
+        raise InvalidRequest(f"{self!r} does not move aliases")
 
     def close(self) -> None:
         """Release connections; the registry is not used afterwards."""

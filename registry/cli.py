@@ -221,8 +221,8 @@ def show(
     if as_json:
         _emit_json(manifest)
     else:
-        out = render.console()
-        for table in render.manifest_view(manifest):
+        out, evaluations = render.console(), registry.evaluations(manifest.name, manifest.version)
+        for table in render.manifest_view(manifest, evaluations):
             out.print(table)
 
 
@@ -391,6 +391,8 @@ def serve(
         limits=reg.Limits(max_total_bytes=max_bytes), log_level=log_level, index=index,
         blobs=blobs)
 
+
+from loramux.registry import cli_promote  # noqa: E402, F401  (registers `promote`)
 
 if __name__ == "__main__":
     app()

@@ -22,6 +22,12 @@ from loramux.registry.base import Registry, default_actor, require_pinned
 from loramux.registry.canary import CanaryRequest, CanaryState, Split, check_args
 from loramux.registry.digests import sha256_fd
 from loramux.registry.errors import BlobMissing, Forbidden, RemoteError, error_class
+from loramux.registry.evaluation import (
+    Evaluation,
+    EvaluationEntry,
+    PromoteRequest,
+    check_evaluation,
+)
 from loramux.registry.refs import AdapterRef, validate_alias, validate_name
 from loramux.registry.sources import open_regular
 from loramux.registry.validate import Limits, scan_folder, validate_adapter
@@ -258,6 +264,30 @@ class RemoteRegistry(Registry):
         params = {"name": name, "alias": alias, "when": _iso(when)}
         data = self._request("GET", "/v2/alias-at", params=params).json()
         return records.AliasPointer.model_validate(data) if data else None
+
+    # -- evaluations and promotion -------------------------------------------------------------
+
+    def record_evaluation(self, name: str, evaluation: Evaluation) -> EvaluationEntry:
+        validate_name(name)
+        check_evaluation(evaluation)
+        response = self._request("POST", f"/v2/adapters/{name}/evaluations",
+                                 json=evaluation.model_dump(mode="json"))
+        return EvaluationEntry.model_validate_json(response.content)
+
+    def evaluations(self, name: str, version: int, limit: int = 5) -> list[EvaluationEntry]:
+        validate_name(name)
+        rows = self._request("GET", f"/v2/adapters/{name}/versions/{int(version)}/evaluations",
+                             params={"limit": limit}).json()
+        return [EvaluationEntry.model_validate(r) for r in rows]
+
+    def promote_alias(self, name: str, alias: str, version: int, *, expected: int | None,
+                      evaluation_id: int) -> records.AliasPointer:
+        validate_name(name)
+        validate_alias(alias)
+        body = PromoteRequest(version=version, expected=expected, evaluation_id=evaluation_id)
+        response = self._request("POST", f"/v2/adapters/{name}/aliases/{alias}/promote",
+                                 json=body.model_dump(mode="json"))
+        return records.AliasPointer.model_validate_json(response.content)
 
 
 def _params(**values: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ CLI imports this module.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +17,7 @@ from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 
+from loramux.registry.evaluation import EvaluationEntry
 from loramux.registry.manifest import AuditEntry, Lineage, Manifest, VersionInfo
 
 SHORT = 12
@@ -92,8 +94,9 @@ def log_table(entries: list[AuditEntry], width: int) -> Table:
     return fitted(["WHEN", "ACTION", "ADAPTER", "VERSION", "DIGEST", "WHO"], cells, width, "WHO")
 
 
-def manifest_view(m: Manifest) -> list[Table]:
-    """``registry show``: the facts a person checks, each on one line, then the files."""
+def manifest_view(m: Manifest, evaluations: Sequence[EvaluationEntry] = ()) -> list[Table]:
+    """``registry show``: the facts a person checks, each on one line, then the files; the
+    latest eval-gate results for this version follow its lineage."""
     lora = m.lora
     targets = lora.target_modules if isinstance(lora.target_modules, str) else ",".join(
         lora.target_modules)
@@ -111,6 +114,7 @@ def manifest_view(m: Manifest) -> list[Table]:
         ("labels", ", ".join(f"{k}={v}" for k, v in m.labels.items()) or "-"),
         ("description", m.description or "-"),
         *lineage_rows(m.lineage),
+        *evaluation_rows(evaluations),
     ]
     facts = Table(box=None, show_header=False, pad_edge=False)
     facts.add_column(no_wrap=True, style="bold")
@@ -145,4 +149,24 @@ def lineage_rows(lineage: Lineage | None) -> list[tuple[str, str]]:
                   f"{k}={metrics[k]}" for k in _METRIC_KEYS if metrics.get(k) is not None]:
         rows.append(("metrics", " ".join(picked)))
     rows.append(("lineage", "more with --json"))
+    return rows
+
+
+def evaluation_rows(entries: Sequence[EvaluationEntry]) -> list[tuple[str, str]]:
+    """One line per recorded gate run that measured this version, newest first."""
+    rows = []
+    for entry in entries:
+        e = entry.evaluation
+        mine = e.candidate if entry.role == "candidate" else e.current
+        assert mine is not None
+        other = e.current if entry.role == "candidate" else e.candidate
+        verdict = "passed" if e.passed else "FAILED"
+        role = (f"candidate for :{e.alias} ({verdict})" if entry.role == "candidate"
+                else f"current of :{e.alias} while @{e.candidate.version} was gated ({verdict})")
+        versus = (f" vs @{other.version} {other.score:.3f}" if other is not None
+                  else " (alias was unset)")
+        rows.append((f"eval #{entry.id}", (
+            f"{local(entry.at)} {role}: {e.scorer} {mine.score:.3f} (exact {mine.exact:.3f})"
+            f"{versus}, threshold {e.threshold:g}, max regression {e.max_regression:g}, "
+            f"{mine.n} records sha256:{short(e.eval_digest)} on {e.server}")))
     return rows

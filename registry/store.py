@@ -37,6 +37,7 @@ from loramux.registry.manifest import (
     VersionInfo,
 )
 from loramux.registry.oci.artifact import push_artifact
+from loramux.registry.promote import LocalPromotions
 from loramux.registry.refs import AdapterRef, validate_alias, validate_digest, validate_name
 from loramux.registry.validate import Limits, check_rel_path, check_sizes, scan_folder
 from loramux.registry.validate import validate_adapter as _validate
@@ -48,7 +49,7 @@ _FROM_REQUEST = ("base_fingerprint", "base_components", "quantization", "descrip
                  "lineage")
 
 
-class LocalRegistry(LocalCanaries, Registry):
+class LocalRegistry(LocalCanaries, LocalPromotions, Registry):
     """The registry in a local folder; safe for many threads and processes at once."""
 
     def __init__(
