@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from loramux.registry.base import Registry
+from loramux.registry.canary import end_canary
 from loramux.registry.errors import Conflict, InvalidName, InvalidRequest, NotFound
 from loramux.registry.evaluation import (
     EvalError,
@@ -253,6 +254,7 @@ class LocalPromotions:
             found = sql.find(tx, evaluation_id)
             _check_cited(found, name, alias, version, expected, evaluation_id)
             pointer = self._alias_set(tx, name, alias, int(version), actor, at)
+            end_canary(tx, name, alias, actor, at, reason="promoted")  # as any plain move
             tx.audit(at=at, actor=actor, action="promote", name=name, alias=alias,
                      version=pointer.version, digest=pointer.digest,
                      old_version=old[0] if old else None, old_digest=old[1] if old else None,
