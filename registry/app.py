@@ -49,6 +49,7 @@ from loramux.registry.manifest import (
 )
 from loramux.registry.refs import AdapterRef
 from loramux.registry.store import LocalRegistry
+from loramux.registry.ui import pages as ui_pages
 from loramux.registry.validate import Limits
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ def create_app(registry: LocalRegistry, auth: TokenAuth) -> FastAPI:
     http_errors.install(app)
     app.include_router(public)
     app.include_router(router)
+    ui_pages.install(app)  # /ui: the web pages
     app.add_middleware(RequestGate)
     return app
 

@@ -154,3 +154,14 @@ def actor_of(identity: Identity, request: Request) -> str:
     """Audit actor: the token's name, plus what the client says it is (user@host)."""
     claimed = request.headers.get("x-loramux-actor", "").strip()[:128]
     return f"{identity.name} ({claimed})" if claimed and claimed != identity.name else identity.name
+
+
+UI_COOKIE = "loramux_registry_ui"  # set by the /ui login form (registry/ui/web.py)
+
+
+def ui_identity(request: Request) -> Identity:
+    """The caller of a ``/ui`` page: the token a login form stored in an HttpOnly cookie (a
+    browser cannot send a bearer header on a link). Only the /ui routes call this; the API's
+    dependencies above never read the cookie, so it grants nothing there."""
+    auth: TokenAuth = request.app.state.auth
+    return auth.authorize(request.cookies.get(UI_COOKIE) or None, "read", "reading the pages")

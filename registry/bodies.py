@@ -20,6 +20,7 @@ from loramux.registry.http_errors import error_response
 MAX_JSON_BODY = 16 << 20
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 BLOB_PREFIX = "/v2/blobs/"
+UI_FORMS = frozenset({"/ui/login", "/ui/logout"})  # the pages' login form: no token yet
 
 
 class BodyTooLarge(HTTPException):
@@ -43,7 +44,8 @@ class RequestGate:
         auth: TokenAuth = scope["app"].state.auth
         try:
             secret = bearer_secret(headers.get(b"authorization", b"").decode("latin-1"))
-            auth.authorize(secret, "write", "sending a request body")
+            if scope["path"] not in UI_FORMS:
+                auth.authorize(secret, "write", "sending a request body")
             if not scope["path"].startswith(BLOB_PREFIX):
                 declared = headers.get(b"content-length", b"0")
                 if declared.isdigit() and int(declared) > self.max_json_bytes:

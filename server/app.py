@@ -45,6 +45,7 @@ from loramux.server.protocol import (
     ModelList,
 )
 from loramux.server.runtime import Runtime
+from loramux.server.ui import playground
 
 log = logging.getLogger(__name__)
 MAX_JSON_DEPTH = 64  # deeper than any real request; bounds the recursion of whatever reads it
@@ -247,6 +248,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         return Response(generate_latest(runtime.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)
 
+    playground.install(app)  # /ui: the chat playground
     if runtime.settings.protect_metrics:
         protect_routes(app)  # last: every route it guards exists by now
     return app

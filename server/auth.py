@@ -298,3 +298,17 @@ def _guard(inner: ASGIApp) -> ASGIApp:
         await inner(scope, receive, send)
 
     return guarded
+
+
+UI_COOKIE = "loramux_server_ui"  # set by the /ui login form (registry/ui/web.py)
+
+
+async def authenticate_ui(request: Request) -> Principal:
+    """The caller of the `/ui` playground: the API key a login form stored in an HttpOnly
+    cookie (a page's script cannot send a bearer header it cannot read). Only /ui routes use
+    this; the API's `authenticate` never reads the cookie."""
+    keys: KeyStore = request.app.state.runtime.keys
+    secret = request.cookies.get(UI_COOKIE, "")
+    principal = keys.authenticate(f"Bearer {secret}" if secret else None)
+    request.state.key = principal.name
+    return principal

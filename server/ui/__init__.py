@@ -1,0 +1,1 @@
+"""The server's web page (``/ui``): a chat playground and live per-adapter metrics."""

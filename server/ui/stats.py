@@ -1,0 +1,73 @@
+"""Per-adapter figures for the playground's live table, read from the server's own Prometheus
+registry (the numbers ``/metrics`` exports, summed per adapter), so the page and a scraper
+never disagree. Series that carry a ``version`` label (requests, time to first token) are
+also broken down per version, so a canary and its stable version can be compared live."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+# sample name -> the figure it adds to
+_FIELDS = {
+    "loramux_requests_total": "requests",
+    "loramux_prompt_tokens_total": "prompt_tokens",
+    "loramux_completion_tokens_total": "completion_tokens",
+    "loramux_time_to_first_token_seconds_sum": "ttft_sum",
+    "loramux_time_to_first_token_seconds_count": "ttft_count",
+    "loramux_request_latency_seconds_sum": "latency_sum",
+    "loramux_request_latency_seconds_count": "latency_count",
+}
+
+
+@dataclass
+class Figures:
+    requests: float = 0
+    errors: float = 0
+    prompt_tokens: float = 0
+    completion_tokens: float = 0
+    ttft_sum: float = 0
+    ttft_count: float = 0
+    latency_sum: float = 0
+    latency_count: float = 0
+
+    def add(self, name: str, value: float, status: str) -> None:
+        setattr(self, name, getattr(self, name) + value)
+        if name == "requests" and status != "200":
+            self.errors += value
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "errors": self.errors,
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "ttft_mean_s": self.ttft_sum / self.ttft_count if self.ttft_count else None,
+                "latency_mean_s": (self.latency_sum / self.latency_count
+                                   if self.latency_count else None)}
+
+
+@dataclass
+class AdapterFigures(Figures):
+    versions: dict[str, Figures] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return super().as_dict() | {"versions": {
+            v: {k: f[k] for k in ("requests", "errors", "ttft_mean_s")}
+            for v, f in sorted((v, figures.as_dict()) for v, figures in self.versions.items())}}
+
+
+def per_adapter(registry: CollectorRegistry) -> list[dict[str, Any]]:
+    """One row per adapter label (`__base__` for the base model), sorted by name."""
+    rows: dict[str, AdapterFigures] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            name = _FIELDS.get(sample.name)
+            if name is None or "adapter" not in sample.labels:
+                continue
+            row = rows.setdefault(sample.labels["adapter"], AdapterFigures())
+            status = sample.labels.get("status", "200")
+            row.add(name, sample.value, status)
+            if sample.labels.get("version"):
+                row.versions.setdefault(sample.labels["version"], Figures()).add(
+                    name, sample.value, status)
+    return [{"adapter": adapter} | row.as_dict() for adapter, row in sorted(rows.items())]
