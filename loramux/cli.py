@@ -12,6 +12,7 @@ from loramux import __version__
 from loramux.bench.cli import app as bench_app
 from loramux.demo.cli import app as demo_app
 from loramux.registry.cli import app as registry_app
+from loramux.registry.cli_rollout import watch_app
 from loramux.server.cli import serve_command
 from loramux.trainer.cli import add_train_command
 
@@ -24,6 +25,7 @@ app.add_typer(registry_app, name="registry", help="Versioned, content-addressed 
 app.add_typer(demo_app, name="demo")
 add_train_command(app)
 app.add_typer(bench_app, name="bench")
+app.add_typer(watch_app, name="rollout", help="Watch a weighted canary; roll it back.")
 app.command("serve", help="OpenAI-compatible server: one base model, adapters per request.")(
     serve_command)
 

@@ -242,15 +242,6 @@ def pull(
         render.console().print(f"{manifest.ref}  {manifest.digest}  -> {path}")
 
 
-@verb("set", group=alias_app)
-def alias_set(
-    registry: reg.Registry, name: str, alias: str, version: int = typer.Argument(..., min=1)
-) -> None:
-    """Point NAME:ALIAS at VERSION (recorded in the audit log)."""
-    pointer = registry.alias_set(name, alias, version)
-    render.console().print(f"{name}:{alias} -> {name}@{pointer.version}  {pointer.digest}")
-
-
 @verb("rm", group=alias_app)
 def alias_rm(registry: reg.Registry, name: str, alias: str) -> None:
     """Remove NAME:ALIAS."""
@@ -392,7 +383,7 @@ def serve(
         blobs=blobs)
 
 
-from loramux.registry import cli_promote  # noqa: E402, F401  (registers `promote`)
+from loramux.registry import cli_promote, cli_rollout  # noqa: E402, F401  (register verbs)
 
 if __name__ == "__main__":
     app()

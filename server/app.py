@@ -44,6 +44,7 @@ from loramux.server.protocol import (
     ModelCard,
     ModelList,
 )
+from loramux.server.resolver import with_user_header
 from loramux.server.runtime import Runtime
 from loramux.server.ui import playground
 
@@ -188,6 +189,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     async def chat_completions(request: Request, runtime: Rt, principal: User) -> Response:
         """OpenAI's chat completions; `model` is the base or any registry adapter ref."""
         req = await parse(request, ChatCompletionRequest, runtime)
+        req = with_user_header(req, request.headers)  # canary stickiness
         return _respond(await runtime.handlers.chat(req, request.is_disconnected, principal))
 
     @app.post("/v1/completions", openapi_extra=openapi.request_body(CompletionRequest),
@@ -195,6 +197,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     async def completions(request: Request, runtime: Rt, principal: User) -> Response:
         """OpenAI's (legacy) text completions, one prompt per request."""
         req = await parse(request, CompletionRequest, runtime)
+        req = with_user_header(req, request.headers)  # canary stickiness
         return _respond(await runtime.handlers.completion(req, request.is_disconnected,
                                                           principal))
 

@@ -26,7 +26,7 @@ from loramux.server.auth import Principal
 from loramux.server.engines.base import Delta, Engine, GenerationRequest, Sampling
 from loramux.server.errors import InvalidRequest, ServerError, to_server_error
 from loramux.server.gateway_metrics import Ticket
-from loramux.server.metrics import Metrics
+from loramux.server.metrics import NO_VERSION, Metrics
 from loramux.server.models import ServingModels
 from loramux.server.protocol import (
     ChatCompletionRequest,
@@ -62,6 +62,7 @@ class _Job:
     prompt_tokens: int
     endpoint: str
     ticket: Ticket
+    version: str  # the metrics' version label
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     completion_tokens: int = 0
@@ -167,12 +168,12 @@ class Handlers:
         """Admit, resolve `model`, tokenize off the loop, check the budget, lease the adapter;
         every step after admission gives the slot (and the lease) back if it fails."""
         stack = AsyncExitStack()
-        label = self.models.unknown_label(req.model)
+        label, version = self.models.unknown_label(req.model), NO_VERSION
         try:
             budget = stack.enter_context(principal.admit())  # the key's own limits first
             ticket = await stack.enter_async_context(self.admission.slot())
-            target = await self.models.target(req.model, principal)
-            label = target.label
+            target = await self.models.target(req.model, principal, req.user)
+            label, version = target.label, target.version
             if target.manifest is not None:  # the gateway lists the adapter it awaits
                 ticket.model, ticket.digest = req.model, target.manifest.digest
             ids = await off_loop(tokenize)
@@ -182,11 +183,11 @@ class Handlers:
             budget.reserve(len(ids) + sampling.max_tokens * sampling.n)
             adapter = await stack.enter_async_context(self.models.lease(target))
             job = _Job(GenerationRequest(new_id("cmpl"), ids, sampling, adapter), req.model,
-                       label, len(ids), endpoint, ticket)
+                       label, len(ids), endpoint, ticket, target.version)
             budget.usage = lambda: job.prompt_tokens + job.completion_tokens
         except BaseException as exc:
             await stack.aclose()
-            self._count(endpoint, label, exc)
+            self._count(endpoint, label, exc, version)
             raise
         if target.manifest is None:
             digest, ref = BASE_DIGEST, self.models.served_name
@@ -200,11 +201,12 @@ class Handlers:
         finally:
             await stack.aclose()
 
-    def _count(self, endpoint: str, label: str, exc: BaseException | None) -> None:
+    def _count(self, endpoint: str, label: str, exc: BaseException | None,
+               version: str = NO_VERSION) -> None:
         status = "200" if exc is None else str(getattr(exc, "status", 500))
         if isinstance(exc, asyncio.CancelledError):
             status = "499"
-        self.metrics.requests.labels(endpoint, label, status).inc()
+        self.metrics.requests.labels(endpoint, label, status, version).inc()
 
     async def _deltas(self, job: _Job) -> AsyncIterator[Delta]:
         """Engine deltas with metrics; aborts the engine request if the consumer goes away."""
@@ -214,7 +216,8 @@ class Handlers:
             async for delta in self.engine.generate(job.request):
                 if delta.token_ids and job.first_token_at is None:
                     job.first_token_at = time.perf_counter()
-                    self.metrics.ttft.labels(job.label).observe(job.first_token_at - job.started)
+                    self.metrics.ttft.labels(job.label, job.version).observe(
+                        job.first_token_at - job.started)
                 job.completion_tokens += len(delta.token_ids)
                 yield delta
             finished = True
@@ -250,9 +253,9 @@ class Handlers:
             await task
         except BaseException as exc:
             task.cancel()
-            self._count(job.endpoint, job.label, exc)
+            self._count(job.endpoint, job.label, exc, job.version)
             raise
-        self._count(job.endpoint, job.label, None)
+        self._count(job.endpoint, job.label, None, job.version)
         want_lp = job.request.sampling.logprobs is not None
         if job.endpoint == "chat":
             choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]},
@@ -313,7 +316,7 @@ class Handlers:
             error = exc
             raise
         finally:
-            self._count(job.endpoint, job.label, error)
+            self._count(job.endpoint, job.label, error, job.version)
             await stack.aclose()
 
 

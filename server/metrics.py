@@ -2,6 +2,9 @@
 
 A server with thousands of adapters must not grow thousands of series per metric: the first
 `max_adapter_labels` adapter names get their own label value, the rest share `__other__`.
+Requests and time to first token also carry the adapter `version` (so a canary and its stable
+version can be compared live: `loramux registry rollout status`); at most `VERSIONS_PER_LABEL`
+times as many (adapter, version) pairs as adapter names get one, the rest `__other__` too.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 OTHER = "__other__"
 BASE = "__base__"
+VERSIONS_PER_LABEL = 4
+NO_VERSION = ""  # the base, an adapter past the cap, a request that failed before resolving
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -35,19 +40,41 @@ class AdapterLabels:
         return OTHER
 
 
+class VersionLabels:
+    """Maps (adapter label, version) to the `version` label value, bounded like the names."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._seen: set[tuple[str, int]] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, label: str, version: int | None) -> str:
+        if version is None or label in (BASE, OTHER):
+            return NO_VERSION
+        key = (label, version)
+        with self._lock:
+            if key in self._seen or len(self._seen) < self.cap:
+                self._seen.add(key)
+                return str(version)
+        return OTHER
+
+
 class Metrics:
     def __init__(self, max_adapter_labels: int = 100) -> None:
         self.registry = CollectorRegistry()
         self.label = AdapterLabels(max_adapter_labels)
+        self.version = VersionLabels(VERSIONS_PER_LABEL * max_adapter_labels)
         r = self.registry
-        self.requests = Counter("loramux_requests_total", "Requests by endpoint, adapter, status.",
-                                ["endpoint", "adapter", "status"], registry=r)
+        self.requests = Counter("loramux_requests_total",
+                                "Requests by endpoint, adapter, status and adapter version.",
+                                ["endpoint", "adapter", "status", "version"], registry=r)
         self.prompt_tokens = Counter("loramux_prompt_tokens_total", "Prompt tokens.",
                                      ["adapter"], registry=r)
         self.completion_tokens = Counter("loramux_completion_tokens_total",
                                          "Generated tokens.", ["adapter"], registry=r)
-        self.ttft = Histogram("loramux_time_to_first_token_seconds", "Time to first token.",
-                              ["adapter"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("loramux_time_to_first_token_seconds",
+                              "Time to first token, by adapter and version.",
+                              ["adapter", "version"], buckets=LATENCY_BUCKETS, registry=r)
         self.latency = Histogram("loramux_request_latency_seconds", "End-to-end latency.",
                                  ["adapter"], buckets=LATENCY_BUCKETS, registry=r)
         self.fetch_seconds = Histogram("loramux_adapter_fetch_seconds",

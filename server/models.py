@@ -23,7 +23,7 @@ from loramux.server.auth import Principal, check_adapter
 from loramux.server.engines.base import AdapterHandle
 from loramux.server.errors import IncompatibleAdapter, ModelNotFound
 from loramux.server.gateway_metrics import ClientNames
-from loramux.server.metrics import BASE, OTHER, Metrics
+from loramux.server.metrics import BASE, NO_VERSION, OTHER, Metrics
 from loramux.server.protocol import ModelCard, now
 from loramux.server.resolver import REGISTRY_FAILURES, Resolver, registry_failure
 
@@ -40,6 +40,7 @@ class Target:
     label: str
     manifest: Manifest | None = None
     warning: str | None = None
+    version: str = NO_VERSION  # the metrics' version label
 
 
 class ServingModels:
@@ -63,27 +64,32 @@ class ServingModels:
         """The metrics label of a request that failed before its adapter was known."""
         return BASE if self.resolver.is_base(model) else OTHER
 
-    async def _resolve(self, model: str, principal: Principal | None) -> Manifest:
+    async def _resolve(self, model: str, principal: Principal | None,
+                       user: str | None = None) -> Manifest:
         """The one call to the resolver, with the API key's adapter scope checked on the name the
-        reference spells and again on the name it resolved to (None: internal, e.g. `--pin`)."""
+        reference spells and again on the name it resolved to (None: internal, e.g. `--pin`).
+        `user` keeps a caller on one side of an alias's canary."""
         check_adapter(principal, model)
-        manifest = await self.resolver.resolve(model)
+        manifest = await self.resolver.resolve(model, user)
         check_adapter(principal, model, manifest.name)
         return manifest
 
-    async def target(self, model: str, principal: Principal | None) -> Target:
+    async def target(self, model: str, principal: Principal | None,
+                     user: str | None = None) -> Target:
         """Resolve and check `model`: raises ModelNotFound, IncompatibleAdapter (with the reason),
         AdapterForbidden or RegistryUnavailable. The quantization warning is logged once per
         adapter version."""
         if self.resolver.is_base(model):
             return Target(model, BASE)
-        manifest = await self._resolve(model, principal)
+        manifest = await self._resolve(model, principal, user)
         warning = compat.check(manifest, self.base)
         self.client_names.saw(model, manifest)
         if warning and manifest.digest not in self._warned:
             self._warned.add(manifest.digest)
             log.warning(warning)
-        return Target(model, self.metrics.label(manifest.name), manifest, warning)
+        label = self.metrics.label(manifest.name)
+        version = self.metrics.version(label, manifest.version)
+        return Target(model, label, manifest, warning, version)
 
     @asynccontextmanager
     async def lease(self, target: Target) -> AsyncIterator[AdapterHandle | None]:

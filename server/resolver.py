@@ -14,15 +14,26 @@ the newer version; for a bare name, the newer version was deleted). Otherwise th
 from a registry that lags (a replica of its index behind the primary, a cache) and the newer
 version stays. So replicas behind one registry each serve a moved alias within the TTL and no
 replica ever serves a version older than one it already served, rollbacks apart.
+
+An alias with a weighted canary (``loramux registry alias set NAME prod 4 --canary 5:10%``) is
+looked up as a split (stable, canary, weight) and decided per request in :func:`choose`, the one
+place that picks: sticky per user (the request's ``user`` field, else the ``X-Loramux-User``
+header), random without one. The monotonic rule applies to the stable version; the canary may
+come and go (a rollback sets its weight to 0).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
+from loramux.registry.canary import Split
 from loramux.registry.errors import Conflict, InvalidName, NotFound, RegistryError
 from loramux.registry.errors import InvalidRequest as NoHistory
 from loramux.registry.manifest import Manifest
@@ -30,11 +41,39 @@ from loramux.registry.refs import AdapterRef
 from loramux.server.errors import InvalidRequest, ModelNotFound, RegistryUnavailable, ServerError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A pinned reference never points elsewhere, but it can be yanked: keep that visible soon too.
 PINNED_TTL_S = 30.0
 # What a registry (local store or HTTP client) may raise when it cannot answer at all.
 REGISTRY_FAILURES = (RegistryError, OSError)
+USER_HEADER = "x-loramux-user"  # sticks a caller to one canary side when the body has no `user`
+
+
+def with_user_header(req: T, headers: Mapping[str, str]) -> T:
+    """The request with ``user`` taken from the ``X-Loramux-User`` header when its body has
+    none (the body's field wins): what canary stickiness keys on."""
+    user = headers.get(USER_HEADER)
+    if getattr(req, "user", None) or not user:
+        return req
+    return req.model_copy(update={"user": user[:512]})  # type: ignore[attr-defined]
+
+
+def sticky_point(model: str, user: str) -> float:
+    """Where ``user`` falls in [0, 1) for ``model``: the same on every server and restart, so a
+    conversation stays on one side, and a raised weight only moves users onto the canary."""
+    digest = hashlib.sha256(f"{model}\0{user}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def choose(stable: Manifest, canary: Manifest | None, weight: float, model: str,
+           user: str | None) -> Manifest:
+    """The version one request for ``model`` gets: ``canary`` for ``weight`` of the users
+    (sticky), else ``stable``."""
+    if canary is None or weight <= 0:
+        return stable
+    point = sticky_point(model, user) if user else random.random()
+    return canary if point < weight else stable
 
 
 def registry_failure(exc: Exception, model: str | None, served_name: str) -> ServerError:
@@ -52,9 +91,11 @@ def registry_failure(exc: Exception, model: str | None, served_name: str) -> Ser
 
 @dataclass
 class _Entry:
-    manifest: Manifest | None
+    manifest: Manifest | None  # the stable version
     error: ServerError | None
     expires: float
+    canary: Manifest | None = None
+    weight: float = 0.0
 
 
 class Resolver:
@@ -70,16 +111,17 @@ class Resolver:
     def is_base(self, model: str) -> bool:
         return model == self.served_name
 
-    async def resolve(self, model: str) -> Manifest:
-        """Manifest for an adapter reference; ModelNotFound for unknown or invalid refs,
-        RegistryUnavailable when the registry cannot answer (remembered for the TTL too)."""
+    async def resolve(self, model: str, user: str | None = None) -> Manifest:
+        """Manifest for an adapter reference (for an alias with a canary, the side ``user``
+        falls on); ModelNotFound for unknown or invalid refs, RegistryUnavailable when the
+        registry cannot answer (remembered for the TTL too)."""
         entry = self._cache.get(model)
         if entry is None or entry.expires < time.monotonic():
             entry = await self._shared_lookup(model)
         if entry.error is not None:
             raise entry.error
         assert entry.manifest is not None
-        return entry.manifest
+        return choose(entry.manifest, entry.canary, entry.weight, model, user)
 
     async def _shared_lookup(self, model: str) -> _Entry:
         """One registry lookup per reference at a time; every waiter gets its answer.
@@ -110,13 +152,22 @@ class Resolver:
             return _Entry(None, error, time.monotonic() + PINNED_TTL_S)
         ttl = PINNED_TTL_S if ref.pins_version else self.ttl_s
         try:
-            manifest = self._registry.resolve(ref)
+            split = self._split(ref)
         except REGISTRY_FAILURES as exc:
             error = registry_failure(exc, model, self.served_name)
             return _Entry(None, error, time.monotonic() + self.ttl_s)
+        manifest = split.stable
         if not ref.pins_version:
             manifest = self._monotonic(ref, model, manifest)
-        return _Entry(manifest, None, time.monotonic() + ttl)
+        return _Entry(manifest, None, time.monotonic() + ttl, split.canary, split.weight)
+
+    def _split(self, ref: AdapterRef) -> Split:
+        """An alias's split (stable, canary, weight) where the registry keeps canaries; any
+        other reference, or a registry without them, is its one manifest."""
+        resolve_split = getattr(self._registry, "resolve_split", None)
+        if ref.alias is None or resolve_split is None:
+            return Split(stable=self._registry.resolve(ref))
+        return resolve_split(ref)
 
     def _monotonic(self, ref: AdapterRef, model: str, answer: Manifest) -> Manifest:
         """`answer`, unless it is older than what `model` named here before and the registry

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 import loramux.registry as reg
+from loramux.registry.canary import Split
 from loramux.registry.refs import AdapterRef
 from loramux.server.settings import ServerSettings
 from loramux.support.adapters import write_adapter
@@ -53,6 +54,9 @@ class LaggingRegistry:
         if self.frozen and str(ref) in self._answers:
             return self._answers[str(ref)]
         return self.registry.resolve(ref)
+
+    def resolve_split(self, ref):  # the server's lookup of an alias (no canary here)
+        return Split(stable=self.resolve(ref))
 
     def log(self, **filters):
         entries = self.registry.log(**filters)

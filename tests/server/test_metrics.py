@@ -14,8 +14,8 @@ def test_adapter_labels_are_capped() -> None:
     assert set(labels[3:]) == {OTHER}
     assert metrics.label("adapter-1") == "adapter-1" and metrics.label(None) == BASE
     for label in labels:
-        metrics.requests.labels("chat", label, "200").inc()
+        metrics.requests.labels("chat", label, "200", "").inc()
     text = generate_latest(metrics.registry).decode()
     series = [line for line in text.splitlines() if line.startswith("loramux_requests_total{")]
     assert len(series) == 4
-    assert f'adapter="{OTHER}",endpoint="chat",status="200"}} 997.0' in text
+    assert f'adapter="{OTHER}",endpoint="chat",status="200",version=""}} 997.0' in text
