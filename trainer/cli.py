@@ -190,7 +190,8 @@ def train_command(config: Path | None, dry_run: bool, overrides: dict[str, Any])
 
 
 def _print_outcome(console: Any, result: Any) -> None:
-    """The summary table, where the files are, what was published; the verdict is the last line."""
+    """The summary table, where the files are, what was published; the verdict is the last line,
+    then ``--gate-eval``'s outcome (exit ``exit_code`` when the alias stayed where it was)."""
     from loramux.trainer.report import summary_table
 
     console.print(summary_table(result.report))
@@ -200,8 +201,10 @@ def _print_outcome(console: Any, result: Any) -> None:
     console.print(f"adapter: {result.adapter_dir}")
     console.print(f"report: {result.report_path}  loss curve: {result.loss_curve_path}  "
                   f"config: {result.config_path}")
+    gate = result.report.get("gate") if result.reference else None
     if result.reference:
-        suffix = f" (alias {result.config.alias})" if result.config.alias else ""
+        moved = result.config.alias and (gate is None or gate["passed"])
+        suffix = f" (alias {result.config.alias})" if moved else ""
         console.print(f"published [bold green]{result.reference}[/]{suffix}")
         print(result.reference, file=sys.stderr if console.is_terminal else sys.stdout)
     verdict = result.report.get("verdict") or {}
@@ -209,6 +212,11 @@ def _print_outcome(console: Any, result: Any) -> None:
 
     style = "green" if verdict.get("learned") else "yellow"
     console.print(Text(verdict.get("line", ""), style=style))
+    if gate is not None and gate["passed"]:
+        console.print(Text(gate["line"], style="green"))
+    elif gate is not None:  # published, but the alias stays: one line and the gate's code
+        typer.echo(f"error: {gate['line']}", err=True)
+        raise typer.Exit(gate["exit_code"])
 
 
 def _standalone() -> typer.Typer:

@@ -133,6 +133,15 @@ class TrainConfig(BaseModel):
     description: str = Field("", description="Adapter description.")
     labels: dict[str, str] = Field(default_factory=dict, description="key=value (repeatable).")
     force: bool = Field(False, description="Publish even if no better than the base.")
+    # eval-gated alias move (`loramux registry promote`'s gate; API key: $LORAMUX_API_KEY)
+    gate_eval: Path | None = Field(None, description="Eval set (chat JSONL) the new version "
+                                   "must pass on --gate-server before --alias moves to it.")
+    gate_server: str | None = Field(None, description="URL of a `loramux serve` reading the "
+                                    "same registry, for --gate-eval.")
+    gate_min_exact: float = Field(0.0, ge=0, le=1, description="Exact-match share the gate "
+                                  "needs.")
+    gate_max_regression: float = Field(0.0, ge=0, le=1, description="How much worse than the "
+                                       "alias's current version the gate allows.")
 
     @field_validator("target_modules", mode="before")
     @classmethod
@@ -163,6 +172,8 @@ class TrainConfig(BaseModel):
                              "pick one")
         if self.alias and not self.publish:
             raise ValueError("alias only applies when publishing (--publish)")
+        if self.gate_eval is not None and not (self.alias and self.gate_server):
+            raise ValueError("gate_eval gates the alias move: it needs --alias and --gate-server")
         if self.packing and self.format in ("prompt_completion", "alpaca"):
             raise ValueError("packing works with chat data only (it needs assistant-only loss)")
         if (self.early_stopping_patience and self.save_steps and self.eval_steps
@@ -178,7 +189,7 @@ class TrainConfig(BaseModel):
         """A copy with absolute paths (relative ones taken from ``root``, default the cwd)."""
         root = (root or Path.cwd()).resolve()
         update: dict[str, Any] = {}
-        for key in ("data", "eval", "out"):
+        for key in ("data", "eval", "out", "gate_eval"):
             value = getattr(self, key)
             if value is not None and not Path(value).expanduser().is_absolute():
                 update[key] = (root / value).resolve()
@@ -206,6 +217,7 @@ class TrainConfig(BaseModel):
         skip = {"base", "data", "eval", "out", "name", "publish", "registry", "alias",
                 "description", "labels", "progress", "resume", "overwrite", "threads", "device",
                 "evaluate", "min_eval_gain", "force"}
+        skip |= {"gate_eval", "gate_server", "gate_min_exact", "gate_max_regression"}
         return {k: v for k, v in self.model_dump(mode="json").items() if k not in skip}
 
 
@@ -239,7 +251,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
             raise ConfigError(f"{path}: option {canon!r} is given twice (as {key!r})")
         data[canon] = value
     folder = path.resolve().parent
-    for key in ("data", "eval", "out"):
+    for key in ("data", "eval", "out", "gate_eval"):
         if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
             data[key] = str(folder / data[key])
     base = data.get("base")

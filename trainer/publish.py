@@ -37,6 +37,10 @@ def check_options(config: TrainConfig) -> None:
         if config.alias:
             validate_alias(config.alias)
         check_labels(config.labels)
+        if config.gate_eval is not None:  # a bad eval file fails now, not after training
+            from loramux.registry.evaluation import load_eval_set
+
+            load_eval_set(config.gate_eval)
     except RegistryError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -108,14 +112,47 @@ def publish(adapter_dir: Path, config: TrainConfig, report: dict[str, Any]):
         try:
             registry = reg.open(config.registry)
             try:
-                return registry.push(
-                    staged, config.name or "", alias=config.alias, description=description,
+                manifest = registry.push(
+                    staged, config.name or "", description=description,
+                    alias=None if config.gate_eval else config.alias,
                     labels=config.labels or None, base_model=base_dir,
                     quantization=quantization_info(config), lineage=lineage(config, report))
+                if config.gate_eval is not None:
+                    report["gate"] = gate_alias(registry, manifest, config)
+                return manifest
             finally:
                 registry.close()
         except RegistryError as exc:
             raise PublishError(f"publishing to the registry failed: {exc}") from None
+
+
+def gate_alias(registry: Any, manifest: Any, config: TrainConfig) -> dict[str, Any]:
+    """``--gate-eval``: the published version must pass ``loramux registry promote``'s gate
+    (exact match on ``--gate-server``, against the alias's current version) before the alias
+    moves to it. The version stays published either way; the returned record (kept in the
+    training report as ``gate``) says what happened, and the CLI exits with its ``exit_code``.
+    """
+    from loramux.registry.errors import RegistryError
+    from loramux.registry.evaluation import GateFailed, load_eval_set
+    from loramux.registry.promote import Gate, promote, summary
+
+    record: dict[str, Any] = {"alias": config.alias, "server": config.gate_server,
+                              "eval": str(config.gate_eval), "evaluation_id": None}
+    try:
+        done = promote(registry, manifest.ref, config.alias or "", load_eval_set(
+            config.gate_eval or ""), server=config.gate_server or "", gate=Gate(
+            "exact", config.gate_min_exact, config.gate_max_regression))
+    except GateFailed as exc:
+        return record | {"passed": False, "line": exc.message, "exit_code": exc.exit_code,
+                         "evaluation_id": exc.entry.id if exc.entry else None}
+    except RegistryError as exc:
+        return record | {"passed": False, "exit_code": exc.exit_code, "line": (
+            f"the gate could not run: {exc.message}; {manifest.name}:{config.alias} not moved")}
+    if done.entry is None:
+        return record | {"passed": True, "exit_code": 0,
+                         "line": f"{manifest.name}:{config.alias} already at {manifest.ref}"}
+    return record | {"passed": True, "exit_code": 0, "evaluation_id": done.entry.id,
+                     "line": f"gate passed: {summary(done.entry.evaluation)}"}
 
 
 def publish_trained(adapter_dir: Path | str, name: str, registry: str | Path, *,
