@@ -52,7 +52,7 @@ def test_a_passing_evaluation_promotes(backend: Backend, adapters) -> None:
 
     promote, alias_set, evaluate = reg.log(name="helper", limit=3)
     assert evaluate.id == entry.id and evaluate.action == "evaluate"
-    assert EVALUATE_KEYS <= set(evaluate.detail)
+    assert set(evaluate.detail) >= EVALUATE_KEYS
     assert evaluate.detail["candidate"] == {"version": 2, "digest": v2.digest, "score": 0.9,
                                             "exact": 0.9, "n": 20}
     assert evaluate.detail["current"]["version"] == 1 and evaluate.detail["passed"] is True
@@ -116,7 +116,7 @@ def test_what_is_refused_before_recording(backend: Backend, adapters) -> None:
         reg.record_evaluation("helper", lying)
     wrong_digest = _evaluation(v2, v1, 0.9, 0.6)
     wrong_digest.candidate.digest = v1.digest
-    with pytest.raises(NotFound, match="helper@2 with digest .* is not a live version"):
+    with pytest.raises(NotFound, match=r"helper@2 with digest .* is not a live version"):
         reg.record_evaluation("helper", wrong_digest)
     assert [e.action for e in reg.log(name="helper", limit=1)] == ["alias_set"]
 

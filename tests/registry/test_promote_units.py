@@ -17,8 +17,8 @@ from loramux.registry.evaluation import (
     check_evaluation,
     contains,
     exact,
-    judge,
     json_valid,
+    judge,
     load_eval_set,
     load_scorer,
     score_answers,
@@ -126,7 +126,7 @@ def test_eval_set_errors_name_the_line(tmp_path: Path, line: str, message: str) 
 
 
 def test_eval_set_missing_or_empty(tmp_path: Path) -> None:
-    with pytest.raises(InvalidRequest, match="absent.jsonl: No such file"):
+    with pytest.raises(InvalidRequest, match=r"absent\.jsonl: No such file"):
         load_eval_set(tmp_path / "absent.jsonl")
     (tmp_path / "empty.jsonl").write_text("\n\n")
     with pytest.raises(InvalidRequest, match="has no records"):
