@@ -10,11 +10,21 @@ from pathlib import Path
 
 import pytest
 
+from loramux.support.launch import ServerProcess
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from ui_browser import console_errors, require_chromium, start_chromium  # noqa: E402
-from ui_sites import ADMIN, READER, RegistrySite  # noqa: E402
+from ui_sites import (  # noqa: E402
+    Playground,
+    RegistrySite,
+    publish_demo,
+    running_session_server,
+    serve_registry,
+)
+
+USER_KEY = "sk-ui-user"
 
 
 @pytest.fixture(scope="session")
@@ -29,8 +39,9 @@ def browser(tmp_path_factory: pytest.TempPathFactory):
 def page(browser):
     """The session's browser, its console emptied, cookies cleared; the test checks the
     console itself (`console_errors`)."""
+    browser.delete_all_cookies()  # every loopback port's: cookies are per host, not port
+    browser.get("about:blank")  # no page of an earlier test keeps polling without its cookie
     console_errors(browser)
-    browser.delete_all_cookies()
     yield browser
 
 
@@ -39,17 +50,35 @@ def registry_site(tmp_path_factory, demo_adapters: dict[str, Path]) -> Iterator[
     """`loramux registry serve` on loopback: `demo` v1 is the caps adapter, v2 the codeword
     one (a retrain on other data), both published with their lineage, report and loss curve
     the way `loramux train --publish` does; `demo:prod` points at v1."""
-    import loramux.registry as reg
-    from loramux.support.launch import RegistryProcess
     from loramux.trainer.publish import publish_trained
 
     root = tmp_path_factory.mktemp("ui-registry")
     store = root / "store"
-    publish_trained(demo_adapters["caps"], "demo", store, alias="prod", force=True)
-    publish_trained(demo_adapters["codeword"], "demo", store, force=True)
+    publish_demo(store, demo_adapters, "demo")
     publish_trained(demo_adapters["codeword"], "codeword", store, force=True)
-    reg.open(store).close()
-    tokens = root / "tokens.txt"
-    tokens.write_text(f"{ADMIN}:admin:ui-admin\n{READER}:read:reader\n")
-    with RegistryProcess(store, root / "registry.log", ["--tokens", str(tokens)]) as url:
+    with serve_registry(store, root) as url:
         yield RegistrySite(url, store)
+
+
+@pytest.fixture(scope="session")
+def playground(request, demo_base: Path, demo_adapters: dict[str, Path],
+               tmp_path_factory) -> Iterator[Playground]:
+    """`loramux serve` on loopback with the vLLM engine: the session server of tests/server
+    when it already runs, else one started here the same way."""
+    shared = running_session_server(request.session)
+    if shared is not None:
+        key = (shared.registry_dir.parent / "keys.txt").read_text().split()[0]
+        publish_demo(shared.registry_dir, demo_adapters, "ui-demo")
+        yield Playground(shared.url, shared.registry_dir, key)
+        return
+    root = tmp_path_factory.mktemp("ui-serve")
+    publish_demo(root / "registry", demo_adapters, "ui-demo")
+    keys = root / "keys.txt"
+    keys.write_text(f"{USER_KEY} name=ui-user\n")
+    process = ServerProcess(
+        ["--base", str(demo_base), "--registry", str(root / "registry"), "--api-keys",
+         str(keys), "--cache-dir", str(root / "cache"), "--max-model-len", "512",
+         "--max-loras", "2"], log=root / "server.log")
+    url = process.start()
+    yield Playground(url, root / "registry", USER_KEY)
+    process.stop()

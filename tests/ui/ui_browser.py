@@ -125,10 +125,21 @@ def press_enter(driver) -> None:
 def screenshot(driver, path: Path, *, full: bool = True) -> Path:
     """A PNG of the page, tall enough for all of it when ``full``."""
     if full:
-        height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(1280, min(max(int(height) + 20, 600), 4000))
+        height, chrome = driver.execute_script(
+            "return [document.documentElement.scrollHeight, "
+            "window.outerHeight - window.innerHeight]")
+        driver.set_window_size(1280, min(max(int(height) + int(chrome) + 20, 600), 4000))
     driver.save_screenshot(str(path))
     driver.set_window_size(1280, 1000)
     assert path.read_bytes()[:4] == b"\x89PNG"
     return path
 
+
+
+def keep_for_docs(shot: Path, name: str) -> None:
+    """With LORAMUX_UI_SHOTS=DIR, also copy a screenshot there: how docs/ui-*.png are made
+    (`LORAMUX_UI_SHOTS=docs pytest tests/ui`)."""
+    folder = os.environ.get("LORAMUX_UI_SHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / name).write_bytes(shot.read_bytes())

@@ -12,6 +12,7 @@
   async function ask(model, side) {
     const out = $("answer-" + side), served = $("served-" + side), stats = $("stats-" + side);
     out.textContent = "…"; served.textContent = model; stats.textContent = "";
+    out.dataset.state = "pending";
     const response = await fetch("/ui/api/chat", {
       method: "POST", credentials: "same-origin",
       headers: {"Content-Type": "application/json"},
@@ -57,6 +58,11 @@
     const status = $("metrics-status");
     try {
       const response = await fetch("/ui/api/metrics", {credentials: "same-origin"});
+      if (response.status === 401) {  // signed out elsewhere: stop asking
+        clearInterval(timer);
+        status.textContent = "signed out: reload the page to sign in again";
+        return;
+      }
       if (!response.ok) { status.textContent = "metrics unavailable (" + response.status + ")"; return; }
       const rows = (await response.json()).adapters;
       const body = $("metrics");
@@ -83,6 +89,6 @@
       status.textContent = "metrics unavailable";
     }
   }
+  const timer = setInterval(pollMetrics, 2000);
   pollMetrics();
-  setInterval(pollMetrics, 2000);
 }());
