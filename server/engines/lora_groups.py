@@ -21,7 +21,8 @@ zero delta. Shapes depend on the data, which is fine: vLLM runs eager on CPU whe
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
+from functools import cached_property
 
 import torch
 
@@ -36,6 +37,7 @@ _generation = 0
 def slots_changed() -> None:
     global _generation
     _generation += 1
+    _PREPARED.clear()
 
 
 @dataclass(frozen=True)
@@ -50,12 +52,24 @@ class Group:
 
 @dataclass(frozen=True)
 class Dense:
-    """The adapters with few tokens, computed together."""
+    """The adapters with few tokens, computed together as one batched GEMM.
+
+    Each covered row gets a place in a ``[G, width]`` grid (its adapter's position, then its
+    turn among that adapter's rows): rows are scattered into the grid, one ``bmm`` runs every
+    adapter on its own rows, and the grid is read back at the same places.
+    """
 
     slots: torch.Tensor  # [G] their slots
     rows: torch.Tensor | None  # [n] the token rows they cover (None: every row, in order)
     member: torch.Tensor  # [n] index into ``slots`` of each covered row
     rank: int | None
+    width: int = 1  # the most rows any one of these adapters has
+    places: torch.Tensor | None = None  # [n] member * width + turn
+    turn: torch.Tensor | None = None  # [n] the row's turn among its adapter's rows
+
+    @property
+    def key(self) -> tuple:
+        return (tuple(self.slots.tolist()), self.rank)
 
 
 @dataclass(frozen=True)
@@ -67,7 +81,6 @@ class TokenGroups:
     dense: Dense | None
     big_rows: torch.Tensor | None = None  # rows of the big groups, one group after the other
     generation: int = 0
-    _prepared: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def empty(self) -> bool:
@@ -80,6 +93,11 @@ class TokenGroups:
         if self.dense is not None:
             covered += self.num_tokens if self.dense.rows is None else len(self.dense.rows)
         return covered == self.num_tokens
+
+    @cached_property
+    def big_only(self) -> TokenGroups:
+        """The same groups without the dense adapters (their rows are left alone)."""
+        return replace(self, dense=None)
 
     @property
     def slots(self) -> list[int]:
@@ -118,19 +136,45 @@ class TokenGroups:
             member = torch.where(indices >= 0, lookup[indices.clamp(min=0)], -1)
             covered = torch.nonzero(member >= 0).view(-1)
             every = len(covered) == n
-            dense = Dense(small_slots, None if every else covered,
-                          member if every else member[covered], _rank(ranks, small))
+            member = member if every else member[covered]
+            width, turn = _turns(member, len(small))
+            dense = Dense(small_slots, None if every else covered, member,
+                          _rank(ranks, small), width, member * width + turn, turn)
         return cls(n, tuple(big), dense, torch.cat(big_runs) if big_runs else None, _generation)
 
     def prepared(self, key: tuple, make) -> torch.Tensor:
-        """``make()`` once per key for as long as these groups and the slots' contents last."""
+        """``make()`` once per key for as long as the dense adapters and the slots' contents last.
+
+        Kept per set of dense adapters, not per mapping: when one request leaves the batch and
+        another of an adapter already present joins, the mapping changes but the layout does not.
+        """
         if self.generation != _generation:
-            self._prepared.clear()
+            _PREPARED.clear()
             object.__setattr__(self, "generation", _generation)
-        value = self._prepared.get(key)
+        layouts = _PREPARED.get(self.dense.key)
+        if layouts is None:
+            while len(_PREPARED) >= KEEP_LAYOUTS:
+                _PREPARED.pop(next(iter(_PREPARED)))
+            layouts = _PREPARED[self.dense.key] = {}
+        value = layouts.get(key)
         if value is None:
-            value = self._prepared[key] = make()
+            value = layouts[key] = make()
         return value
+
+
+# Weights laid out for the last few sets of dense adapters: set -> op key -> tensor.
+KEEP_LAYOUTS = 2
+_PREPARED: dict[tuple, dict[tuple, torch.Tensor]] = {}
+
+
+def _turns(member: torch.Tensor, groups: int) -> tuple[int, torch.Tensor]:
+    """Each row's turn among its group's rows, and the most rows in one group."""
+    counts = torch.bincount(member, minlength=groups)
+    order = torch.argsort(member, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    turn = torch.empty_like(member)
+    turn[order] = torch.arange(len(member)) - starts[member[order]]
+    return int(counts.max()), turn
 
 
 def _rank(ranks: dict[int, int] | None, slots: list[int]) -> int | None:
@@ -146,13 +190,6 @@ def _stacked(weights: torch.Tensor) -> torch.Tensor:
 
 def _cut(w: torch.Tensor, axis: int, rank: int | None) -> torch.Tensor:
     return w if rank is None or rank >= w.shape[axis] else w.narrow(axis, 0, rank)
-
-
-def _one_hot(groups: TokenGroups, dtype: torch.dtype) -> torch.Tensor:
-    dense = groups.dense
-    # Every row in ``member`` is covered (``build`` keeps only those), so no row needs masking.
-    return groups.prepared(("one-hot", dtype), lambda: torch.nn.functional.one_hot(
-        dense.member, len(dense.slots)).to(dtype))
 
 
 def shrink(x: torch.Tensor, weights: Sequence[torch.Tensor], outs: Sequence[torch.Tensor],
@@ -179,16 +216,27 @@ def shrink(x: torch.Tensor, weights: Sequence[torch.Tensor], outs: Sequence[torc
         return
     key = ("shrink", *(w.data_ptr() for w in stacks), dtype)
 
-    def gather() -> torch.Tensor:  # [G * slices * rank, in]
+    def lay_out() -> torch.Tensor:  # [G, in, slices * rank]: A^T of each adapter, slices abreast
         parts = [_cut(w, 1, dense.rank).index_select(0, dense.slots) for w in stacks]
-        return torch.cat(parts, dim=1).to(dtype).reshape(-1, stacks[0].shape[2])
+        return torch.cat(parts, dim=1).to(dtype).transpose(1, 2).contiguous()
 
-    mats = groups.prepared(key, gather)
+    mats = groups.prepared(key, lay_out)
     inputs = x if dense.rows is None else x.index_select(0, dense.rows)
-    every = (inputs @ mats.t()).view(len(inputs), len(dense.slots), -1)
-    values = (every * _one_hot(groups, dtype).unsqueeze(-1)).sum(1)
+    values = _batched(inputs, mats, dense)
     rank = values.shape[1] // len(stacks)
     _write_slices(values.mul_(scale), outs, rank, dense.rows)
+
+
+def _batched(inputs: torch.Tensor, mats: torch.Tensor, dense: Dense) -> torch.Tensor:
+    """Row i of ``inputs`` times its adapter's matrix in ``mats`` ``[G, in, out]``: one bmm.
+
+    Rows sit in a zero-padded ``[G, width, in]`` grid, so each adapter multiplies its own rows
+    only (a dense GEMM over every adapter present would do G times the work)."""
+    groups, _, n_out = mats.shape
+    grid = inputs.new_zeros(groups * dense.width, inputs.shape[1])
+    grid.index_copy_(0, dense.places, inputs)
+    products = torch.bmm(grid.view(groups, dense.width, -1), mats)
+    return products.view(-1, n_out).index_select(0, dense.places)
 
 
 def _write_slices(values: torch.Tensor, outs: Sequence[torch.Tensor], rank: int,
@@ -226,16 +274,13 @@ def expand(x: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, groups: To
         pieces.append((groups.big_rows, values))
     dense = groups.dense
     if dense is not None:
-        def lay_out() -> torch.Tensor:  # [G * rank, out]: each adapter's B^T stacked by rows
+        def lay_out() -> torch.Tensor:  # [G, rank, out]: each adapter's B^T
             mats = _cut(w, 2, dense.rank).index_select(0, dense.slots)
-            return mats.transpose(1, 2).to(dtype).reshape(-1, w.shape[1])
+            return mats.transpose(1, 2).to(dtype).contiguous()
 
         mats = groups.prepared(("expand", w.data_ptr(), dtype), lay_out)
-        rank = mats.shape[0] // len(dense.slots)
-        inputs = (x if dense.rows is None else x.index_select(0, dense.rows))[:, :rank]
-        rows = (_one_hot(groups, dtype).unsqueeze(-1) * inputs.unsqueeze(1)).reshape(
-            len(inputs), -1)
-        pieces.append((dense.rows, (rows @ mats)[:, :common]))
+        inputs = (x if dense.rows is None else x.index_select(0, dense.rows))[:, :mats.shape[1]]
+        pieces.append((dense.rows, _batched(inputs, mats, dense)[:, :common]))
     _add_rows(target, pieces, groups)
 
 

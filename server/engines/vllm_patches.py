@@ -34,7 +34,7 @@ import os
 
 import torch
 
-from loramux.server.engines import lora_groups
+from loramux.server.engines import lora_groups, lora_linear
 from loramux.server.engines.lora_groups import TokenGroups
 
 log = logging.getLogger(__name__)
@@ -150,12 +150,9 @@ class GroupedPunica:
                         output_slices, *, buffer=None, **kwargs) -> None:
         if self.loramux_tokens.empty:
             return
-        if buffer is None:
-            rank = lora_b_stacked[0].size(-1)
-            buffer = tuple(torch.empty((x.size(0), rank), dtype=x.dtype, device=x.device)
-                           for _ in output_slices)
-        self.add_shrink(buffer, x, lora_a_stacked, scale)
-        self.add_expand(y, buffer, lora_b_stacked, output_slices, add_inputs=True)
+        lora_linear.add_linear(y.view(-1, y.shape[-1]), x.view(-1, x.shape[-1]),
+                               list(lora_a_stacked), list(lora_b_stacked), scale, output_slices,
+                               self.loramux_tokens)
 
     def add_lora_logits(self, y, x, lora_a_stacked, lora_b_stacked, scale, *, buffer=None,
                         **kwargs) -> None:

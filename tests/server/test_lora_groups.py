@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from loramux.server.engines import lora_groups  # noqa: E402
+from loramux.server.engines import lora_groups, lora_linear  # noqa: E402
 from loramux.server.engines.lora_groups import TokenGroups  # noqa: E402
 
 SLOTS, MAX_RANK, HIDDEN, OUT = 6, 16, 32, 40
@@ -128,3 +128,36 @@ def test_fused_slices_match_one_slice_at_a_time() -> None:
         alone = torch.empty(len(indices), MAX_RANK)
         lora_groups.shrink(x, [a], [alone], groups, 2.0)
         torch.testing.assert_close(out, alone)
+
+
+@pytest.mark.parametrize("outs", [(OUT, OUT, OUT), (OUT, 24, 24), (OUT,)],
+                         ids=["equal slices", "unequal slices", "one slice"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", list(CASES))
+def test_one_pass_linear_matches_per_token_reference(case, dtype, outs) -> None:
+    """add_linear (shrink and every slice's expand in one pass) against the per-token
+    reference, slice by slice; base rows keep exactly what the base layer wrote."""
+    indices = _indices(CASES[case])
+    gen = torch.Generator().manual_seed(4)
+    a_stacks, b_stacks = [], []
+    for i, size in enumerate(outs):
+        a, b = _weights(torch.float32)
+        a_stacks.append((a * (i + 1)).to(dtype))
+        b_stacks.append(b[:, :, :size].contiguous().to(dtype))
+    x = torch.randn(len(indices), HIDDEN, generator=gen).to(dtype)
+    groups = TokenGroups.build(indices, RANKS, small_max=16)
+    y = torch.ones(len(indices), sum(outs) + 5, dtype=dtype)  # the base layer's output, padded
+    lora_linear.add_linear(y, x, a_stacks, b_stacks, 0.5, list(outs), groups)
+    tol = {"rtol": 3e-2, "atol": 3e-1} if dtype == torch.bfloat16 else {"rtol": 1e-4, "atol": 1e-4}
+    offset = 0
+    for a, b, size in zip(a_stacks, b_stacks, outs, strict=True):
+        expected = torch.zeros(len(indices), size, dtype=torch.float64)
+        for t, slot in enumerate(indices.tolist()):
+            if slot >= 0:
+                h = 0.5 * (x[t].double() @ a[slot, 0].double().t())
+                expected[t] = h @ b[slot, 0].double().t()
+        torch.testing.assert_close(y[:, offset:offset + size].double(), expected + 1, **tol)
+        offset += size
+    base = indices < 0
+    assert torch.equal(y[base], torch.ones_like(y[base]))  # exactly no delta
+    assert torch.equal(y[:, sum(outs):], torch.ones_like(y[:, sum(outs):]))

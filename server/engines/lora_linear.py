@@ -1,0 +1,100 @@
+"""One linear layer's LoRA (shrink, then expand for every slice) in one pass over the batch.
+
+Why: in a decode step every linear layer runs LoRA for each of its slices (q/k/v, gate/up).
+Done as vLLM splits it (a shrink into a buffer, then an expand per slice), each product places its
+rows in a grid, runs a bmm and gathers them back: some sixty small tensor operations per decoder
+layer, and on a CPU each costs tens of microseconds whatever its size, which is most of a
+decode step's LoRA time with a handful of adapters. Here the rows are placed in the grid once,
+the shrink's result stays in grid layout as the expand's input, the scale is folded into the
+laid-out A weights, and slices of one width are expanded in a single bmm (adapter x slice as its
+batch). Adapters with many tokens (prefills) keep the per-adapter GEMMs of lora_groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from loramux.server.engines.lora_groups import TokenGroups, _cut, _stacked, expand, shrink
+
+
+def add_linear(y: torch.Tensor, x: torch.Tensor, lora_a: Sequence[torch.Tensor],
+               lora_b: Sequence[torch.Tensor], scale: float, output_slices: Sequence[int],
+               groups: TokenGroups) -> None:
+    """``y[:, slice_i] += scale * x @ A_i[slot].T @ B_i[slot].T`` on every adapter token.
+
+    ``y`` is ``[tokens, out]`` with the slices side by side from column 0; rows of base tokens
+    (slot -1) are left exactly as they are."""
+    if groups.big:
+        _add_big(y, x, lora_a, lora_b, scale, output_slices, groups)
+    dense = groups.dense
+    if dense is None:
+        return
+    dtype = y.dtype
+    a_stacks = [_stacked(w) for w in lora_a]
+    b_stacks = [_stacked(w) for w in lora_b]
+    count, width, slices = len(dense.slots), dense.width, len(a_stacks)
+
+    def lay_out_a() -> torch.Tensor:  # [G, in, slices * rank], already scaled
+        parts = [_cut(w, 1, dense.rank).index_select(0, dense.slots) for w in a_stacks]
+        mats = torch.cat(parts, dim=1).to(dtype).transpose(1, 2)
+        return mats.mul(scale).contiguous()
+
+    key = (*(w.data_ptr() for w in a_stacks), dtype, scale)
+    a = groups.prepared(("linear-a", *key), lay_out_a)
+    rank = a.shape[2] // slices
+    inputs = x if dense.rows is None else x.index_select(0, dense.rows)
+    grid = inputs.new_zeros(count * width, inputs.shape[1], dtype=dtype)
+    grid.index_copy_(0, dense.places, inputs.to(dtype))
+    hidden = torch.bmm(grid.view(count, width, -1), a)  # [G, width, slices * rank]
+
+    widths = {w.shape[1] for w in b_stacks}
+    if slices > 1 and len(widths) == 1 and all(s == w.shape[1] for s, w in
+                                               zip(output_slices, b_stacks, strict=True)):
+        out = widths.pop()
+
+        def lay_out_b() -> torch.Tensor:  # [G * slices, rank, out]: adapter-major
+            mats = [_cut(w, 2, dense.rank).index_select(0, dense.slots).transpose(1, 2)
+                    for w in b_stacks]
+            return torch.stack(mats, dim=1).to(dtype).reshape(count * slices, rank, out)
+
+        b = groups.prepared(("linear-b", *(w.data_ptr() for w in b_stacks), dtype), lay_out_b)
+        per_slice = hidden.view(count, width, slices, rank).transpose(1, 2)
+        products = torch.bmm(per_slice.reshape(count * slices, width, rank), b)
+        delta = products.view(count, slices, width, out)[dense.member, :, dense.turn]
+        _add(y[:, : slices * out], delta.reshape(len(inputs), slices * out), dense.rows)
+        return
+    offset = 0
+    for i, (w, size) in enumerate(zip(b_stacks, output_slices, strict=True)):
+        common = min(size, w.shape[1])
+
+        def lay_out_slice(w: torch.Tensor = w) -> torch.Tensor:  # [G, rank, out]
+            mats = _cut(w, 2, dense.rank).index_select(0, dense.slots)
+            return mats.transpose(1, 2).to(dtype).contiguous()
+
+        b = groups.prepared(("linear-b", w.data_ptr(), dtype), lay_out_slice)
+        products = torch.bmm(hidden[:, :, i * rank:(i + 1) * rank], b)
+        delta = products.view(count * width, -1).index_select(0, dense.places)[:, :common]
+        _add(y[:, offset: offset + common], delta, dense.rows)
+        offset += size
+
+
+def _add(target: torch.Tensor, delta: torch.Tensor, rows: torch.Tensor | None) -> None:
+    if rows is None:
+        target.add_(delta)
+    else:
+        target.index_add_(0, rows, delta)
+
+
+def _add_big(y: torch.Tensor, x: torch.Tensor, lora_a: Sequence[torch.Tensor],
+             lora_b: Sequence[torch.Tensor], scale: float, output_slices: Sequence[int],
+             groups: TokenGroups) -> None:
+    """The adapters with many tokens: a GEMM each, through a rank-wide buffer per slice."""
+    big = groups.big_only
+    buffers = [torch.empty(x.shape[0], _stacked(w).shape[2], dtype=y.dtype) for w in lora_b]
+    shrink(x, lora_a, buffers, big, scale)
+    offset = 0
+    for buffer, w, size in zip(buffers, lora_b, output_slices, strict=True):
+        expand(buffer, w, y[:, offset: offset + size], big, add=True)
+        offset += size
