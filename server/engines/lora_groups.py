@@ -7,12 +7,13 @@ metadata), and every op then runs
 
 - one GEMM per adapter with many tokens in the step (a prefill), straight on that slot's weights,
   with no copy, and
-- one dense GEMM over the adapters with few tokens (decode): their weights are gathered and laid
-  out once per layer while the batch's adapters stay the same, which on the CPU is many decode
-  steps, and each token keeps its own adapter's share through a one-hot mask. Tiny per-adapter
-  GEMMs cost more in call overhead than the extra multiply-adds of one dense GEMM over the few
-  adapters present.
+- one batched GEMM over the adapters with few tokens (decode): their weights are gathered and laid
+  out once per set of such adapters (on the CPU that set lasts many decode steps), and each
+  adapter's rows sit in a zero-padded ``[adapters, width]`` grid, so every adapter multiplies
+  its own rows only. Tiny per-adapter GEMMs cost more in call overhead than one bmm, and a
+  dense GEMM over every adapter present would do as many times the work as there are adapters.
 
+lora_linear.py runs a whole linear layer (shrink, then every slice's expand) over that grid.
 Each product is cut to the largest rank among the adapters it covers (vLLM pads every slot to
 ``max_lora_rank``). Tokens with index -1 (base-model requests) are in no group and get exactly
 zero delta. Shapes depend on the data, which is fine: vLLM runs eager on CPU when LoRA is on.

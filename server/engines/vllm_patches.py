@@ -13,7 +13,8 @@ Why it exists:
   for every layer, then a batched mat-vec), which is what makes a LoRA batch several times slower
   than a base batch on CPU. Here the punica wrapper groups a step's tokens by slot once, in its
   metadata, and every linear layer's LoRA runs over the adapters present only (lora_groups.py:
-  a GEMM per adapter with many tokens, one dense GEMM over those with few): the cost follows the
+  a GEMM per adapter with many tokens, one batched GEMM over those with few; lora_linear.py: a
+  layer's shrink and expands in one pass): the cost follows the
   distinct adapters in the batch, not the slot count, so every resident adapter can have a slot.
   Each product is cut to the rank of the adapters it covers (vLLM pads every slot to
   ``max_lora_rank``), and the shrink buffer stays in the model's dtype (bf16).
