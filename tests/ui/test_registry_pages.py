@@ -32,6 +32,9 @@ def _login(page, site: RegistrySite, token: str) -> None:
     assert label.text == "Token"
     field.send_keys(token)
     field.submit()
+    WebDriverWait(page, 10).until(lambda p: (p.execute_script("return document.readyState")
+                                  == "complete" and "/ui/login" not in p.current_url)
+                                  or p.find_elements(By.CSS_SELECTOR, "[role=alert]"))
 
 
 def test_click_through_adapter_version_lineage_and_diff(page, registry_site: RegistrySite,
@@ -41,7 +44,7 @@ def test_click_through_adapter_version_lineage_and_diff(page, registry_site: Reg
     console_errors(page)  # the refused login answered 401, which the console reports
     page.find_element(By.ID, "token").send_keys(READER)
     page.find_element(By.CSS_SELECTOR, "form.login button").click()
-    assert page.current_url.endswith("/ui")
+    WebDriverWait(page, 10).until(lambda p: p.current_url.endswith("/ui"))
     assert "Signed in as reader" in page.find_element(By.CSS_SELECTOR, "header").text
     _checked(page, tmp_path, "index")
 
