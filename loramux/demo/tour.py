@@ -3,7 +3,10 @@
 The point to show a newcomer is the product's promise, measured rather than told: one NF4 base
 loaded once, adapters chosen per request (mixed in the same batch), each adapter good at its own
 task and no better than the base at the other one, and an alias repointed in the registry taking
-effect on the running server within seconds, with no restart and no base reload.
+effect on the running server within seconds, with no restart and no base reload. Then the safe
+way to roll out (rollout.py): a promotion gated by an eval run on that same server, a bad
+retrain refused by the gate, the same retrain as a canary rolled back on its eval score, and the
+registry's and the server's web pages.
 
 Everything expensive is cached under .cache/ (the base by its recipe, the adapters by their
 training recipe, shared with the tests), so a second run only starts the server and queries it.
@@ -34,11 +37,12 @@ class Paths:
     registry: Path
     server_cache: Path
     server_log: Path
+    registry_log: Path
 
     @classmethod
     def under(cls, cache: Path) -> Paths:
         names = ("demo-data", "trainer-demo", "demo-registry", "demo-server-cache",
-                 "demo-server.log")
+                 "demo-server.log", "demo-registry.log")
         return cls(*(cache / name for name in names))
 
 
@@ -137,6 +141,7 @@ def run_tour(base: Path, cache: Path, console: Console | None = None) -> None:
     """Train (or reuse) the demo adapters, publish them, serve them and show what they do."""
     from openai import OpenAI
 
+    from loramux.demo import rollout
     from loramux.demo.tasks import cached_demo_adapters, load_eval, write_demo_data
     from loramux.support.launch import ServerProcess
 
@@ -175,11 +180,15 @@ def run_tour(base: Path, cache: Path, console: Console | None = None) -> None:
         console.print(f"base model loads: {loads:.0f}; adapter loads: {adapter_loads:.0f} "
                       "(from /metrics; assistant@1 has codeword@1's digest and assistant@2 "
                       "caps@1's, and the digest is the adapter's identity, so each loaded once)")
+        console.rule("[bold]6. promote through an eval gate")
+        rollout.gate_and_canary(client, url, paths.registry, adapters, eval_files["codeword"],
+                                console)
         console.print(
             "\nTry it yourself while a server runs (`loramux serve --base "
             f"{base} --registry {paths.registry} --served-name {SERVED_NAME}`):\n"
             "  curl localhost:8000/v1/chat/completions -H 'content-type: application/json' -d "
             "'{\"model\": \"codeword@1\", \"messages\": [{\"role\": \"user\", \"content\": "
             "\"What is the code word for the fox?\"}]}'")
+        rollout.pages(url, paths.registry, paths.registry_log, console)
     finally:
         server.stop()
