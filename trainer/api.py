@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loramux.trainer import distributed
 from loramux.trainer.config import CONFIG_FILE, TrainConfig, build_config
 from loramux.trainer.data import Example, LoadedData, check_lengths, load_data, split
 from loramux.trainer.errors import (
@@ -36,8 +38,9 @@ from loramux.trainer.publish import check_options, publish
 from loramux.trainer.report import (
     CURVE_FILE,
     REPORT_FILE,
-    library_versions,
+    build_report,
     plot_loss_curve,
+    read_report,
     write_report,
 )
 from loramux.trainer.sft import CHECKPOINTS, sft_config, trainer_class
@@ -195,6 +198,14 @@ def _peak_memory(device: str) -> tuple[int, str]:
     return peak_rss_bytes(), "process peak RSS"
 
 
+def _save_adapter_fsdp(trainer, out: Path) -> None:
+    """Gather the sharded adapter into one state dict (every rank), written by the main one."""
+    trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(out))
+    if distributed.is_main():
+        (out / "training_args.bin").unlink(missing_ok=True)  # pickled; not part of an adapter
+
+
 def _save_adapter(trainer, out: Path) -> None:
     """Adapter weights (safetensors) and config only; no pickled training args."""
     out.mkdir(parents=True, exist_ok=True)
@@ -211,6 +222,7 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, *, callbacks: list 
     report bad data before anything else). Raises a TrainerError subclass (ConfigError,
     DataError, ModelError, PublishError, TrainingInterrupted) for anything the user can fix.
     """
+    started = time.time()
     config = coerce_config(config)
     check_options(config)
     data = data or prepare_data(config)
@@ -245,7 +257,8 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, *, callbacks: list 
     rows = [e.to_row(config.prompt_template) for e in data.train]
     eval_rows = [e.to_row(config.prompt_template) for e in data.eval]
     meter = Meter()
-    progress = RichProgress(meter, console=console, enabled=config.progress)
+    progress = RichProgress(meter, console=console,
+                            enabled=config.progress and distributed.is_main())
     extra = [meter, progress]
     if config.early_stopping_patience:
         extra.append(EarlyStoppingCallback(config.early_stopping_patience,
@@ -267,15 +280,19 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, *, callbacks: list 
     started_step = 0
     items, em_reason = (exact_match_items(data.eval, tokenizer, config.prompt_template)
                         if eval_rows else ([], ""))
+    if items and runtime.fsdp:  # generating from a sharded model would need every rank
+        items, em_reason = [], "exact match is not measured under FSDP (eval loss decides)"
+    mine = items if distributed.is_main() else []  # the others only share the eval loss
     before = after = (None, None)
     try:
         if eval_rows:
-            before = measure(trainer, tokenizer, items, base=True)
+            before = measure(trainer, tokenizer, mine, base=True)
+            if not runtime.fsdp:
+                distributed.rewrap_after_eval(trainer)
         result = trainer.train(resume_from_checkpoint=resume_from)
         started_step = meter.step_at_start
         if eval_rows:
-            after = measure(trainer, tokenizer, items, base=False)
-        final_eval = {"eval_loss": after[0]} if eval_rows else {}
+            after = measure(trainer, tokenizer, mine, base=False)
     except KeyboardInterrupt:
         progress.close()
         step = trainer.state.global_step
@@ -286,65 +303,40 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, *, callbacks: list 
     finally:
         progress.close()
 
-    _save_adapter(trainer, out)
+    if runtime.fsdp:  # every rank takes part in gathering the sharded adapter
+        _save_adapter_fsdp(trainer, out)
+    if not distributed.is_main():
+        distributed.barrier()  # the main process saves, reports and publishes
+        return _result_of_main(config, out, started)
+    try:
+        return _finish(config, data, runtime, trainer, meter, result, out,
+                       evaluation=(before, after, items, em_reason if eval_rows else
+                                   data.eval_note),
+                       started_step=started_step, saved=runtime.fsdp)
+    finally:
+        distributed.barrier()
+
+
+def _finish(config: TrainConfig, data: PreparedData, runtime, trainer, meter, result, out: Path,
+            *, evaluation, started_step: int, saved: bool) -> TrainResult:
+    """The main process's part after training: adapter, report, verdict, publish."""
+    before, after, items, em_reason = evaluation
+    if not saved:
+        _save_adapter(trainer, out)
     peak, peak_kind = _peak_memory(runtime.device)
-    history = trainer.state.log_history
-    train_losses = [h["loss"] for h in history if "loss" in h]
-    stopped_early = (config.max_steps or 0) > trainer.state.global_step or (
-        config.max_steps is None and trainer.state.epoch is not None
-        and trainer.state.epoch < config.epochs - 1e-6)
-    metrics: dict[str, Any] = {
-        "train_loss": float(result.training_loss),
-        "train_loss_last": float(train_losses[-1]) if train_losses else None,
-        "eval_loss": float(final_eval["eval_loss"]) if "eval_loss" in final_eval else None,
-        "best_eval_loss": trainer.state.best_metric,
-        "steps": trainer.state.global_step,
-        "resumed_at_step": started_step or None,
-        "epochs": trainer.state.epoch,
-        "tokens_seen": meter.tokens,
-        "tokens_seen_total": trainer.state.num_input_tokens_seen,
-        "train_seconds": round(meter.seconds, 3),
-        "tokens_per_second": round(meter.tokens_per_second, 1),
-        "peak_memory_bytes": peak,
-        "peak_memory_kind": peak_kind,
-        "stopped_early": bool(config.early_stopping_patience and stopped_early),
-    }
-    report = {
-        "adapter_dir": str(out),
-        "base": config.base,
-        "metrics": metrics,
-        "data": {
-            "kind": data.kind,
-            "train_file": str(config.data),
-            "train_digest": data.train_file.digest,
-            "eval_file": str(data.eval_path) if data.eval_path else None,
-            "eval_digest": data.eval_file.digest if data.eval_file else None,
-            "eval_split": config.eval_split,
-            "records_read": data.train_file.records_read
-            + (data.eval_file.records_read if data.eval_file else 0),
-            "train_examples": len(data.train),
-            "eval_examples": len(data.eval),
-            "train_tokens_per_epoch": data.train_tokens,
-            "skipped_records": len(data.skipped),
-            "skipped": data.skipped[:100],
-        },
-        "runtime": runtime.describe() | {"quantization": "nf4+dq" if config.quantize else "none",
-                                         "threads": torch.get_num_threads()},
-        "hyperparameters": config.hyperparameters(),
-        "library_versions": library_versions(),
-        "log_history": history,
-    }
+    report = build_report(config, data, runtime, trainer, meter, result, out,
+                          peak=(peak, peak_kind), started_step=started_step,
+                          eval_loss=after[0])
     verdict = judge(before[0], after[0], min_eval_gain=config.min_eval_gain,
                     exact_match_before=before[1], exact_match_after=after[1],
-                    exact_match_total=len(items),
-                    reason=em_reason if eval_rows else data.eval_note)
+                    exact_match_total=len(items), reason=em_reason)
     report["verdict"] = verdict.as_dict() | {"line": verdict.line(
         trainer.state.global_step, config.learning_rate), "eval": data.eval_note}
     config_path = config.save(out / CONFIG_FILE)
-    curve = plot_loss_curve(history, out / CURVE_FILE, title=f"{out.name}: loss")
+    curve = plot_loss_curve(report["log_history"], out / CURVE_FILE, title=f"{out.name}: loss")
     report_path = write_report(report, out / REPORT_FILE)
-    outcome = TrainResult(out, config, metrics, report, report_path, curve, config_path,
-                          skipped=data.skipped)
+    outcome = TrainResult(out, config, report["metrics"], report, report_path, curve,
+                          config_path, skipped=data.skipped)
     outcome.verdict = verdict
     why = refusal(verdict) if config.publish and not config.force else None
     if why:
@@ -361,6 +353,20 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, *, callbacks: list 
                                "registry": config.registry or default_location()}
         write_report(report, report_path)
     return outcome
+
+
+def _result_of_main(config: TrainConfig, out: Path, started: float) -> TrainResult:
+    """Another rank's view of the run: what the main process wrote (after the barrier)."""
+    report_path = out / REPORT_FILE
+    report = read_report(report_path)
+    if report is None or report_path.stat().st_mtime < started:
+        raise TrainingInterrupted("the main process of this distributed run failed before "
+                                  "writing its report: see its error")
+    if report.get("publish_refused"):
+        raise PublishRefused(f"{report['publish_refused']} (the adapter is saved in {out})")
+    published = report.get("published") or {}
+    return TrainResult(out, config, report["metrics"], report, report_path, out / CURVE_FILE,
+                       out / CONFIG_FILE, reference=published.get("ref"))
 
 
 def remove_checkpoints(out: Path) -> None:

@@ -175,18 +175,43 @@ def train_command(config: Path | None, dry_run: bool, overrides: dict[str, Any])
                           "(token lengths are checked when the tokenizer loads)")
             console.print(data.eval_note, markup=False, highlight=False)
             return
+        from loramux.trainer import distributed
         from loramux.trainer.errors import PublishRefused
 
-        console.print(f"training [bold]{cfg.out}[/] from {cfg.data} on {cfg.base} "
-                      f"({'QLoRA NF4' if cfg.quantize else 'LoRA'}, r={cfg.r})")
-        console.print(data.eval_note, markup=False, highlight=False)
+        if distributed.needs_launch(cfg):  # re-run in N processes under accelerate launch
+            raise typer.Exit(_launch(console, cfg))
+        quiet = distributed.launched() and not distributed.is_main()
+        if not quiet:
+            console.print(f"training [bold]{cfg.out}[/] from {cfg.data} on {cfg.base} "
+                          f"({'QLoRA NF4' if cfg.quantize else 'LoRA'}, r={cfg.r})")
+            console.print(data.eval_note, markup=False, highlight=False)
         try:
             result = train(cfg, console=console, data=data)
         except PublishRefused as exc:
             if exc.result is not None:
                 _print_outcome(console, exc.result)
             raise
-        _print_outcome(console, result)
+        if not quiet:
+            _print_outcome(console, result)
+
+
+def _launch(console: Any, cfg: Any) -> int:
+    """Train under ``accelerate launch``; the exit code says what the main process said."""
+    import time
+
+    from loramux.trainer.distributed import launch
+    from loramux.trainer.report import REPORT_FILE, read_report
+
+    how = f"--config_file {cfg.accelerate_config}" if cfg.accelerate_config else "DDP"
+    console.print(f"launching {cfg.num_processes} processes with accelerate ({how})",
+                  markup=False, highlight=False)
+    report_path = Path(cfg.out) / REPORT_FILE
+    started = time.time()
+    code = launch(cfg)
+    report = read_report(report_path) or {}
+    if code and report.get("publish_refused") and report_path.stat().st_mtime >= started:
+        return 3  # trained, not published: as on one process (the main one printed why)
+    return code
 
 
 def _print_outcome(console: Any, result: Any) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from loramux.trainer.errors import ConfigError
+from loramux.trainer.sources import is_dataset_name
 
 CONFIG_FILE = "train_config.yaml"
 
@@ -53,7 +54,8 @@ class TrainConfig(BaseModel):
     # Each description is the flag's help text (``loramux train --help``): one short line.
     # -- what to train on, where to write -----------------------------------------------------
     base: str = Field(description="Base model folder or hub id.")
-    data: Path = Field(description="Training data (.jsonl .json .csv .parquet).")
+    # Or a datasets save_to_disk folder, or a cached dataset's name, either with :split.
+    data: Path = Field(description="Training data (file, dataset folder, name:split).")
     eval: Path | None = Field(None, description="Eval data, same formats.")
     eval_split: float = Field(0.0, ge=0.0, lt=0.5, description="Hold out this share for eval.")
     # Without eval or eval_split: an eval file next to train.<ext>, else a 10 % split
@@ -122,6 +124,11 @@ class TrainConfig(BaseModel):
     # -- runtime -----------------------------------------------------------------------------
     device: Device = Field("auto", description="Where to train.")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch.")
+    # >1 or an accelerate config: `loramux train` re-runs itself under `accelerate launch`
+    # (loramux.trainer.distributed); deploy/accelerate/ holds DDP and FSDP-QLoRA configs.
+    num_processes: int = Field(1, ge=1, description="Data-parallel processes (accelerate).")
+    accelerate_config: Path | None = Field(None, description="accelerate config file (DDP, "
+                                           "FSDP).")
     progress: bool = Field(True, description="Show a progress bar.")
 
     # -- publishing --------------------------------------------------------------------------
@@ -189,8 +196,10 @@ class TrainConfig(BaseModel):
         """A copy with absolute paths (relative ones taken from ``root``, default the cwd)."""
         root = (root or Path.cwd()).resolve()
         update: dict[str, Any] = {}
-        for key in ("data", "eval", "out", "gate_eval"):
+        for key in ("data", "eval", "out", "gate_eval", "accelerate_config"):
             value = getattr(self, key)
+            if key == "data" and is_dataset_name(str(value), root):
+                continue
             if value is not None and not Path(value).expanduser().is_absolute():
                 update[key] = (root / value).resolve()
             elif value is not None:
@@ -216,7 +225,7 @@ class TrainConfig(BaseModel):
         """The settings that shape the adapter (lineage): no paths, no publishing options."""
         skip = {"base", "data", "eval", "out", "name", "publish", "registry", "alias",
                 "description", "labels", "progress", "resume", "overwrite", "threads", "device",
-                "evaluate", "min_eval_gain", "force"}
+                "evaluate", "min_eval_gain", "force", "num_processes", "accelerate_config"}
         skip |= {"gate_eval", "gate_server", "gate_min_exact", "gate_max_regression"}
         return {k: v for k, v in self.model_dump(mode="json").items() if k not in skip}
 
@@ -251,7 +260,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
             raise ConfigError(f"{path}: option {canon!r} is given twice (as {key!r})")
         data[canon] = value
     folder = path.resolve().parent
-    for key in ("data", "eval", "out", "gate_eval"):
+    for key in ("data", "eval", "out", "gate_eval", "accelerate_config"):
+        if key == "data" and isinstance(data.get(key), str) and is_dataset_name(data[key], folder):
+            continue
         if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
             data[key] = str(folder / data[key])
     base = data.get("base")

@@ -11,7 +11,8 @@ Files: ``.jsonl`` (one record a line), ``.json`` (a list of records), ``.csv`` a
 with the same columns (a chat file's ``messages`` column holds the JSON list). Problems are
 reported as ``file:line: what`` (``file:line:column`` for broken JSON, ``row N`` for Parquet,
 ``record N`` for JSON lists), all of them at once; with ``skip_bad_records`` they are skipped
-and counted instead.
+and counted instead. A ``datasets`` folder or cached dataset name (``loramux.trainer.sources``)
+gives records the same way, reported as ``name:split row N``.
 """
 
 from __future__ import annotations
@@ -267,15 +268,22 @@ def load_data(path: Path | str, *, fmt: str = "auto", prompt_template: str | Non
               skip_bad: bool = False) -> LoadedData:
     """Read and validate every record; raise DataError listing all problems unless skip_bad."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_file():
+        raw, digest = _iter_raw(path), file_digest(path)
+    elif path.suffix.lower() in SUFFIXES:
         raise DataError(f"data file {path} does not exist")
+    else:  # a datasets save_to_disk folder, or a cached dataset's name (either with :split)
+        from loramux.trainer.sources import open_source
+
+        source = open_source(str(path))
+        raw, digest = source.records(), source.digest
     kind = None if fmt == "auto" else fmt
     if kind is not None:
         check_template(prompt_template, kind)
     examples: list[Example] = []
     problems: list[str] = []
     read = 0
-    for where, record, problem in _iter_raw(path):
+    for where, record, problem in raw:
         read += 1
         if problem is None:
             found = detect_kind(record)
@@ -313,7 +321,7 @@ def load_data(path: Path | str, *, fmt: str = "auto", prompt_template: str | Non
     if not examples:
         raise DataError(f"{path}: none of the {read} records is valid", problems)
     return LoadedData(path, "chat" if kind == "chat" else "prompt_completion", examples, read,
-                      problems, file_digest(path))
+                      problems, digest)
 
 
 def split(data: LoadedData, share: float, seed: int, *, count: int | None = None,

@@ -17,14 +17,20 @@ from loramux.trainer.errors import ConfigError, ModelError
 
 
 def quantization_config(quant_type: str = "nf4", double_quant: bool = True,
-                        compute_dtype: str = "bfloat16"):
-    """QLoRA's storage format: 4-bit NormalFloat, double quantization, bf16 compute."""
+                        compute_dtype: str = "bfloat16", quant_storage: str | None = None):
+    """QLoRA's storage format: 4-bit NormalFloat, double quantization, bf16 compute.
+
+    ``quant_storage``: the dtype the packed 4-bit weights are stored in (bitsandbytes' default
+    uint8). FSDP shards only floating-point tensors of one dtype per wrapped unit, so under FSDP
+    it must be the compute dtype (``Runtime.quant_storage``), and the model loads in it too.
+    """
     import torch
     from transformers import BitsAndBytesConfig
 
+    extra = {"bnb_4bit_quant_storage": getattr(torch, quant_storage)} if quant_storage else {}
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
                               bnb_4bit_use_double_quant=double_quant,
-                              bnb_4bit_compute_dtype=getattr(torch, compute_dtype))
+                              bnb_4bit_compute_dtype=getattr(torch, compute_dtype), **extra)
 
 
 @dataclass
@@ -36,15 +42,25 @@ class Runtime:
     bf16: bool
     fp16: bool
     dtype: str  # the dtype the base is loaded in (non-quantized weights)
+    processes: int = 1  # data-parallel ranks (accelerate launch), 1 without
+    fsdp: bool = False  # launched with an FSDP accelerate config
+    quant_storage: str | None = None  # bnb_4bit_quant_storage; the compute dtype under FSDP
 
     def describe(self) -> dict[str, Any]:
         return {"device": self.device, "optimizer": self.optimizer, "bf16": self.bf16,
-                "fp16": self.fp16, "dtype": self.dtype}
+                "fp16": self.fp16, "dtype": self.dtype, "processes": self.processes,
+                "fsdp": self.fsdp, "quant_storage": self.quant_storage}
 
 
-def runtime_for(config: TrainConfig) -> Runtime:
+def runtime_for(config: TrainConfig, *, fsdp: bool | None = None, processes: int | None = None,
+                ) -> Runtime:
+    """Device, optimizer and dtypes; ``fsdp``/``processes`` default to what accelerate launched."""
     import torch
 
+    from loramux.trainer import distributed
+
+    fsdp = distributed.fsdp_requested() if fsdp is None else fsdp
+    processes = distributed.env_world_size() if processes is None else processes
     has_cuda = torch.cuda.is_available()
     if config.device == "cuda" and not has_cuda:
         raise ConfigError("device: cuda was asked for but torch sees no CUDA device")
@@ -56,12 +72,28 @@ def runtime_for(config: TrainConfig) -> Runtime:
         raise ConfigError("compute_dtype: float16 training needs CUDA; use bfloat16 on CPU")
     optimizer = config.optimizer
     if optimizer == "auto":
-        optimizer = "paged_adamw_8bit" if device == "cuda" else "adamw_torch"
+        optimizer = auto_optimizer(device, fsdp)
     elif device == "cpu" and ("paged" in optimizer or "8bit" in optimizer or "bnb" in optimizer):
         raise ConfigError(f"optimizer {optimizer!r} needs CUDA (bitsandbytes' paged and 8-bit "
                           "optimizers); use adamw_torch on CPU, or leave optimizer: auto")
+    if fsdp and device != "cuda":
+        raise ConfigError("FSDP (an accelerate config with distributed_type: FSDP) needs CUDA; "
+                          "on CPU use --num-processes N (DDP)")
     return Runtime(device, optimizer, bf16=dtype == "bfloat16", fp16=dtype == "float16",
-                   dtype=dtype)
+                   dtype=dtype, processes=processes, fsdp=fsdp,
+                   quant_storage=quant_storage_for(config, fsdp))
+
+
+def auto_optimizer(device: str, fsdp: bool) -> str:
+    """Paged 8-bit AdamW on CUDA, except under FSDP, where it fails to save a checkpoint
+    (PEFT's FSDP + QLoRA caveats); torch's AdamW elsewhere."""
+    return "paged_adamw_8bit" if device == "cuda" and not fsdp else "adamw_torch"
+
+
+def quant_storage_for(config: TrainConfig, fsdp: bool) -> str | None:
+    """bnb_4bit_quant_storage: the compute dtype under FSDP (which shards only float tensors
+    of one dtype: the packed 4-bit weights then look like the rest), else bitsandbytes' uint8."""
+    return config.compute_dtype if fsdp and config.quantize else None
 
 
 def load_tokenizer(base: str):
@@ -92,14 +124,18 @@ def load_base(config: TrainConfig, runtime: Runtime):
     kwargs: dict[str, Any] = {"dtype": getattr(torch, runtime.dtype)}
     if config.quantize:
         kwargs["quantization_config"] = quantization_config(
-            config.quant_type, config.double_quant, config.compute_dtype)
-    if runtime.device == "cuda":
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
+            config.quant_type, config.double_quant, config.compute_dtype, runtime.quant_storage)
+    if runtime.device == "cuda" and not runtime.fsdp:  # FSDP places (and shards) the weights
+        from loramux.trainer.distributed import local_rank
+
+        kwargs["device_map"] = {"": local_rank()}  # each DDP rank its own GPU
     try:
         model = AutoModelForCausalLM.from_pretrained(config.base, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(_load_problem(config.base, exc)) from None
-    if config.quantize:
+    if config.quantize and not runtime.fsdp:
+        # Under FSDP every weight must keep the storage dtype: no fp32 upcast of the rest, as
+        # prepare_model_for_kbit_training does (PEFT's FSDP-QLoRA recipe skips it too).
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(

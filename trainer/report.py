@@ -64,6 +64,73 @@ def write_report(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def read_report(path: Path) -> dict[str, Any] | None:
+    """A run's report, or None when there is none (yet)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def build_report(config, data, runtime, trainer, meter, result, out: Path, *,
+                 peak: tuple[int, str], started_step: int, eval_loss: float | None,
+                 ) -> dict[str, Any]:
+    """training_report.json's content (without the verdict): metrics, data, runtime, versions.
+
+    ``trainer.state`` is the same on every rank (losses and token counts are gathered), so the
+    main process's report describes the whole distributed run.
+    """
+    import torch
+
+    state = trainer.state
+    history = state.log_history
+    train_losses = [h["loss"] for h in history if "loss" in h]
+    stopped_early = (config.max_steps or 0) > state.global_step or (
+        config.max_steps is None and state.epoch is not None
+        and state.epoch < config.epochs - 1e-6)
+    metrics: dict[str, Any] = {
+        "train_loss": float(result.training_loss),
+        "train_loss_last": float(train_losses[-1]) if train_losses else None,
+        "eval_loss": float(eval_loss) if eval_loss is not None else None,
+        "best_eval_loss": state.best_metric,
+        "steps": state.global_step,
+        "resumed_at_step": started_step or None,
+        "epochs": state.epoch,
+        "tokens_seen": meter.tokens,
+        "tokens_seen_total": state.num_input_tokens_seen,
+        "train_seconds": round(meter.seconds, 3),
+        "tokens_per_second": round(meter.tokens_per_second, 1),
+        "peak_memory_bytes": peak[0],
+        "peak_memory_kind": peak[1],
+        "stopped_early": bool(config.early_stopping_patience and stopped_early),
+    }
+    return {
+        "adapter_dir": str(out),
+        "base": config.base,
+        "metrics": metrics,
+        "data": {
+            "kind": data.kind,
+            "train_file": str(config.data),
+            "train_digest": data.train_file.digest,
+            "eval_file": str(data.eval_path) if data.eval_path else None,
+            "eval_digest": data.eval_file.digest if data.eval_file else None,
+            "eval_split": config.eval_split,
+            "records_read": data.train_file.records_read
+            + (data.eval_file.records_read if data.eval_file else 0),
+            "train_examples": len(data.train),
+            "eval_examples": len(data.eval),
+            "train_tokens_per_epoch": data.train_tokens,
+            "skipped_records": len(data.skipped),
+            "skipped": data.skipped[:100],
+        },
+        "runtime": runtime.describe() | {"quantization": "nf4+dq" if config.quantize else "none",
+                                         "threads": torch.get_num_threads()},
+        "hyperparameters": config.hyperparameters(),
+        "library_versions": library_versions(),
+        "log_history": history,
+    }
+
+
 def _fmt_bytes(n: int | None) -> str:
     if not n:
         return "-"

@@ -88,9 +88,13 @@ def sft_config(config: TrainConfig, runtime, data: PreparedData):
         max_grad_norm=config.max_grad_norm,
         optim=runtime.optimizer,
         gradient_checkpointing=config.gradient_checkpointing,
+        # PEFT's FSDP-QLoRA recipe checkpoints with reentrant autograd
+        gradient_checkpointing_kwargs={"use_reentrant": True} if runtime.fsdp else None,
         bf16=runtime.bf16,
         fp16=runtime.fp16,
         use_cpu=runtime.device == "cpu",
+        # every LoRA weight is used in every forward: skip DDP's extra graph walk
+        ddp_find_unused_parameters=False if runtime.processes > 1 else None,
         seed=config.seed,
         data_seed=config.seed,
         logging_steps=config.logging_steps,
