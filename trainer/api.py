@@ -246,6 +246,7 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, *, callbacks: list 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    distributed.init_state(runtime.device)  # before loading: each rank's own GPU under FSDP
     model = load_base(config, runtime)
     check_target_modules(model, config)
 

@@ -72,6 +72,18 @@ def barrier() -> None:
         dist.barrier()
 
 
+def init_state(device: str) -> None:
+    """Join the process group before the model loads (TrainingArguments would, later).
+
+    Under FSDP, transformers then loads the weights on rank 0 only (cpu_ram_efficient_loading)
+    and bitsandbytes quantizes onto each rank's own GPU (accelerate sets it), not all onto GPU 0.
+    """
+    if launched():
+        from accelerate import PartialState
+
+        PartialState(cpu=device == "cpu")
+
+
 def rewrap_after_eval(trainer) -> None:
     """Let ``trainer.train()`` wrap the model in DDP after an ``evaluate()`` before it.
 
