@@ -36,7 +36,10 @@ def report_errors() -> Iterator[None]:
     try:
         yield
     except LoramuxError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        from loramux.trainer import distributed
+
+        if not distributed.launched() or distributed.is_main():  # one rank says it
+            typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("error: interrupted; nothing was published", err=True)
@@ -197,21 +200,12 @@ def train_command(config: Path | None, dry_run: bool, overrides: dict[str, Any])
 
 def _launch(console: Any, cfg: Any) -> int:
     """Train under ``accelerate launch``; the exit code says what the main process said."""
-    import time
-
     from loramux.trainer.distributed import launch
-    from loramux.trainer.report import REPORT_FILE, read_report
 
     how = f"--config_file {cfg.accelerate_config}" if cfg.accelerate_config else "DDP"
     console.print(f"launching {cfg.num_processes} processes with accelerate ({how})",
                   markup=False, highlight=False)
-    report_path = Path(cfg.out) / REPORT_FILE
-    started = time.time()
-    code = launch(cfg)
-    report = read_report(report_path) or {}
-    if code and report.get("publish_refused") and report_path.stat().st_mtime >= started:
-        return 3  # trained, not published: as on one process (the main one printed why)
-    return code
+    return launch(cfg, sys.stderr)  # the failing rank's exit code: 3 for a refused publish
 
 
 def _print_outcome(console: Any, result: Any) -> None:

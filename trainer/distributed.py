@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     from loramux.trainer.config import TrainConfig
@@ -127,11 +129,33 @@ def launch_command(config_file: Path, config: TrainConfig, *, cuda: bool) -> lis
     return [*cmd, "-m", "loramux.trainer", "--config", str(config_file)]
 
 
-def launch(config: TrainConfig) -> int:
-    """Run the training in ``config.num_processes`` processes; returns accelerate's exit code.
+# torchrun's own report once a rank failed: its log lines, then a traceback of the launcher.
+_LAUNCHER_NOISE = re.compile(r"^[WEI]\d{4} .*torch/distributed/elastic/")
+_ROOT_EXIT = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
+
+
+def relay(lines: Iterable[str], sink: TextIO) -> tuple[int | None, bool]:
+    """Copy the processes' stderr to ``sink`` until torchrun starts reporting a failure, and
+    keep that report out: the failing rank already said why in one line. Returns (the first
+    failed rank's exit code, or None; whether an ``error:`` line went through)."""
+    noise, codes, said = False, [], False
+    for line in lines:
+        noise = noise or bool(_LAUNCHER_NOISE.match(line))
+        if not noise:
+            said = said or line.startswith("error: ")
+            sink.write(line)
+            sink.flush()
+        elif match := _ROOT_EXIT.match(line):
+            codes.append(int(match.group(1)))
+    return (codes[-1] if codes else None), said  # the last one listed is the root cause
+
+
+def launch(config: TrainConfig, sink: TextIO) -> int:
+    """Run the training in ``config.num_processes`` processes; their stderr goes to ``sink``.
 
     The config handed over is the resolved one (absolute paths), so every rank sees the same
-    options whatever its working folder.
+    options whatever its working folder. Returns the exit code of the rank that failed first
+    (2 for bad options, 3 for a refused publish, ...), else accelerate's.
     """
     import torch
 
@@ -143,6 +167,14 @@ def launch(config: TrainConfig) -> int:
     try:
         cmd = launch_command(Path(handle.name), config, cuda=torch.cuda.is_available())
         log.info("launching: %s", " ".join(cmd))
-        return subprocess.run(cmd, check=False).returncode
+        with subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, bufsize=1) as proc:
+            assert proc.stderr is not None
+            failed, said = relay(proc.stderr, sink)
+            code = proc.wait()
     finally:
         Path(handle.name).unlink(missing_ok=True)
+    if code and failed is not None and failed > 0:
+        code = failed
+    if code and not said:
+        sink.write(f"error: a training process failed (exit code {code}); see above\n")
+    return code

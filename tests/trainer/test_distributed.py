@@ -196,3 +196,27 @@ def test_launch_command(tmp_path: Path) -> None:
     assert with_file[3:5] == ["--config_file", str(ACCELERATE / "fsdp-qlora.yaml")]
     assert "--multi_gpu" not in with_file
     assert needs_launch(cfg) and not needs_launch(_config())
+
+
+def test_a_failed_rank_is_one_error_line_and_its_exit_code() -> None:
+    """torchrun's report of a failed rank (its log lines and the launcher's traceback, as
+    seen when a bad --base made rank 0 exit 2) is kept out; the rank's own line and exit code
+    are what the user gets."""
+    import io
+
+    from loramux.trainer.distributed import relay
+
+    lines = [
+        "error: cannot load the base model '/x': it is not a local folder\n",
+        "W1130 08:22:37.758000 307 torch/distributed/elastic/multiprocessing/api.py:1028] "
+        "Sending process 312 closing signal SIGTERM\n",
+        "Traceback (most recent call last):\n",
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n",
+        "Failures:\n", "[1]:\n", "  exitcode  : -15 (pid: 312)\n",
+        "Root Cause (first observed failure):\n", "[0]:\n", "  exitcode  : 2 (pid: 311)\n",
+    ]
+    sink = io.StringIO()
+    assert relay(lines, sink) == (2, True)
+    assert sink.getvalue() == lines[0]
+    sink = io.StringIO()
+    assert relay(["a warning\n"], sink) == (None, False) and sink.getvalue() == "a warning\n"
