@@ -26,9 +26,8 @@ from loramux.trainer.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 ACCELERATE = REPO / "deploy" / "accelerate"
-# eval_steps past max_steps: eval data measured before and after training only (an
-# evaluation mid-run lets bitsandbytes repack the 4-bit weights on AVX512-BF16 CPUs, which
-# changes the later losses of whichever run does it).
+# eval_steps past max_steps: the eval data is measured before and after training only, the
+# part under test (no evaluation between steps, which would only make the run longer).
 SETTINGS = {"max_steps": 4, "learning_rate": 2e-3, "lora_dropout": 0.0, "max_seq_length": 128,
             "logging_steps": 1, "seed": 7, "eval_steps": 100}
 FIRST_STEP_ABS = 1e-3
