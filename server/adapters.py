@@ -213,22 +213,29 @@ class AdapterManager:
         handle = AdapterHandle(lora_id=self.lora_id(manifest.digest),
                                name=f"{manifest.name}@{manifest.digest[7:19]}", path=Path(path),
                                digest=manifest.digest)
-        bad = await asyncio.to_thread(nonfinite_tensors, Path(path))
-        if bad:
-            raise AdapterUnavailable(
-                f"adapter {manifest.ref} has weights that are not finite numbers (NaN or "
-                f"infinity) in {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}: refused "
-                "before it reaches a batch it shares with other requests", param="model")
-        await self._make_room()
-        started = time.perf_counter()
+        # The finite-weights check reads the files while the engine loads them (a cold
+        # adapter's first token waits for both): no request can use the adapter before this
+        # returns, so one with NaN weights is unloaded again before it reaches any batch.
+        check = asyncio.ensure_future(asyncio.to_thread(nonfinite_tensors, Path(path)))
         try:
+            await self._make_room()
+            started = time.perf_counter()
             await self._engine.load_adapter(handle)
-        except ServerError:
-            raise
-        except Exception as exc:  # the engine's own load errors: bad tensors, shapes, modules
-            raise AdapterUnavailable(
+        except Exception as exc:
+            await _refuse_nonfinite(check, manifest)  # the clearer reason, when there is one
+            if isinstance(exc, ServerError):
+                raise
+            raise AdapterUnavailable(  # the engine's own load errors: bad tensors, shapes
                 f"adapter {manifest.ref} could not be loaded by the engine: "
                 f"{type(exc).__name__}: {exc}", param="model") from exc
+        try:
+            await _refuse_nonfinite(check, manifest)
+        except AdapterUnavailable:
+            try:
+                await self._engine.unload_adapter(handle)
+            except Exception:  # its id stays unused: the request still gets the refusal
+                log.exception("could not unload refused adapter %s", manifest.ref)
+            raise
         self._metrics.loads.labels(label).inc()
         self._metrics.load_seconds.labels(label).observe(time.perf_counter() - started)
         slot = _Slot(handle, label, manifest.size, in_use=1,
@@ -315,6 +322,15 @@ class AdapterManager:
             log.info("adapter cache back within budget: %d of %d bytes", result.total_bytes,
                      budget)
         self._over_budget = over
+
+
+async def _refuse_nonfinite(check: asyncio.Future[list[str]], manifest: Manifest) -> None:
+    bad = await check
+    if bad:
+        raise AdapterUnavailable(
+            f"adapter {manifest.ref} has weights that are not finite numbers (NaN or "
+            f"infinity) in {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}: refused "
+            "before it reaches a batch it shares with other requests", param="model")
 
 
 def fetch_failure(manifest: Manifest, exc: Exception) -> ServerError:

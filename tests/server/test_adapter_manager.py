@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
 
 import loramux.registry as reg
 from loramux.registry.cache import AdapterCache
@@ -276,3 +276,22 @@ def test_disk_trim_survives_an_eviction_during_its_own_unload(setup) -> None:
         assert m.resident_digests() == []
 
     asyncio.run(scenario())
+
+
+def test_nan_adapter_checked_during_its_load_is_unloaded_and_refused(setup, tmp_path: Path) -> None:
+    """The finite-weights check reads the files while the engine loads them (a cold adapter's
+    first token waits for both, not one after the other); a NaN adapter is unloaded again and
+    refused, and never counts as resident."""
+    manager, _, engine, registry = setup
+    folder = write_adapter(tmp_path / "nan", 9)
+    weights = folder / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    next(iter(tensors.values()))[0, 0] = np.nan
+    save_file(tensors, str(weights))
+    poisoned = registry.push(folder, "nan")
+    m = manager()
+    with pytest.raises(AdapterUnavailable, match="not finite"):
+        asyncio.run(m.load(poisoned))
+    assert engine.load_calls == [poisoned.digest]  # loaded while checked ...
+    assert engine.loaded == {}  # ... and unloaded again
+    assert not m.is_resident(poisoned.digest)
