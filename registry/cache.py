@@ -136,7 +136,11 @@ class AdapterCache:
             for stale in self.dir.glob(f".{hex_of(manifest.digest)}.partial-*"):
                 shutil.rmtree(stale, ignore_errors=True)  # left by a crashed fetch
             started = time.perf_counter()
-            path = materialize(manifest, registry.open_blob, self.path(manifest.digest))
+            # No fsync: the registry holds the durable copy, and a folder found in the cache is
+            # re-hashed by `fetch_verified` before use, so one torn by a power cut is fetched
+            # again. Syncing cost a cold adapter ~3.5 ms of its first token (a 5 MB adapter).
+            path = materialize(manifest, registry.open_blob, self.path(manifest.digest),
+                               fsync=False)
             log.info(
                 "cached %s (%s, %d bytes) in %.2fs",
                 manifest.ref, manifest.digest, manifest.size, time.perf_counter() - started,
