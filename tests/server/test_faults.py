@@ -110,11 +110,15 @@ def faulty(demo_base: Path, tmp_path_factory) -> Faulty:
          "--registry", registry_url, "--api-keys", str(root / "keys.txt"),
          "--cache-dir", str(root / "cache"), "--max-model-len", "256",
          "--resolve-ttl-s", "3600", "--adapter-failure-ttl-s", "3600"], log=root / "server.log")
+    faulty: Faulty | None = None
     try:
         server.start()
-        yield Faulty(root, registry, server, tmpfs)
+        faulty = Faulty(root, registry, server, tmpfs)
+        yield faulty
     finally:
         server.stop()
+        if faulty is not None:
+            faulty.registry.stop()  # a test may have replaced it (a restart on the same port)
         registry.stop()
         if tmpfs:
             subprocess.run(["umount", "-l", str(root / "cache")], check=False)
