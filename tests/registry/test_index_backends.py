@@ -23,7 +23,7 @@ from loramux.registry.cli import app
 from loramux.registry.errors import IndexUnavailable, Invalid
 from loramux.registry.index import INDEX_FILE, open_index
 from loramux.registry.index.migrations import LATEST, MIGRATIONS, SchemaTooNew, statements
-from loramux.registry.index.postgres import PostgresIndex, redact
+from loramux.registry.index.postgres import CHECK_IDLE_S, PostgresIndex, redact
 from loramux.registry.index.sqlite import SQLITE
 from loramux.registry.remote import RemoteRegistry
 from loramux.registry.store import LocalRegistry
@@ -141,6 +141,9 @@ def test_an_index_outage_is_a_503_with_its_reason_and_heals(tmp_path: Path, http
         http_server.use(store)
         with RemoteRegistry(http_server.url, token=READ_TOKEN) as client:
             assert client.resolve("up") == pushed
+            # Idle past the check window: the checkout checks the connection, finds it dead and
+            # waits for a new one (a connection used just before would fail the query at once).
+            time.sleep(CHECK_IDLE_S + 0.2)
             pg.pause()
             failed: list[BaseException] = []
 
