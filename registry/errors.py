@@ -133,3 +133,8 @@ def error_class(type_name: str | None, status: int) -> type[RegistryError]:
         if cls.status == status:
             return cls
     return RemoteError if status >= 500 else RegistryError
+
+
+# What a registry (local store, HTTP client or OCI mirror) may raise when it cannot answer: its
+# own errors, and the operating system's (a cache disk, a socket). Callers catch exactly these.
+REGISTRY_FAILURES: tuple[type[BaseException], ...] = (RegistryError, OSError)

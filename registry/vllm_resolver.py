@@ -38,6 +38,7 @@ from loramux.registry.base import Registry
 from loramux.registry.cache import AdapterCache
 from loramux.registry.digests import hex_of
 from loramux.registry.errors import (
+    REGISTRY_FAILURES,
     Conflict,
     IntegrityError,
     InvalidBaseModel,
@@ -59,7 +60,6 @@ ENV_BASE_FINGERPRINT = "LORAMUX_VLLM_BASE_FINGERPRINT"
 DEFAULT_CACHE_DIR = Path("~/.cache/loramux/adapters")
 RESOLVER_NAME = "loramux"
 # What a registry (local store or HTTP client) raises when it cannot answer at all.
-_REGISTRY_FAILURES = (RegistryError, OSError)
 
 
 class IncompatibleAdapter(RegistryError, status=400):
@@ -169,7 +169,7 @@ class RegistryResolver:
                 try:
                     self._registry = open_registry(self.settings.registry,
                                                    token=self.settings.token, create=False)
-                except _REGISTRY_FAILURES as exc:
+                except REGISTRY_FAILURES as exc:
                     raise unavailable(f"cannot open the loramux registry: {exc}", exc) from exc
             if self._cache is None:
                 try:
@@ -205,7 +205,7 @@ class RegistryResolver:
             raise NotFound(f"adapter `{ref}` is not in the loramux registry: {exc}") from exc
         except Conflict as exc:
             raise Conflict(f"adapter reference `{ref}` is ambiguous: {exc}") from exc
-        except _REGISTRY_FAILURES as exc:
+        except REGISTRY_FAILURES as exc:
             raise unavailable(f"the loramux registry cannot answer for `{ref}`", exc) from exc
         check_answer(ref, manifest)
         return manifest
@@ -228,7 +228,7 @@ class RegistryResolver:
                 raise unavailable(f"no space left in the adapter cache to fetch {manifest.ref}",
                                   exc) from exc
             raise unavailable(f"cannot fetch {manifest.ref}", exc) from exc
-        except _REGISTRY_FAILURES as exc:
+        except REGISTRY_FAILURES as exc:
             raise unavailable(f"the loramux registry cannot send {manifest.ref}", exc) from exc
         if damage is not None:
             log.warning("loramux resolver: cached %s was damaged (%s) and fetched again",

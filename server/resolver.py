@@ -34,7 +34,12 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from loramux.registry.canary import Split
-from loramux.registry.errors import Conflict, InvalidName, NotFound, RegistryError
+from loramux.registry.errors import (
+    REGISTRY_FAILURES,
+    Conflict,
+    InvalidName,
+    NotFound,
+)
 from loramux.registry.errors import InvalidRequest as NoHistory
 from loramux.registry.manifest import Manifest
 from loramux.registry.refs import AdapterRef
@@ -45,8 +50,6 @@ T = TypeVar("T")
 
 # A pinned reference never points elsewhere, but it can be yanked: keep that visible soon too.
 PINNED_TTL_S = 30.0
-# What a registry (local store or HTTP client) may raise when it cannot answer at all.
-REGISTRY_FAILURES = (RegistryError, OSError)
 USER_HEADER = "x-loramux-user"  # sticks a caller to one canary side when the body has no `user`
 
 
