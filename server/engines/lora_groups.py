@@ -68,7 +68,7 @@ class Dense:
     places: torch.Tensor | None = None  # [n] member * width + turn
     turn: torch.Tensor | None = None  # [n] the row's turn among its adapter's rows
 
-    @property
+    @cached_property
     def key(self) -> tuple:
         return (tuple(self.slots.tolist()), self.rank)
 

@@ -62,8 +62,11 @@ def add_linear(y: torch.Tensor, x: torch.Tensor, lora_a: Sequence[torch.Tensor],
         b = groups.prepared(("linear-b", *(w.data_ptr() for w in b_stacks), dtype), lay_out_b)
         per_slice = hidden.view(count, width, slices, rank).transpose(1, 2)
         products = torch.bmm(per_slice.reshape(count * slices, width, rank), b)
-        delta = products.view(count, slices, width, out)[dense.member, :, dense.turn]
-        _add(y[:, : slices * out], delta.reshape(len(inputs), slices * out), dense.rows)
+        # Back to one row per token, slices side by side: [G, width, slices * out] (a view
+        # when width is 1, as in most decode steps), then each token's row.
+        grid = products.view(count, slices, width, out).transpose(1, 2)
+        delta = grid.reshape(count * width, slices * out).index_select(0, dense.places)
+        _add(y[:, : slices * out], delta, dense.rows)
         return
     offset = 0
     for i, (w, size) in enumerate(zip(b_stacks, output_slices, strict=True)):
