@@ -245,7 +245,7 @@ def test_registry_outage_is_503_with_retry_after(serve, monkeypatch, tmp_path: P
         raise ValueError("Expecting value: line 1 column 1 (char 0)")
 
     for failure in (down, garbled):
-        for method in ("list", "show", "resolve"):
+        for method in ("list", "show", "resolve", "resolve_split"):
             monkeypatch.setattr(runtime.registry, method, failure)
         for path in ("/v1/models", "/ready"):
             r = httpx.get(f"{url}{path}", timeout=10)
@@ -253,7 +253,8 @@ def test_registry_outage_is_503_with_retry_after(serve, monkeypatch, tmp_path: P
             assert error["code"] == "registry_unavailable", (path, error)
             assert int(r.headers["retry-after"]) >= 1
             assert SECRET not in r.text
-    monkeypatch.setattr(runtime.registry, "resolve", down)
+    for method in ("resolve", "resolve_split"):  # an alias resolves with its canary split
+        monkeypatch.setattr(runtime.registry, method, down)
     r = httpx.post(f"{url}/v1/chat/completions", json=_chat(model="someone:prod"), timeout=10)
     assert error_of(r, 503)["code"] == "registry_unavailable"
     assert int(r.headers["retry-after"]) >= 1
