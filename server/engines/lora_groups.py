@@ -64,9 +64,8 @@ class Dense:
     rows: torch.Tensor | None  # [n] the token rows they cover (None: every row, in order)
     member: torch.Tensor  # [n] index into ``slots`` of each covered row
     rank: int | None
-    width: int = 1  # the most rows any one of these adapters has
-    places: torch.Tensor | None = None  # [n] member * width + turn
-    turn: torch.Tensor | None = None  # [n] the row's turn among its adapter's rows
+    width: int  # the most rows any one of these adapters has
+    places: torch.Tensor  # [n] member * width + the row's turn among its adapter's rows
 
     @cached_property
     def key(self) -> tuple:
@@ -140,7 +139,7 @@ class TokenGroups:
             member = member if every else member[covered]
             width, turn = _turns(member, len(small))
             dense = Dense(small_slots, None if every else covered, member,
-                          _rank(ranks, small), width, member * width + turn, turn)
+                          _rank(ranks, small), width, member * width + turn)
         return cls(n, tuple(big), dense, torch.cat(big_runs) if big_runs else None, _generation)
 
     def prepared(self, key: tuple, make) -> torch.Tensor:
