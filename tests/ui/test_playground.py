@@ -69,12 +69,15 @@ def test_chat_with_the_chosen_adapter_and_compare(page, playground: Playground,
     assert page.find_element(By.ID, "served-b").text == "ui-demo@1"  # prod, resolved
     assert normalize(other) != normalize(item.expected), "v1 never learned the code words"
 
-    # live metrics: the adapter's row counts the three requests, both versions when labelled
+    # live metrics: the adapter's row counts the three requests, both versions when labelled.
+    # The table is rebuilt every 2 s, so it is read in one script call: element handles taken
+    # one by one can go stale between two reads.
     def counted(_) -> bool:
-        rows = {r.find_elements(By.TAG_NAME, "td")[0].text: r
-                for r in page.find_elements(By.CSS_SELECTOR, "#metrics tr")}
-        row = rows.get("ui-demo")
-        return row is not None and float(row.find_elements(By.TAG_NAME, "td")[2].text) >= 3
+        rows = page.execute_script(
+            "return [...document.querySelectorAll('#metrics tr')]"
+            ".map(r => [...r.querySelectorAll('td')].map(c => c.textContent.trim()));")
+        row = next((r for r in rows if r and r[0] == "ui-demo"), None)
+        return row is not None and len(row) > 2 and float(row[2]) >= 3
 
     WebDriverWait(page, 15).until(counted)
     checked, bad = contrast_failures(page)
