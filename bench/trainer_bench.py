@@ -4,7 +4,10 @@ Same base (the demo model), data (the codeword demo task), and settings (NF4 + d
 bf16 compute, LoRA r=16 on all linear layers, gradient checkpointing, AdamW, batch 16, cosine
 schedule with warmup, gradient clipping); each side runs in its own subprocess so that peak RSS
 is its own. Reported: tokens/s (non-padding input tokens over the training loop's wall time)
-and the process's peak RSS, side by side, and their ratios.
+and the process's peak RSS, side by side, and their ratios, as medians of 3 trials that
+alternate the sides (300 steps each, so that start-up does not decide the ratio); start-up
+(imports, model load, data preparation, saving: the process's wall time outside the loop) is
+reported on its own.
 
     loramux bench trainer [--quick]      (python -m loramux.bench.trainer_bench --worker ... is
                                          how each side runs in its own process)
@@ -18,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,7 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-STEPS = {"quick": 20, "full": 100}
+STEPS = {"quick": 20, "full": 300}
+TRIALS = {"quick": 1, "full": 3}
 SETTINGS: dict[str, Any] = {
     "batch_size": 16, "learning_rate": 2e-3, "r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
     "warmup_ratio": 0.05, "max_seq_length": 128, "seed": 42, "threads": 2,
@@ -130,30 +135,49 @@ WORKERS = {"loramux": _loramux_worker, "plain": _plain_worker}
 def _spawn(kind: str, base: Path, data: Path, out: Path, steps: int) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "loramux.bench.trainer_bench", "--worker", kind, str(base),
            str(data), str(out), str(steps)]
+    started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} worker failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_seconds"] = round(wall, 2)
+    result["startup_seconds"] = round(wall - result["seconds"], 2)
+    return result
+
+
+def _median_side(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """The trial with the median tokens/s, with peak RSS and start-up replaced by their own
+    medians over the trials."""
+    ordered = sorted(trials, key=lambda t: t["tokens_per_second"])
+    side = dict(ordered[len(ordered) // 2])
+    for key in ("peak_rss_bytes", "startup_seconds"):
+        side[key] = statistics.median(t[key] for t in trials)
+    return side
 
 
 def run(quick: bool = False, base: Path | str | None = None) -> dict[str, Any]:
-    """Run both sides (plain loop first, then loramux) and return their figures and ratios;
+    """Run both sides, alternating, and return their median figures and ratios;
     `base` defaults to the demo base model (built on first use)."""
     from loramux.bench.workload import demo_base
     from loramux.demo.tasks import write_demo_data
 
-    steps = STEPS["quick" if quick else "full"]
+    mode = "quick" if quick else "full"
+    steps, trials = STEPS[mode], TRIALS[mode]
     base = demo_base() if base is None else Path(base)
     if not (base / "config.json").is_file():
         raise FileNotFoundError(f"{base} holds no model; run `loramux demo base` first")
+    runs: dict[str, list[dict[str, Any]]] = {"plain": [], "loramux": []}
     with tempfile.TemporaryDirectory(prefix="loramux-train-bench-") as tmp:
         data = write_demo_data(Path(tmp) / "data")["codeword"] / "train.jsonl"
-        results = {kind: _spawn(kind, base, data, Path(tmp) / kind, steps)
-                   for kind in ("plain", "loramux")}
-    ours, plain = results["loramux"], results["plain"]
+        for trial in range(trials):  # alternate, so drift on the machine hits both sides
+            for kind in ("plain", "loramux") if trial % 2 == 0 else ("loramux", "plain"):
+                runs[kind].append(_spawn(kind, base, data, Path(tmp) / f"{kind}-{trial}",
+                                         steps))
+    ours, plain = _median_side(runs["loramux"]), _median_side(runs["plain"])
     return {
-        "steps": steps, "settings": SETTINGS, "device": "cpu",
-        "loramux": ours, "plain": plain,
+        "steps": steps, "trials": trials, "settings": SETTINGS, "device": "cpu",
+        "loramux": ours, "plain": plain, "runs": runs,
         "tokens_per_second_ratio": round(ours["tokens_per_second"] / plain["tokens_per_second"],
                                          3),
         "peak_rss_ratio": round(ours["peak_rss_bytes"] / plain["peak_rss_bytes"], 3),
@@ -167,7 +191,8 @@ def print_table(result: dict[str, Any]) -> None:
 
     ours, plain = result["loramux"], result["plain"]
     table = Table(title=f"QLoRA training on the demo base, {result['steps']} steps, batch "
-                        f"{result['settings']['batch_size']}, CPU")
+                        f"{result['settings']['batch_size']}, CPU, median of "
+                        f"{result.get('trials', 1)}")
     for column in ("metric", "loramux train", "plain loop", "ratio"):
         table.add_column(column, justify="right" if column != "metric" else "left")
     table.add_row("tokens/s", f"{ours['tokens_per_second']:,.0f}",
@@ -175,6 +200,8 @@ def print_table(result: dict[str, Any]) -> None:
     table.add_row("peak RSS", f"{ours['peak_rss_bytes'] / 2**20:,.0f} MiB",
                   f"{plain['peak_rss_bytes'] / 2**20:,.0f} MiB", f"{result['peak_rss_ratio']:.2f}")
     table.add_row("loop seconds", f"{ours['seconds']:.1f}", f"{plain['seconds']:.1f}", "")
+    table.add_row("start-up and save seconds", f"{ours['startup_seconds']:.1f}",
+                  f"{plain['startup_seconds']:.1f}", "")
     table.add_row("tokens", f"{ours['tokens']:,}", f"{plain['tokens']:,}", "")
     table.add_row("final loss", f"{ours['final_loss']:.3f}", f"{plain['final_loss']:.3f}", "")
     console = Console()

