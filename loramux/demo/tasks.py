@@ -339,13 +339,18 @@ def train_demo_adapter(base: Path | str, task_dir: Path | str, out: Path | str,
 
 
 def demo_adapter_key(base: Path | str, data: dict[str, Path]) -> str:
-    """A key for trained demo adapters: the demo settings, the base's recipe, the data and the
-    library versions. Equal keys mean retraining would give the same adapters, so they are reused.
+    """A key for trained demo adapters: the demo settings, the trainer's defaults and its mapping
+    onto TRL (their source), the base's recipe, the data and the library versions. Equal keys mean
+    retraining would give the same adapters, so they are reused.
     """
     import hashlib
     from importlib import metadata
 
+    from loramux.trainer import config, model, sft
+
     h = hashlib.sha256(json.dumps(DEMO_TRAIN_SETTINGS, sort_keys=True).encode())
+    for module in (config, model, sft):
+        h.update(Path(module.__file__).read_bytes())
     h.update((Path(base) / "loramux_demo_recipe.json").read_bytes())
     for task in sorted(data):
         h.update((Path(data[task]) / "train.jsonl").read_bytes())
