@@ -130,13 +130,18 @@ def test_fused_slices_match_one_slice_at_a_time() -> None:
         torch.testing.assert_close(out, alone)
 
 
+@pytest.mark.parametrize("fp32_max", [0, 16], ids=["model-dtype layouts", "fp32 layouts"])
 @pytest.mark.parametrize("outs", [(OUT, OUT, OUT), (OUT, 24, 24), (OUT,)],
                          ids=["equal slices", "unequal slices", "one slice"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", list(CASES))
-def test_one_pass_linear_matches_per_token_reference(case, dtype, outs) -> None:
+def test_one_pass_linear_matches_per_token_reference(case, dtype, outs, fp32_max,
+                                                     monkeypatch) -> None:
     """add_linear (shrink and every slice's expand in one pass) against the per-token
-    reference, slice by slice; base rows keep exactly what the base layer wrote."""
+    reference, slice by slice; base rows keep exactly what the base layer wrote. Both layouts:
+    fp32 for a few adapters, the model's dtype past ``FP32_MAX_ADAPTERS``."""
+    monkeypatch.setattr(lora_linear, "FP32_MAX_ADAPTERS", fp32_max)
+    lora_groups.slots_changed()  # start from no laid-out weights
     indices = _indices(CASES[case])
     gen = torch.Generator().manual_seed(4)
     a_stacks, b_stacks = [], []
