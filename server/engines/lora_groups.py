@@ -66,6 +66,9 @@ class Dense:
     rank: int | None
     width: int  # the most rows any one of these adapters has
     places: torch.Tensor  # [n] member * width + the row's turn among its adapter's rows
+    # When every adapter has exactly ``width`` rows (no holes in the grid, e.g. one token each
+    # in decode), the token rows in grid order: the grid is one index_select, no zero fill.
+    gather: torch.Tensor | None = None
 
     @cached_property
     def key(self) -> tuple:
@@ -138,8 +141,13 @@ class TokenGroups:
             every = len(covered) == n
             member = member if every else member[covered]
             width, turn = _turns(member, len(small))
+            places = member * width + turn
+            gather = None
+            if width * len(small) == len(member):
+                gather = torch.empty_like(places)
+                gather[places] = torch.arange(n) if every else covered
             dense = Dense(small_slots, None if every else covered, member,
-                          _rank(ranks, small), width, member * width + turn)
+                          _rank(ranks, small), width, places, gather)
         return cls(n, tuple(big), dense, torch.cat(big_runs) if big_runs else None, _generation)
 
     def prepared(self, key: tuple, make) -> torch.Tensor:

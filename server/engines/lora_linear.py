@@ -13,16 +13,54 @@ batch). Adapters with many tokens (prefills) keep the per-adapter GEMMs of lora_
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-from loramux.server.engines.lora_groups import TokenGroups, _cut, _stacked, expand, shrink
+from loramux.server.engines.lora_groups import (
+    Dense,
+    TokenGroups,
+    _cut,
+    _stacked,
+    expand,
+    shrink,
+)
 
 # Up to this many adapters in the batched product, its weights are laid out and multiplied in
 # fp32: on the CPU a small bf16 bmm costs ~3x an fp32 one of the same shape in fixed overhead
 # (39 vs 12 us for [8, 4, 768] x [8, 768, 48]), while so few adapters' doubled bytes are still
 # cheap to read. Past it, bf16: many adapters' decode is bound by the bytes read.
 FP32_MAX_ADAPTERS = 16
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One layer's weights laid out for one set of dense adapters, and how to expand them."""
+
+    a: torch.Tensor  # [G, in, slices * rank], already scaled
+    rank: int
+    fused_b: torch.Tensor | None  # [G * slices, rank, out]: every slice in one bmm, or None
+    slice_b: tuple[torch.Tensor, ...]  # else one [G, rank, out_i] per slice
+    commons: tuple[int, ...]  # columns of each slice that the layer's output has
+
+    @classmethod
+    def make(cls, lora_a: Sequence[torch.Tensor], lora_b: Sequence[torch.Tensor], scale: float,
+             output_slices: Sequence[int], dense: Dense, dtype: torch.dtype) -> _Plan:
+        a_stacks = [_stacked(w) for w in lora_a]
+        b_stacks = [_stacked(w) for w in lora_b]
+        count, slices = len(dense.slots), len(a_stacks)
+        parts = [_cut(w, 1, dense.rank).index_select(0, dense.slots) for w in a_stacks]
+        a = torch.cat(parts, dim=1).to(dtype).transpose(1, 2).mul(scale).contiguous()
+        rank = a.shape[2] // slices
+        b_mats = [_cut(w, 2, dense.rank).index_select(0, dense.slots).transpose(1, 2).to(dtype)
+                  for w in b_stacks]  # [G, rank, out_i] each
+        widths = {w.shape[1] for w in b_stacks}
+        commons = tuple(min(size, w.shape[1])
+                        for size, w in zip(output_slices, b_stacks, strict=True))
+        if slices > 1 and len(widths) == 1 and commons == tuple(output_slices):
+            fused = torch.stack(b_mats, dim=1).reshape(count * slices, rank, widths.pop())
+            return cls(a, rank, fused, (), commons)
+        return cls(a, rank, None, tuple(m.contiguous() for m in b_mats), commons)
 
 
 def add_linear(y: torch.Tensor, x: torch.Tensor, lora_a: Sequence[torch.Tensor],
@@ -37,37 +75,25 @@ def add_linear(y: torch.Tensor, x: torch.Tensor, lora_a: Sequence[torch.Tensor],
     dense = groups.dense
     if dense is None:
         return
-    a_stacks = [_stacked(w) for w in lora_a]
-    b_stacks = [_stacked(w) for w in lora_b]
-    count, width, slices = len(dense.slots), dense.width, len(a_stacks)
+    count, width = len(dense.slots), dense.width
     dtype = torch.float32 if count <= FP32_MAX_ADAPTERS else y.dtype
-
-    def lay_out_a() -> torch.Tensor:  # [G, in, slices * rank], already scaled
-        parts = [_cut(w, 1, dense.rank).index_select(0, dense.slots) for w in a_stacks]
-        mats = torch.cat(parts, dim=1).to(dtype).transpose(1, 2)
-        return mats.mul(scale).contiguous()
-
-    key = (*(w.data_ptr() for w in a_stacks), dtype, scale)
-    a = groups.prepared(("linear-a", *key), lay_out_a)
-    rank = a.shape[2] // slices
-    inputs = x if dense.rows is None else x.index_select(0, dense.rows)
-    grid = inputs.new_zeros(count * width, inputs.shape[1], dtype=dtype)
-    grid.index_copy_(0, dense.places, inputs.to(dtype))
-    hidden = torch.bmm(grid.view(count, width, -1), a)  # [G, width, slices * rank]
-
-    widths = {w.shape[1] for w in b_stacks}
-    if slices > 1 and len(widths) == 1 and all(s == w.shape[1] for s, w in
-                                               zip(output_slices, b_stacks, strict=True)):
-        out = widths.pop()
-
-        def lay_out_b() -> torch.Tensor:  # [G * slices, rank, out]: adapter-major
-            mats = [_cut(w, 2, dense.rank).index_select(0, dense.slots).transpose(1, 2)
-                    for w in b_stacks]
-            return torch.stack(mats, dim=1).to(dtype).reshape(count * slices, rank, out)
-
-        b = groups.prepared(("linear-b", *(w.data_ptr() for w in b_stacks), dtype), lay_out_b)
+    # One lookup per call for everything laid out (the weights' storage identifies the layer).
+    key = ("linear", *(w.data_ptr() for w in lora_a), *(w.data_ptr() for w in lora_b),
+           tuple(output_slices), dtype, scale)
+    plan = groups.prepared(key, lambda: _Plan.make(lora_a, lora_b, scale, output_slices, dense,
+                                                   dtype))
+    if dense.gather is not None:  # no holes in the grid: it is the rows in grid order
+        grid = x.index_select(0, dense.gather).to(dtype)
+    else:
+        inputs = x if dense.rows is None else x.index_select(0, dense.rows)
+        grid = inputs.new_zeros(count * width, inputs.shape[1], dtype=dtype)
+        grid.index_copy_(0, dense.places, inputs.to(dtype))
+    hidden = torch.bmm(grid.view(count, width, -1), plan.a)  # [G, width, slices * rank]
+    rank, slices = plan.rank, len(plan.commons)
+    if plan.fused_b is not None:
+        out = plan.fused_b.shape[2]
         per_slice = hidden.view(count, width, slices, rank).transpose(1, 2)
-        products = torch.bmm(per_slice.reshape(count * slices, width, rank), b)
+        products = torch.bmm(per_slice.reshape(count * slices, width, rank), plan.fused_b)
         # Back to one row per token, slices side by side: [G, width, slices * out] (a view
         # when width is 1, as in most decode steps), then each token's row.
         grid = products.view(count, slices, width, out).transpose(1, 2)
@@ -75,14 +101,8 @@ def add_linear(y: torch.Tensor, x: torch.Tensor, lora_a: Sequence[torch.Tensor],
         _add(y[:, : slices * out], delta.to(y.dtype), dense.rows)
         return
     offset = 0
-    for i, (w, size) in enumerate(zip(b_stacks, output_slices, strict=True)):
-        common = min(size, w.shape[1])
-
-        def lay_out_slice(w: torch.Tensor = w) -> torch.Tensor:  # [G, rank, out]
-            mats = _cut(w, 2, dense.rank).index_select(0, dense.slots)
-            return mats.transpose(1, 2).to(dtype).contiguous()
-
-        b = groups.prepared(("linear-b", w.data_ptr(), dtype), lay_out_slice)
+    for i, (b, common, size) in enumerate(zip(plan.slice_b, plan.commons, output_slices,
+                                              strict=True)):
         products = torch.bmm(hidden[:, :, i * rank:(i + 1) * rank], b)
         delta = products.view(count * width, -1).index_select(0, dense.places)[:, :common]
         _add(y[:, offset: offset + common], delta.to(y.dtype), dense.rows)

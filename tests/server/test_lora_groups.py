@@ -46,6 +46,9 @@ CASES = {
     "decode, every slot, base tokens": [(-1, 3), (0, 1), (1, 2), (2, 1), (3, 1), (4, 2), (5, 1)],
     "prefill and decode mixed": [(1, 40), (0, 2), (-1, 20), (3, 1), (5, 33)],
     "one adapter": [(4, 7)],
+    # every adapter the same number of rows: the grid has no holes (one gather fills it)
+    "decode, one token each, base tokens": [(-1, 2), (0, 1), (2, 1), (5, 1)],
+    "decode, two tokens each": [(1, 2), (3, 2), (4, 2)],
     "base only": [(-1, 5)],
 }
 
@@ -82,6 +85,9 @@ def test_groups_split_big_and_small_and_skip_base_tokens() -> None:
     assert TokenGroups.build(torch.full((4,), -1)).empty
     decode = TokenGroups.build(torch.tensor([3, 0, 3, 5]), RANKS)
     assert decode.dense.rows is None and decode.dense.member.tolist() == [1, 0, 1, 2]
+    assert decode.dense.gather is None  # slots 0 and 5 have one row, 3 has two: holes
+    even = TokenGroups.build(torch.tensor([5, -1, 0, 3]), RANKS).dense
+    assert even.width == 1 and even.gather.tolist() == [2, 3, 0]  # token rows by slot
 
 
 def test_prepared_weights_follow_the_slots_contents() -> None:
