@@ -74,6 +74,22 @@ class Dense:
     def key(self) -> tuple:
         return (tuple(self.slots.tolist()), self.rank)
 
+    @cached_property
+    def _slice_rows(self) -> dict[int, torch.Tensor]:
+        return {}
+
+    def slice_rows(self, slices: int) -> torch.Tensor:
+        """For a ``[G, slices, width, out]`` product grid seen as rows, each covered token's
+        rows, slice after slice (``[n * slices]``): one index_select gives every token its
+        slices side by side, with no transpose copy of the grid first."""
+        rows = self._slice_rows.get(slices)
+        if rows is None:
+            turn = self.places - self.member * self.width
+            first = self.member * (slices * self.width) + turn  # the token's row in slice 0
+            rows = (first[:, None] + torch.arange(slices) * self.width).reshape(-1)
+            self._slice_rows[slices] = rows
+        return rows
+
 
 @dataclass(frozen=True)
 class TokenGroups:

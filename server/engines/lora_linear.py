@@ -37,7 +37,7 @@ FP32_MAX_ADAPTERS = 16
 class _Plan:
     """One layer's weights laid out for one set of dense adapters, and how to expand them."""
 
-    a: torch.Tensor  # [G, in, slices * rank], already scaled
+    a: torch.Tensor  # [G, slices * rank, in]: each adapter's A, slices stacked, scaled
     rank: int
     fused_b: torch.Tensor | None  # [G * slices, rank, out]: every slice in one bmm, or None
     slice_b: tuple[torch.Tensor, ...]  # else one [G, rank, out_i] per slice
@@ -50,8 +50,8 @@ class _Plan:
         b_stacks = [_stacked(w) for w in lora_b]
         count, slices = len(dense.slots), len(a_stacks)
         parts = [_cut(w, 1, dense.rank).index_select(0, dense.slots) for w in a_stacks]
-        a = torch.cat(parts, dim=1).to(dtype).transpose(1, 2).mul(scale).contiguous()
-        rank = a.shape[2] // slices
+        a = torch.cat(parts, dim=1).to(dtype).mul(scale).contiguous()
+        rank = a.shape[1] // slices
         b_mats = [_cut(w, 2, dense.rank).index_select(0, dense.slots).transpose(1, 2).to(dtype)
                   for w in b_stacks]  # [G, rank, out_i] each
         widths = {w.shape[1] for w in b_stacks}
@@ -88,17 +88,21 @@ def add_linear(y: torch.Tensor, x: torch.Tensor, lora_a: Sequence[torch.Tensor],
         inputs = x if dense.rows is None else x.index_select(0, dense.rows)
         grid = inputs.new_zeros(count * width, inputs.shape[1], dtype=dtype)
         grid.index_copy_(0, dense.places, inputs.to(dtype))
-    hidden = torch.bmm(grid.view(count, width, -1), plan.a)  # [G, width, slices * rank]
     rank, slices = plan.rank, len(plan.commons)
+    grid = grid.view(count, width, -1)
+    if width == 1:
+        # One row per adapter: A times the row (each adapter's A read row by row, as stored),
+        # [G, slices * rank, 1], which is [G * slices, 1, rank] with no copy.
+        hidden = torch.bmm(plan.a, grid.transpose(1, 2)).view(count, 1, slices * rank)
+    else:
+        hidden = torch.bmm(grid, plan.a.transpose(1, 2))  # [G, width, slices * rank]
     if plan.fused_b is not None:
         out = plan.fused_b.shape[2]
         per_slice = hidden.view(count, width, slices, rank).transpose(1, 2)
         products = torch.bmm(per_slice.reshape(count * slices, width, rank), plan.fused_b)
-        # Back to one row per token, slices side by side: [G, width, slices * out] (a view
-        # when width is 1, as in most decode steps), then each token's row.
-        grid = products.view(count, slices, width, out).transpose(1, 2)
-        delta = grid.reshape(count * width, slices * out).index_select(0, dense.places)
-        _add(y[:, : slices * out], delta.to(y.dtype), dense.rows)
+        # Back to one row per token, slices side by side, in one gather
+        delta = products.view(-1, out).index_select(0, dense.slice_rows(slices))
+        _add(y[:, : slices * out], delta.view(-1, slices * out).to(y.dtype), dense.rows)
         return
     offset = 0
     for i, (b, common, size) in enumerate(zip(plan.slice_b, plan.commons, output_slices,
