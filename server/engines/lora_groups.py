@@ -74,6 +74,16 @@ class Dense:
     def key(self) -> tuple:
         return (tuple(self.slots.tolist()), self.rank)
 
+    def grid(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``[G * width, features]``: each covered row of ``x`` (all the step's tokens) at its
+        place, zeros in the holes; one gather when there are none."""
+        if self.gather is not None:
+            return x.index_select(0, self.gather).to(dtype)
+        inputs = x if self.rows is None else x.index_select(0, self.rows)
+        grid = inputs.new_zeros(len(self.slots) * self.width, inputs.shape[1], dtype=dtype)
+        grid.index_copy_(0, self.places, inputs.to(dtype))
+        return grid
+
     @cached_property
     def _slice_rows(self) -> dict[int, torch.Tensor]:
         return {}
@@ -245,20 +255,19 @@ def shrink(x: torch.Tensor, weights: Sequence[torch.Tensor], outs: Sequence[torc
         return torch.cat(parts, dim=1).to(dtype).transpose(1, 2).contiguous()
 
     mats = groups.prepared(key, lay_out)
-    inputs = x if dense.rows is None else x.index_select(0, dense.rows)
-    values = _batched(inputs, mats, dense)
+    values = _batched(x, mats, dense)
     rank = values.shape[1] // len(stacks)
     _write_slices(values.mul_(scale), outs, rank, dense.rows)
 
 
-def _batched(inputs: torch.Tensor, mats: torch.Tensor, dense: Dense) -> torch.Tensor:
-    """Row i of ``inputs`` times its adapter's matrix in ``mats`` ``[G, in, out]``: one bmm.
+def _batched(x: torch.Tensor, mats: torch.Tensor, dense: Dense) -> torch.Tensor:
+    """Each covered row of ``x`` (all the step's tokens) times its adapter's matrix in ``mats``
+    ``[G, in, out]``: one bmm; the products of the covered rows, in their order.
 
     Rows sit in a zero-padded ``[G, width, in]`` grid, so each adapter multiplies its own rows
     only (a dense GEMM over every adapter present would do G times the work)."""
     groups, _, n_out = mats.shape
-    grid = inputs.new_zeros(groups * dense.width, inputs.shape[1])
-    grid.index_copy_(0, dense.places, inputs)
+    grid = dense.grid(x, x.dtype)
     products = torch.bmm(grid.view(groups, dense.width, -1), mats)
     return products.view(-1, n_out).index_select(0, dense.places)
 
@@ -303,8 +312,7 @@ def expand(x: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, groups: To
             return mats.transpose(1, 2).to(dtype).contiguous()
 
         mats = groups.prepared(("expand", w.data_ptr(), dtype), lay_out)
-        inputs = (x if dense.rows is None else x.index_select(0, dense.rows))[:, :mats.shape[1]]
-        pieces.append((dense.rows, _batched(inputs, mats, dense)[:, :common]))
+        pieces.append((dense.rows, _batched(x[:, :mats.shape[1]], mats, dense)[:, :common]))
     _add_rows(target, pieces, groups)
 
 

@@ -82,14 +82,8 @@ def add_linear(y: torch.Tensor, x: torch.Tensor, lora_a: Sequence[torch.Tensor],
            tuple(output_slices), dtype, scale)
     plan = groups.prepared(key, lambda: _Plan.make(lora_a, lora_b, scale, output_slices, dense,
                                                    dtype))
-    if dense.gather is not None:  # no holes in the grid: it is the rows in grid order
-        grid = x.index_select(0, dense.gather).to(dtype)
-    else:
-        inputs = x if dense.rows is None else x.index_select(0, dense.rows)
-        grid = inputs.new_zeros(count * width, inputs.shape[1], dtype=dtype)
-        grid.index_copy_(0, dense.places, inputs.to(dtype))
+    grid = dense.grid(x, dtype).view(count, width, -1)
     rank, slices = plan.rank, len(plan.commons)
-    grid = grid.view(count, width, -1)
     if width == 1:
         # One row per adapter: A times the row (each adapter's A read row by row, as stored),
         # [G, slices * rank, 1], which is [G * slices, 1, rank] with no copy.
