@@ -74,9 +74,10 @@ class TrainConfig(BaseModel):
     skip_bad_records: bool = Field(False, description="Skip and count invalid records.")
     max_seq_length: int = Field(1024, ge=8, description="Token cut-off per example.")
     packing: bool = Field(False, description="Pack several examples per sequence.")
-    # Why on by default (docs/bench.md, trainer): batches of similar length pad ~5 % instead of
-    # ~30 % of their tokens, and a few padded widths instead of one per length keep the CPU's
-    # oneDNN primitive cache (one entry per matmul shape) from growing the process by ~250 MB.
+    # Why on by default (docs/bench.md 5c): on the demo data, batches of similar length pad
+    # ~10 % of their tokens instead of 28 % (~20 % after padding to a multiple of 8), and a few
+    # padded widths instead of one per length keep the CPU's oneDNN primitive cache (one entry
+    # per matmul shape) from growing the process by ~200 MB.
     group_by_length: bool = Field(True, description="Batch examples of similar length.")
     pad_to_multiple_of: int | None = Field(8, ge=1, description="Pad batch width to a multiple.")
 
