@@ -46,12 +46,13 @@ def components_part(quick: bool, rep: Reporter, live: bool = True) -> dict[str, 
     out = {}
     for key in BENCHES:
         message = f"part 5: the {key} benchmark (quick={quick})"
-        if live:
-            with rep.status(message):
+        with rep.phase(f"{key} benchmark"):
+            if live:
+                with rep.status(message):
+                    out[key] = call(key, quick)
+            else:
+                rep.line(message + " (in the background)")
                 out[key] = call(key, quick)
-        else:
-            rep.line(message + " (in the background)")
-            out[key] = call(key, quick)
         r = out[key]
         rep.line(f"  {key}: " + (f"done in {r['seconds']}s" if r.get("ok")
                                  else f"[red]FAILED {r['error']}[/red]"))

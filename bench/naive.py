@@ -47,6 +47,7 @@ def run_trials(wl: workload.Workload, cfg: BenchConfig, nv: Side,
                 result = loadgen.run_load(nv.url, trial_requests(wl, cfg, mix, trial),
                                           cfg.concurrency)
             results.setdefault(mix.key, []).append(result)
+            rep.add("load trials, naive", result.wall_s)
             rep.line(f"  naive {mix.key}: " + (
                 f"{result.tokens_per_s:.1f} tok/s" if result.ok
                 else f"[red]FAILED {result.first_error}[/red]"))

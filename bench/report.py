@@ -71,8 +71,15 @@ def header(results: dict[str, Any]) -> list[str]:
             "", f"Figures: median (min-max) over {cfg['trials']} trials; both servers up, only "
             "one under load at a time, the order alternating by trial and mix; ratios to base "
             "and between servers are paired trial by trial."]
-    lines += ["", f"Run took {results.get('duration_s', 0):.0f} s."]
+    lines += ["", f"Run took {results.get('duration_s', 0):.0f} s{_time_spent(results)}."]
     return lines
+
+
+def _time_spent(results: dict[str, Any]) -> str:
+    spent = {k: v for k, v in (results.get("time_s") or {}).items() if v >= 1}
+    if not spent:
+        return ""
+    return " (" + ", ".join(f"{k} {v / 60:.1f} min" for k, v in spent.items()) + ")"
 
 
 def markdown(results: dict[str, Any]) -> str:

@@ -93,7 +93,8 @@ def run(cfg: BenchConfig, parts: tuple[str, ...] = PARTS, out_dir: Path = RESULT
     overlap = "components" in parts and cfg.quick and need_servers
     try:
         if need_servers:
-            wl = prepare(cfg, cache, scratch, rep)
+            with rep.phase("workload (built or read from the cache)"):
+                wl = prepare(cfg, cache, scratch, rep)
             results["workload"] = {
                 "model": str(wl.model_dir), "parameters": wl.parameters,
                 "random_weights": not cfg.quick, "served_name": wl.served_name,
@@ -118,6 +119,7 @@ def run(cfg: BenchConfig, parts: tuple[str, ...] = PARTS, out_dir: Path = RESULT
         shutil.rmtree(scratch, ignore_errors=True)
     results["errors"] = collect_errors(results)
     results["duration_s"] = round(time.monotonic() - started, 1)
+    results["time_s"] = time_spent(rep.spent, results["duration_s"])
     results["machine"]["load_average_at_end"] = machine.load_average()
     from loramux.bench import report
 
@@ -127,6 +129,14 @@ def run(cfg: BenchConfig, parts: tuple[str, ...] = PARTS, out_dir: Path = RESULT
     if on_result:
         on_result(results, path)
     return results, path
+
+
+def time_spent(spent: dict[str, float], duration_s: float) -> dict[str, float]:
+    """Seconds by phase, largest first, and the rest of the run as "other" (part 5 overlaps
+    the load trials in quick mode, so there the phases can add up to more than the run)."""
+    out = {k: round(v, 1) for k, v in sorted(spent.items(), key=lambda kv: -kv[1])}
+    out["other"] = round(max(0.0, duration_s - sum(spent.values())), 1)
+    return out
 
 
 def collect_errors(results: dict[str, Any]) -> list[str]:

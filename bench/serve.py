@@ -41,7 +41,8 @@ def warm(sides: list[Side], wl: workload.Workload, cfg: BenchConfig, names: list
     for s in sides:
         if not s.up:
             continue
-        with rep.status(f"warming {s.name}: one request for each of {len(names)} adapters"):
+        message = f"warming {s.name}: one request for each of {len(names)} adapters"
+        with rep.phase("warm-up requests"), rep.status(message):
             result = loadgen.run_load(s.url, mixes.warmup_requests(wl, cfg, names),
                                       cfg.concurrency)
         if not result.ok:
@@ -74,6 +75,8 @@ def run_mixes(wl: workload.Workload, cfg: BenchConfig, sides: list[Side], todo: 
                     progress.update(task, description=f"trial {trial + 1} {mix.key} {s.name}")
                     result = loadgen.run_load(s.url, requests, cfg.concurrency)
                     trials.results.setdefault(mix.key, {}).setdefault(s.name, []).append(result)
+                    batch = " (mixed-rank batches)" if mix.kind in ("mixed", "rank16") else ""
+                    rep.add(f"load trials, {s.name}{batch}", result.wall_s)
                     progress.advance(task)
                     msg = (f"{result.tokens_per_s:7.1f} tok/s, TTFT p50 "
                            f"{result.summary()['ttft_p50_ms']} ms" if result.ok

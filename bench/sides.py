@@ -20,6 +20,23 @@ class Reporter:
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
         self.started = time.monotonic()
+        # Seconds by phase, for the report's "where the run's time went" (the bench's own
+        # length is a figure people plan around; most of it is the slower peer's trials).
+        self.spent: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, phase: str, seconds: float) -> None:
+        with self._lock:  # part 5 may run in a background thread in quick mode
+            self.spent[phase] = self.spent.get(phase, 0.0) + seconds
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Count the block's wall time towards `name`."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.add(name, time.monotonic() - started)
 
     def line(self, message: str) -> None:
         elapsed = time.monotonic() - self.started
@@ -79,7 +96,8 @@ class Side:
 
 def start(sides: list[Side], parallel: bool, rep: Reporter) -> None:
     names = ", ".join(s.name for s in sides)
-    with rep.status(f"starting {names}{' (in parallel)' if parallel and len(sides) > 1 else ''}"):
+    together = " (in parallel)" if parallel and len(sides) > 1 else ""
+    with rep.phase("server starts"), rep.status(f"starting {names}{together}"):
         if parallel:
             threads = [threading.Thread(target=s.start) for s in sides]
             for t in threads:

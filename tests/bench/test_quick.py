@@ -57,10 +57,17 @@ def test_quick_run_writes_json_markdown_and_plot(tmp_path: Path) -> None:
         assert row["naive"]["ok"] and row["ratio_loramux_over_naive"]["median"] > 0
     assert {"registry", "trainer"} <= results["components"].keys()
 
+    # Where the run's time went: both servers' load trials and starts are counted.
+    spent = results["time_s"]
+    for phase in ("load trials, loramux", "load trials, vllm", "server starts",
+                  "warm-up requests", "hot swap", "load trials, naive", "trainer benchmark"):
+        assert spent.get(phase, 0) > 0, (phase, spent)
+
     markdown = found[0].with_suffix(".md").read_text()
     for title in ("1. loramux vs vLLM", "2. Many adapters", "2b. TTFT p50 / p99",
                   "2c. Mixed ranks", "3. Hot swap vs reload", "4. Naive",
                   "5. Registry and trainer"):
         assert title in markdown
+    assert "load trials, vllm" in markdown
     assert "loramux/vLLM" in proc.stdout  # the table is printed too
     assert proc.returncode == (1 if results["errors"] else 0), tail
