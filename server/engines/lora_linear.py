@@ -27,10 +27,14 @@ from loramux.server.engines.lora_groups import (
 )
 
 # Up to this many adapters in the batched product, its weights are laid out and multiplied in
-# fp32: on the CPU a small bf16 bmm costs ~3x an fp32 one of the same shape in fixed overhead
-# (39 vs 12 us for [8, 4, 768] x [8, 768, 48]), while so few adapters' doubled bytes are still
-# cheap to read. Past it, bf16: many adapters' decode is bound by the bytes read.
-FP32_MAX_ADAPTERS = 16
+# fp32: on the CPU a small bf16 bmm costs several times an fp32 one of the same shape in fixed
+# overhead (39 vs 12 us for [8, 4, 768] x [8, 768, 48]; a one-row expand over 32 adapters,
+# [96, 1, 16] x [96, 16, 768], 131 vs 104 us, and over the down projection's 768 outputs 59 vs
+# 14 us), and so few adapters' doubled bytes are cheap to read. 32 in fp32 are the bytes of 64 in
+# bf16, so the layouts never take more than the bf16 ones of a full 64-sequence batch; past 32,
+# bf16 (many adapters' decode is bound by the bytes read). Measured per add_linear call at one
+# token per adapter over 32 adapters: 566 us with bf16 layouts, 461 us with fp32.
+FP32_MAX_ADAPTERS = 32
 
 
 @dataclass(frozen=True)
@@ -84,9 +88,11 @@ def add_linear(y: torch.Tensor, x: torch.Tensor, lora_a: Sequence[torch.Tensor],
                                                    dtype))
     grid = dense.grid(x, dtype).view(count, width, -1)
     rank, slices = plan.rank, len(plan.commons)
-    if width == 1:
-        # One row per adapter: A times the row (each adapter's A read row by row, as stored),
-        # [G, slices * rank, 1], which is [G * slices, 1, rank] with no copy.
+    if width == 1 and dtype != torch.float32:
+        # One row per adapter in bf16: A times the row (each adapter's A read row by row, as
+        # stored), [G, slices * rank, 1], which is [G * slices, 1, rank] with no copy. In fp32
+        # that matrix-vector form is 3-5x slower than the row times A's transpose (130 vs 32 us
+        # over 8 adapters' q/k/v), which the general form below is.
         hidden = torch.bmm(plan.a, grid.transpose(1, 2)).view(count, 1, slices * rank)
     else:
         hidden = torch.bmm(grid, plan.a.transpose(1, 2))  # [G, width, slices * rank]
