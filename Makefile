@@ -37,8 +37,8 @@ test: install system-deps
 	$(BIN)/python -m pytest
 
 # Every part side by side with its peer (vLLM's own server, a naive transformers + peft loop);
-# writes bench/results/<timestamp>.{json,md,png}. About 70 minutes on 2 CPU cores, two thirds of
-# it waiting on the stock vLLM peer (45 tok/s with adapters, 15 tok/s at max_lora_rank 64).
+# writes bench/results/<timestamp>.{json,md,png}. About 50 minutes on 2 CPU cores, over half of
+# it waiting on the stock vLLM peer (65 tok/s with adapters, 23 tok/s at max_lora_rank 64).
 bench: install
 	$(BIN)/loramux bench all
 

@@ -79,7 +79,7 @@ def _time_spent(results: dict[str, Any]) -> str:
     spent = {k: v for k, v in (results.get("time_s") or {}).items() if v >= 1}
     if not spent:
         return ""
-    return " (" + ", ".join(f"{k} {v / 60:.1f} min" for k, v in spent.items()) + ")"
+    return " (" + "; ".join(f"{k}: {v / 60:.1f} min" for k, v in spent.items()) + ")"
 
 
 def markdown(results: dict[str, Any]) -> str:
