@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from loramux.server.engines.lora_groups import (
+    KEEP_LAYOUTS,
     Dense,
     TokenGroups,
     _cut,
@@ -35,6 +36,15 @@ from loramux.server.engines.lora_groups import (
 # bf16 (many adapters' decode is bound by the bytes read). Measured per add_linear call at one
 # token per adapter over 32 adapters: 566 us with bf16 layouts, 461 us with fp32.
 FP32_MAX_ADAPTERS = 32
+
+
+def most_layout_bytes(slot_bytes: int, dtype_size: int, adapters: int) -> int:
+    """The most the laid-out weights can take: ``KEEP_LAYOUTS`` sets of up to ``adapters``
+    dense adapters, each a copy of its slot (``slot_bytes`` in a dtype of ``dtype_size`` bytes),
+    in fp32 up to ``FP32_MAX_ADAPTERS``. The server counts it with the slots' memory: for a batch
+    of 64 distinct adapters the copies take twice what the 64 slots do."""
+    fp32 = min(adapters, FP32_MAX_ADAPTERS) * slot_bytes * 4 // dtype_size
+    return KEEP_LAYOUTS * max(fp32, adapters * slot_bytes)
 
 
 @dataclass(frozen=True)

@@ -78,28 +78,45 @@ def slot_bytes(model_dir: Path, rank: int, dtype: str) -> int | None:
 
 
 def check_slot_memory(options: VllmOptions, slots: int) -> None:
-    """Log what the slots take, and refuse on CPU, with the numbers, a count that cannot fit."""
+    """Log what the slots take, and refuse on CPU, with the numbers, a count that cannot fit.
+
+    On CPU the slots are not all: vLLM keeps every loaded adapter's weights beside them (up to
+    ``max_cpu_loras``), and loramux's LoRA ops keep laid-out copies of the weights of a batch's
+    adapters (lora_linear.most_layout_bytes). Each is counted at ``max_lora_rank``, the most."""
     per_slot = slot_bytes(Path(options.model), options.max_lora_rank, options.dtype)
     if per_slot is None:
         log.info("LoRA slots: %d (size unknown for this model shape)", slots)
         return
     total = per_slot * slots
-    log.info("LoRA slots: %d x %.1f MiB (rank %d, %s) = %.2f GiB", slots, per_slot / 2**20,
-             options.max_lora_rank, options.dtype, total / 2**30)
+    gib = 2**30
     from vllm.platforms import current_platform
 
-    if not current_platform.is_cpu():
-        return  # vLLM profiles GPU memory itself and says when the KV cache does not fit
+    if not current_platform.is_cpu():  # vLLM profiles GPU memory and says what does not fit
+        log.info("LoRA slots: %d x %.1f MiB (rank %d, %s) = %.2f GiB", slots, per_slot / 2**20,
+                 options.max_lora_rank, options.dtype, total / gib)
+        return
+    from loramux.server.engines.lora_linear import most_layout_bytes
+
+    width = 4 if options.dtype in ("float32", "float") else 2
+    loaded = per_slot * max(options.max_cpu_loras, slots)
+    layouts = most_layout_bytes(per_slot, width, min(options.max_num_seqs, slots))
+    memory = total + loaded + layouts
+    log.info("LoRA slots: %d x %.1f MiB (rank %d, %s) = %.2f GiB; with up to %.2f GiB of loaded "
+             "adapters and %.2f GiB of laid-out copies for a batch's adapters, %.2f GiB",
+             slots, per_slot / 2**20, options.max_lora_rank, options.dtype, total / gib,
+             loaded / gib, layouts / gib, memory / gib)
     import psutil
 
-    kv = int(options.kv_cache_gib * 2**30)
+    kv = int(options.kv_cache_gib * gib)
     available = psutil.virtual_memory().available
-    if total + kv > available:
+    if memory + kv > available:
         raise SettingsError(
             f"{slots} LoRA slots x {per_slot / 2**20:.1f} MiB (rank {options.max_lora_rank}, "
-            f"{options.dtype}) = {total / 2**30:.2f} GiB do not fit beside the "
-            f"{options.kv_cache_gib:g} GiB KV cache in {available / 2**30:.2f} GiB of available "
-            "memory: lower --max-loras, --max-cpu-loras or --max-lora-rank")
+            f"{options.dtype}) = {total / gib:.2f} GiB, with up to {loaded / gib:.2f} GiB of "
+            f"loaded adapters and {layouts / gib:.2f} GiB of laid-out copies "
+            f"({memory / gib:.2f} GiB), do not fit beside the {options.kv_cache_gib:g} GiB KV "
+            f"cache in {available / gib:.2f} GiB of available memory: lower --max-loras, "
+            "--max-cpu-loras, --max-num-seqs or --max-lora-rank")
 
 
 class VllmEngine:

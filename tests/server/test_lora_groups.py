@@ -172,3 +172,28 @@ def test_one_pass_linear_matches_per_token_reference(case, dtype, outs, fp32_max
     base = indices < 0
     assert torch.equal(y[base], torch.ones_like(y[base]))  # exactly no delta
     assert torch.equal(y[:, sum(outs):], torch.ones_like(y[:, sum(outs):]))
+
+
+@pytest.mark.parametrize("fp32_max", [0, 16], ids=["model-dtype layouts", "fp32 layouts"])
+def test_laid_out_weights_stay_within_what_the_server_counts(fp32_max, monkeypatch) -> None:
+    """The server refuses slot counts whose memory does not fit, counting the laid-out copies
+    with ``most_layout_bytes``: the copies the one-pass linear really keeps (for the last
+    ``KEEP_LAYOUTS`` sets of adapters, and more sets than that) stay within that bound."""
+    monkeypatch.setattr(lora_linear, "FP32_MAX_ADAPTERS", fp32_max)
+    lora_groups.slots_changed()
+    a, b = _weights(torch.bfloat16)
+    slot_bytes = 3 * (a[0].numel() + b[0].numel()) * a.element_size()  # q/k/v at MAX_RANK
+    for spec in ([(0, 1), (1, 1), (2, 1)], [(3, 1), (4, 1), (5, 1)], [(1, 2), (3, 2), (5, 2)]):
+        indices = _indices(spec)
+        groups = TokenGroups.build(indices, RANKS, small_max=16)
+        y = torch.zeros(len(indices), 3 * OUT, dtype=torch.bfloat16)
+        x = torch.randn(len(indices), HIDDEN).bfloat16()
+        lora_linear.add_linear(y, x, [a, a * 2, a * 3], [b, b, b], 0.5, [OUT] * 3, groups)
+    held = sum(t.numel() * t.element_size() for layouts in lora_groups._PREPARED.values()
+               for plan in layouts.values()
+               for t in (plan.a, plan.fused_b, *plan.slice_b) if t is not None)
+    assert len(lora_groups._PREPARED) == lora_groups.KEEP_LAYOUTS
+    assert 0 < held <= lora_linear.most_layout_bytes(slot_bytes, 2, 3)
+    # fp32 copies of a few adapters, the model's dtype past FP32_MAX_ADAPTERS
+    assert lora_linear.most_layout_bytes(10, 2, 8) == 2 * 8 * 10 * (2 if fp32_max else 1)
+    assert lora_linear.most_layout_bytes(10, 2, 64) == 2 * max(fp32_max * 20, 640)
