@@ -73,8 +73,11 @@ def slot_bytes(model_dir: Path, rank: int, dtype: str) -> int | None:
     # (A rows x in) + (out x B cols) per module, q/k/v and gate/up each a slice of their own.
     per_layer = (3 * hidden + q + 2 * kv) + (q + hidden) + (2 * hidden + 2 * inter) + (
         inter + hidden)
-    width = 4 if dtype in ("float32", "float") else 2
-    return rank * per_layer * layers * width
+    return rank * per_layer * layers * _dtype_bytes(dtype)
+
+
+def _dtype_bytes(dtype: str) -> int:
+    return 4 if dtype in ("float32", "float") else 2
 
 
 def check_slot_memory(options: VllmOptions, slots: int) -> None:
@@ -89,34 +92,33 @@ def check_slot_memory(options: VllmOptions, slots: int) -> None:
         return
     total = per_slot * slots
     gib = 2**30
+    sized = (f"{per_slot / 2**20:.1f} MiB (rank {options.max_lora_rank}, {options.dtype}) = "
+             f"{total / gib:.2f} GiB")
     from vllm.platforms import current_platform
 
     if not current_platform.is_cpu():  # vLLM profiles GPU memory and says what does not fit
-        log.info("LoRA slots: %d x %.1f MiB (rank %d, %s) = %.2f GiB", slots, per_slot / 2**20,
-                 options.max_lora_rank, options.dtype, total / gib)
+        log.info("LoRA slots: %d x %s", slots, sized)
         return
     from loramux.server.engines.lora_linear import most_layout_bytes
 
-    width = 4 if options.dtype in ("float32", "float") else 2
     loaded = per_slot * max(options.max_cpu_loras, slots)
-    layouts = most_layout_bytes(per_slot, width, min(options.max_num_seqs, slots))
+    layouts = most_layout_bytes(per_slot, _dtype_bytes(options.dtype),
+                                min(options.max_num_seqs, slots))
     memory = total + loaded + layouts
-    log.info("LoRA slots: %d x %.1f MiB (rank %d, %s) = %.2f GiB; with up to %.2f GiB of loaded "
-             "adapters and %.2f GiB of laid-out copies for a batch's adapters, %.2f GiB",
-             slots, per_slot / 2**20, options.max_lora_rank, options.dtype, total / gib,
-             loaded / gib, layouts / gib, memory / gib)
+    besides = (f"with up to {loaded / gib:.2f} GiB of loaded adapters and {layouts / gib:.2f} "
+               "GiB of laid-out copies")
+    log.info("LoRA slots: %d x %s; %s for a batch's adapters, %.2f GiB", slots, sized, besides,
+             memory / gib)
     import psutil
 
     kv = int(options.kv_cache_gib * gib)
     available = psutil.virtual_memory().available
     if memory + kv > available:
         raise SettingsError(
-            f"{slots} LoRA slots x {per_slot / 2**20:.1f} MiB (rank {options.max_lora_rank}, "
-            f"{options.dtype}) = {total / gib:.2f} GiB, with up to {loaded / gib:.2f} GiB of "
-            f"loaded adapters and {layouts / gib:.2f} GiB of laid-out copies "
-            f"({memory / gib:.2f} GiB), do not fit beside the {options.kv_cache_gib:g} GiB KV "
-            f"cache in {available / gib:.2f} GiB of available memory: lower --max-loras, "
-            "--max-cpu-loras, --max-num-seqs or --max-lora-rank")
+            f"{slots} LoRA slots x {sized}, {besides} ({memory / gib:.2f} GiB), do not fit "
+            f"beside the {options.kv_cache_gib:g} GiB KV cache in {available / gib:.2f} GiB of "
+            "available memory: lower --max-loras, --max-cpu-loras, --max-num-seqs or "
+            "--max-lora-rank")
 
 
 class VllmEngine:
