@@ -48,6 +48,12 @@ CONVERT_HINT = (
     "save_file(torch.load('adapter_model.bin', weights_only=True), "
     "'adapter_model.safetensors')\" and delete the .bin"
 )
+# A trainer's checkpoint state, not weights: pushing a checkpoint folder (or an output folder
+# that holds checkpoints) is the usual way these arrive, and converting them is the wrong remedy.
+TRAINER_STATE_FILES = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin",
+                       "scaler.pt"}
+_CHECKPOINT_DIR = re.compile(r"^(checkpoint-\d+|checkpoints)$")
+_RNG_STATE = re.compile(r"^rng_state(_\d+)?\.pth$")
 
 
 @dataclass(frozen=True)
@@ -139,7 +145,7 @@ def validate_adapter(files: dict[str, Path], limits: Limits) -> ValidatedAdapter
     check_sizes({rel: p.stat().st_size for rel, p in files.items()}, limits)
     pickles = sorted(rel for rel in files if rel.lower().endswith(PICKLE_SUFFIXES))
     if pickles:
-        raise PickleWeights(f"refusing pickle file(s) {', '.join(pickles)}: {CONVERT_HINT}")
+        raise PickleWeights(pickle_refusal(pickles))
     if CONFIG not in files:
         raise InvalidAdapter(f"not a PEFT adapter: no {CONFIG} at the top of the folder")
     config = _read_config(files[CONFIG], limits)
@@ -155,6 +161,45 @@ def validate_adapter(files: dict[str, Path], limits: Limits) -> ValidatedAdapter
     _check_tensors(tensors, lora)
     base = config.get("base_model_name_or_path")
     return ValidatedAdapter(lora, base if isinstance(base, str) else None, config, tensors)
+
+
+def _checkpoint_folder(rel: str) -> str | None:
+    """The outermost ``checkpoint-N/`` or ``checkpoints/`` folder ``rel`` lies in, if any."""
+    parts = rel.split("/")[:-1]
+    for i, part in enumerate(parts):
+        if _CHECKPOINT_DIR.match(part):
+            return "/".join(parts[: i + 1]) + "/"
+    return None
+
+
+def _trainer_state(rel: str) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    return (_checkpoint_folder(rel) is not None or name in TRAINER_STATE_FILES
+            or _RNG_STATE.match(name) is not None)
+
+
+def pickle_refusal(pickles: list[str]) -> str:
+    """The refusal for pickle files, with the remedy that fits them: trainer state is left out
+    of the push; only pickled adapter weights are worth converting."""
+    state = [p for p in pickles if _trainer_state(p)]
+    weights = [p for p in pickles if p not in state and p.rsplit("/", 1)[-1] == "adapter_model.bin"]
+    other = [p for p in pickles if p not in state and p not in weights]
+    parts = []
+    if state:
+        folders = sorted({f for p in state if (f := _checkpoint_folder(p)) is not None})
+        where = (f"remove or move {', '.join(folders)} out of the folder" if folders else
+                 "remove these files, or push the adapter saved at the end of training rather "
+                 "than a checkpoint")
+        parts.append(
+            f"{', '.join(state)}: training checkpoint state (optimizer, scheduler, RNG, "
+            f"training arguments), not adapter weights; push only the adapter: {where} (loramux "
+            "train keeps its checkpoints apart, in OUT.checkpoints/)")
+    if weights:
+        parts.append(f"{', '.join(weights)}: {CONVERT_HINT}")
+    if other:
+        parts.append(f"{', '.join(other)}: pickle files can run arbitrary code when loaded, so "
+                     "the registry stores safetensors only; remove them from the folder")
+    return "refusing pickle file(s) " + "; ".join(parts)
 
 
 def _read_config(path: Path, limits: Limits) -> dict[str, Any]:

@@ -4,13 +4,14 @@ Order matters: everything that can be wrong with the options or the data is chec
 model loads (and long before the first step), and the registry is only touched after the adapter
 and its reports are on disk. TRL's ``SFTTrainer`` does the training itself: chat templating,
 assistant-only / completion-only loss, packing, truncation, gradient accumulation, evaluation,
-checkpoints and resuming.
+checkpoints and resuming. Chat templates without ``{% generation %}`` markers that TRL cannot
+patch are tokenized and masked by ``loramux.trainer.chat_masks`` instead. The adapter folder
+ends up holding the adapter alone: checkpoints live beside it (``loramux.trainer.checkpoints``).
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from loramux.trainer import distributed
+from loramux.trainer.chat_masks import ChatTokens, fit_template, require_fast, trl_masks_assistant
+from loramux.trainer.checkpoints import checkpoint_dir, remove_checkpoints, resume_from
 from loramux.trainer.config import CONFIG_FILE, TrainConfig, build_config
 from loramux.trainer.data import Example, LoadedData, check_lengths, load_data, split
 from loramux.trainer.errors import (
@@ -43,7 +46,7 @@ from loramux.trainer.report import (
     read_report,
     write_report,
 )
-from loramux.trainer.sft import CHECKPOINTS, sft_config, trainer_class
+from loramux.trainer.sft import sft_config, trainer_class
 from loramux.trainer.verdict import Verdict, judge, refusal
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,14 @@ class PreparedData:
     train_tokens: int = 0
     eval_path: Path | None = None  # the eval file used (given, or found next to the data)
     eval_note: str = ""  # where the eval data came from, for the user
+    # chat records tokenized and masked by loramux (by ``where``); None: TRL templates them
+    chat_tokens: dict[str, ChatTokens] | None = None
+
+    def rows(self, examples: list[Example], prompt_template: str | None) -> list[dict[str, Any]]:
+        """The rows TRL gets: pre-tokenized with assistant masks, or records it templates."""
+        if self.chat_tokens is not None:
+            return [self.chat_tokens[e.where].row() for e in examples]
+        return [e.to_row(prompt_template) for e in examples]
 
 
 def coerce_config(config: TrainConfig | dict[str, Any] | str | Path) -> TrainConfig:
@@ -132,17 +143,21 @@ def _needs_chat_template(config: TrainConfig, kind: str) -> bool:
 
 
 def check_with_tokenizer(config: TrainConfig, data: PreparedData, tokenizer) -> None:
-    """Chat template present; no example longer than the cut-off (or skip those)."""
-    if _needs_chat_template(config, data.kind) and not tokenizer.chat_template:
-        hint = ("chat data needs a base with a chat template" if data.kind == "chat" else
-                "use --prompt-template to render prompt/completion or Alpaca records as text")
-        raise ModelError(f"the base model {config.base} has no chat template: {hint}")
+    """Chat template present and fitting every record; no example longer than the cut-off (or
+    skip those)."""
+    if _needs_chat_template(config, data.kind):
+        if not tokenizer.chat_template:
+            hint = ("chat data needs a base with a chat template" if data.kind == "chat" else
+                    "use --prompt-template to render prompt/completion or Alpaca records as text")
+            raise ModelError(f"the base model {config.base} has no chat template: {hint}")
+        _check_template_fit(config, data, tokenizer)
+    known = ({w: len(t.input_ids) for w, t in data.chat_tokens.items()}
+             if data.chat_tokens is not None else None)
+    opts = {"skip_bad": config.skip_bad_records, "known": known}
     train, problems, tokens = check_lengths(data.train, tokenizer, config.max_seq_length,
-                                            config.prompt_template,
-                                            skip_bad=config.skip_bad_records)
+                                            config.prompt_template, **opts)
     evals, eval_problems, _ = check_lengths(data.eval, tokenizer, config.max_seq_length,
-                                            config.prompt_template,
-                                            skip_bad=config.skip_bad_records)
+                                            config.prompt_template, **opts)
     if not train:
         raise DataError("no training example fits in max_seq_length", problems)
     if data.eval and not evals:
@@ -152,27 +167,25 @@ def check_with_tokenizer(config: TrainConfig, data: PreparedData, tokenizer) -> 
     data.train_tokens = tokens
 
 
-def _checkpoint_dir(config: TrainConfig) -> Path:
-    return Path(config.out) / CHECKPOINTS
-
-
-def _resume_from(config: TrainConfig) -> str | None:
-    """The checkpoint to resume (with --resume), after refusing to clobber an earlier run."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    folder = _checkpoint_dir(config)
-    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
-    if config.resume:
-        if last is None:
-            raise ConfigError(f"resume: no checkpoint in {folder} to resume from")
-        return last
-    if last is not None and config.overwrite:
-        return None  # deleted by train() once every check has passed
-    if last is not None:
-        raise ConfigError(f"{config.out} holds checkpoints of an earlier run ({Path(last).name}):"
-                          " pass --resume to continue it, --overwrite to start over, or choose "
-                          "another --out")
-    return None
+def _check_template_fit(config: TrainConfig, data: PreparedData, tokenizer) -> None:
+    """Every record renders with the chat template; chat records whose template TRL cannot mask
+    are tokenized and masked now (``data.chat_tokens``). Bad records: all listed, or skipped."""
+    own = data.kind == "chat" and not trl_masks_assistant(tokenizer)
+    if own:
+        require_fast(tokenizer, config.base)
+    train, problems, tokens = fit_template(data.train, tokenizer, own_masks=own)
+    evals, eval_problems, eval_tokens = fit_template(data.eval, tokenizer, own_masks=own)
+    problems += eval_problems
+    if problems and not config.skip_bad_records:
+        raise DataError(f"{len(problems)} records do not fit the chat template of {config.base} "
+                        "(fix them, or pass --skip-bad-records to leave them out)", problems)
+    if not train:
+        raise DataError("no training example fits the chat template", problems)
+    if data.eval and not evals:
+        raise DataError("no eval example fits the chat template", problems)
+    data.train, data.eval = train, evals
+    data.skipped += problems
+    data.chat_tokens = tokens | eval_tokens if own else None
 
 
 def _quiet_libraries() -> None:
@@ -236,7 +249,7 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, *, callbacks: list 
     )
 
     runtime = runtime_for(config)
-    resume_from = _resume_from(config)
+    resume_from_checkpoint = resume_from(config)
     import torch
 
     if config.threads:
@@ -255,8 +268,8 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, *, callbacks: list 
 
     from loramux.trainer.callbacks import Meter, RichProgress
 
-    rows = [e.to_row(config.prompt_template) for e in data.train]
-    eval_rows = [e.to_row(config.prompt_template) for e in data.eval]
+    rows = data.rows(data.train, config.prompt_template)
+    eval_rows = data.rows(data.eval, config.prompt_template)
     meter = Meter()
     progress = RichProgress(meter, console=console,
                             enabled=config.progress and distributed.is_main())
@@ -266,7 +279,7 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, *, callbacks: list 
                                            config.early_stopping_threshold))
     args = sft_config(config, runtime, data)
     if config.overwrite and not config.resume:
-        shutil.rmtree(_checkpoint_dir(config), ignore_errors=True)
+        remove_checkpoints(out)
     try:
         trainer = trainer_class(config)(
             model=model, args=args, train_dataset=Dataset.from_list(rows),
@@ -290,7 +303,7 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, *, callbacks: list 
             before = measure(trainer, tokenizer, mine, base=True)
             if not runtime.fsdp:
                 distributed.rewrap_after_eval(trainer)
-        result = trainer.train(resume_from_checkpoint=resume_from)
+        result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
         started_step = meter.step_at_start
         if eval_rows:
             after = measure(trainer, tokenizer, mine, base=False)
@@ -299,7 +312,7 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, *, callbacks: list 
         step = trainer.state.global_step
         raise TrainingInterrupted(
             f"training interrupted at step {step}: no adapter was saved and nothing was "
-            f"published; continue from the last checkpoint in {_checkpoint_dir(config)} with "
+            f"published; continue from the last checkpoint in {checkpoint_dir(out)} with "
             "--resume") from None
     finally:
         progress.close()
@@ -324,6 +337,8 @@ def _finish(config: TrainConfig, data: PreparedData, runtime, trainer, meter, re
     before, after, items, em_reason = evaluation
     if not saved:
         _save_adapter(trainer, out)
+    if not config.keep_checkpoints:  # only --resume needs them, and this run is done
+        remove_checkpoints(out)
     peak, peak_kind = _peak_memory(runtime.device)
     report = build_report(config, data, runtime, trainer, meter, result, out,
                           peak=(peak, peak_kind), started_step=started_step,
@@ -369,7 +384,3 @@ def _result_of_main(config: TrainConfig, out: Path, started: float) -> TrainResu
     return TrainResult(out, config, report["metrics"], report, report_path, out / CURVE_FILE,
                        out / CONFIG_FILE, reference=published.get("ref"))
 
-
-def remove_checkpoints(out: Path) -> None:
-    """Delete a finished run's checkpoints (they are only needed to resume)."""
-    shutil.rmtree(Path(out) / CHECKPOINTS, ignore_errors=True)

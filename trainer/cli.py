@@ -57,7 +57,7 @@ FLAG_NAMES: dict[str, tuple[str, ...]] = {
     "evaluate": ("--evaluate", " /--no-eval"),  # --no-eval is the short opt-out
 }
 # Switches that only turn something on (no --no-resume); other booleans get --x/--no-x.
-ON_SWITCHES = {"resume", "overwrite", "skip_bad_records", "force"}
+ON_SWITCHES = {"resume", "overwrite", "keep_checkpoints", "skip_bad_records", "force"}
 SCALARS = (bool, int, float, str, Path)
 
 
@@ -218,6 +218,10 @@ def _print_outcome(console: Any, result: Any) -> None:
         console.print(f"[yellow]skipped {len(result.skipped)} bad records[/] "
                       f"(listed in {result.report_path.name})")
     console.print(f"adapter: {result.adapter_dir}")
+    if result.config.keep_checkpoints:
+        from loramux.trainer.checkpoints import checkpoint_dir
+
+        console.print(f"checkpoints: {checkpoint_dir(result.adapter_dir)} (--keep-checkpoints)")
     console.print(f"report: {result.report_path}  loss curve: {result.loss_curve_path}  "
                   f"config: {result.config_path}")
     gate = result.report.get("gate") if result.reference else None

@@ -85,8 +85,9 @@ class TrainConfig(BaseModel):
     quantize: bool = Field(True, description="4-bit base (QLoRA), else plain LoRA.")
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
     double_quant: bool = Field(True, description="Quantize the quantization constants.")
-    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
-        "bfloat16", description="Matmul dtype.")
+    # auto: bf16 on GPUs and CPUs with bf16 instructions, fp32 on CPUs without (loramux.hardware)
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Matmul dtype (auto: bf16 where the hardware has it, else fp32).")
 
     # -- LoRA --------------------------------------------------------------------------------
     r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
@@ -125,6 +126,9 @@ class TrainConfig(BaseModel):
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept.")
     resume: bool = Field(False, description="Resume from the last checkpoint.")
     overwrite: bool = Field(False, description="Delete an earlier run's checkpoints.")
+    # Checkpoints are written next to the adapter (OUT.checkpoints/, loramux.trainer.checkpoints)
+    # and deleted when the run finishes; an interrupted run keeps them for --resume.
+    keep_checkpoints: bool = Field(False, description="Keep OUT.checkpoints/ after the run.")
     logging_steps: int = Field(10, ge=1, description="Log the loss every N steps.")
 
     # -- runtime -----------------------------------------------------------------------------
@@ -230,7 +234,8 @@ class TrainConfig(BaseModel):
     def hyperparameters(self) -> dict[str, Any]:
         """The settings that shape the adapter (lineage): no paths, no publishing options."""
         skip = {"base", "data", "eval", "out", "name", "publish", "registry", "alias",
-                "description", "labels", "progress", "resume", "overwrite", "threads", "device",
+                "description", "labels", "progress", "resume", "overwrite", "keep_checkpoints",
+                "threads", "device",
                 "evaluate", "min_eval_gain", "force", "num_processes", "accelerate_config"}
         skip |= {"gate_eval", "gate_server", "gate_min_exact", "gate_max_regression"}
         return {k: v for k, v in self.model_dump(mode="json").items() if k not in skip}

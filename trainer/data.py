@@ -339,11 +339,15 @@ def split(data: LoadedData, share: float, seed: int, *, count: int | None = None
     return train, evals
 
 
-def token_lengths(examples: list[Example], tokenizer, prompt_template: str | None) -> list[int]:
-    """Tokens per example as the trainer will see them (chat template or prompt + completion)."""
+def token_lengths(examples: list[Example], tokenizer, prompt_template: str | None,
+                  known: dict[str, int] | None = None) -> list[int]:
+    """Tokens per example as the trainer will see them (chat template or prompt + completion);
+    ``known``: lengths by ``where`` of records already tokenized (loramux.trainer.chat_masks)."""
     lengths = []
     for example in examples:
-        if example.messages is not None or prompt_template is None:
+        if known is not None and example.where in known:
+            lengths.append(known[example.where])
+        elif example.messages is not None or prompt_template is None:
             ids = tokenizer.apply_chat_template(example.chat_view(), tokenize=True)
             if isinstance(ids, dict) or hasattr(ids, "keys"):
                 ids = ids["input_ids"]
@@ -355,9 +359,10 @@ def token_lengths(examples: list[Example], tokenizer, prompt_template: str | Non
 
 
 def check_lengths(examples: list[Example], tokenizer, max_len: int, prompt_template: str | None,
-                  *, skip_bad: bool) -> tuple[list[Example], list[str], int]:
+                  *, skip_bad: bool, known: dict[str, int] | None = None,
+                  ) -> tuple[list[Example], list[str], int]:
     """Drop (or report) examples longer than the cut-off; returns (kept, problems, tokens)."""
-    lengths = token_lengths(examples, tokenizer, prompt_template)
+    lengths = token_lengths(examples, tokenizer, prompt_template, known)
     kept, problems = [], []
     for example, n in zip(examples, lengths, strict=True):
         if n > max_len:

@@ -66,6 +66,10 @@ def runtime_for(config: TrainConfig, *, fsdp: bool | None = None, processes: int
         raise ConfigError("device: cuda was asked for but torch sees no CUDA device")
     device = "cuda" if config.device == "cuda" or (config.device == "auto" and has_cuda) else "cpu"
     dtype = config.compute_dtype
+    if dtype == "auto":
+        from loramux.hardware import fast_dtype
+
+        dtype = fast_dtype(device)
     if device == "cuda" and dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
         raise ConfigError("compute_dtype: this GPU has no bfloat16; use float16")
     if device == "cpu" and dtype == "float16":
@@ -81,7 +85,7 @@ def runtime_for(config: TrainConfig, *, fsdp: bool | None = None, processes: int
                           "on CPU use --num-processes N (DDP)")
     return Runtime(device, optimizer, bf16=dtype == "bfloat16", fp16=dtype == "float16",
                    dtype=dtype, processes=processes, fsdp=fsdp,
-                   quant_storage=quant_storage_for(config, fsdp))
+                   quant_storage=quant_storage_for(config, fsdp, dtype))
 
 
 def auto_optimizer(device: str, fsdp: bool) -> str:
@@ -90,10 +94,12 @@ def auto_optimizer(device: str, fsdp: bool) -> str:
     return "paged_adamw_8bit" if device == "cuda" and not fsdp else "adamw_torch"
 
 
-def quant_storage_for(config: TrainConfig, fsdp: bool) -> str | None:
+def quant_storage_for(config: TrainConfig, fsdp: bool, dtype: str | None = None) -> str | None:
     """bnb_4bit_quant_storage: the compute dtype under FSDP (which shards only float tensors
-    of one dtype: the packed 4-bit weights then look like the rest), else bitsandbytes' uint8."""
-    return config.compute_dtype if fsdp and config.quantize else None
+    of one dtype: the packed 4-bit weights then look like the rest), else bitsandbytes' uint8.
+    ``dtype``: the resolved compute dtype (FSDP runs on GPUs: bf16 for ``auto``)."""
+    dtype = dtype or (config.compute_dtype if config.compute_dtype != "auto" else "bfloat16")
+    return dtype if fsdp and config.quantize else None
 
 
 def load_tokenizer(base: str):
@@ -124,7 +130,7 @@ def load_base(config: TrainConfig, runtime: Runtime):
     kwargs: dict[str, Any] = {"dtype": getattr(torch, runtime.dtype)}
     if config.quantize:
         kwargs["quantization_config"] = quantization_config(
-            config.quant_type, config.double_quant, config.compute_dtype, runtime.quant_storage)
+            config.quant_type, config.double_quant, runtime.dtype, runtime.quant_storage)
     if runtime.device == "cuda" and not runtime.fsdp:  # FSDP places (and shards) the weights
         from loramux.trainer.distributed import local_rank
 

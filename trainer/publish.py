@@ -58,11 +58,14 @@ def local_base_dir(base: str) -> Path | None:
         return None
 
 
-def quantization_info(config: TrainConfig) -> dict[str, Any]:
+def quantization_info(config: TrainConfig, report: dict[str, Any]) -> dict[str, Any]:
+    """What the base was quantized to in training; the compute dtype as resolved (``auto``
+    becomes what the machine ran: ``report["runtime"]["dtype"]``)."""
     if not config.quantize:
         return {"method": "none"}
+    dtype = report.get("runtime", {}).get("dtype", config.compute_dtype)
     return {"method": config.quant_type, "double_quant": config.double_quant,
-            "compute_dtype": config.compute_dtype}
+            "compute_dtype": dtype}
 
 
 def lineage(config: TrainConfig, report: dict[str, Any]) -> dict[str, Any]:
@@ -116,7 +119,7 @@ def publish(adapter_dir: Path, config: TrainConfig, report: dict[str, Any]):
                     staged, config.name or "", description=description,
                     alias=None if config.gate_eval else config.alias,
                     labels=config.labels or None, base_model=base_dir,
-                    quantization=quantization_info(config), lineage=lineage(config, report))
+                    quantization=quantization_info(config, report), lineage=lineage(config, report))
                 if config.gate_eval is not None:
                     report["gate"] = gate_alias(registry, manifest, config)
                 return manifest

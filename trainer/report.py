@@ -110,6 +110,9 @@ def build_report(config, data, runtime, trainer, meter, result, out: Path, *,
         "metrics": metrics,
         "data": {
             "kind": data.kind,
+            # who found the assistant's tokens: TRL (template markers) or loramux.trainer.chat_masks
+            "assistant_masks": None if data.kind != "chat" else
+            "trl" if data.chat_tokens is None else "loramux",
             "train_file": str(config.data),
             "train_digest": data.train_file.digest,
             "eval_file": str(data.eval_path) if data.eval_path else None,

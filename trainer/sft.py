@@ -1,20 +1,20 @@
 """TRL's side of a run: the ``SFTConfig`` a ``TrainConfig`` becomes, and the trainer class.
 
 Kept apart from ``api.train`` so the mapping from our options to TRL's (evaluation and
-checkpoint cadence, assistant-only or completion-only loss) reads in one place.
+checkpoint cadence, assistant-only or completion-only loss) reads in one place. Chat records
+tokenized by ``loramux.trainer.chat_masks`` reach TRL with their ``assistant_masks``: TRL's own
+``assistant_only_loss`` is off for them, as it would demand a marked chat template.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loramux.trainer.checkpoints import checkpoint_dir
 from loramux.trainer.config import TrainConfig
 
 if TYPE_CHECKING:
     from loramux.trainer.api import PreparedData
-
-CHECKPOINTS = "checkpoints"
 
 
 def _eval_and_save_plan(config: TrainConfig, has_eval: bool) -> dict[str, Any]:
@@ -74,7 +74,7 @@ def sft_config(config: TrainConfig, runtime, data: PreparedData):
 
     chat = data.kind == "chat"
     return SFTConfig(
-        output_dir=str(Path(config.out) / CHECKPOINTS),
+        output_dir=str(checkpoint_dir(config.out)),
         num_train_epochs=config.epochs,
         max_steps=config.max_steps or -1,
         per_device_train_batch_size=config.batch_size,
@@ -108,7 +108,7 @@ def sft_config(config: TrainConfig, runtime, data: PreparedData):
         packing=config.packing,
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         pad_to_multiple_of=config.pad_to_multiple_of,
-        assistant_only_loss=chat,
+        assistant_only_loss=chat and data.chat_tokens is None,
         completion_only_loss=None if chat else True,
         dataset_num_proc=None,
         remove_unused_columns=True,

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 # What the README's Training recipe uses for the demo tasks; quoted in the warning.
-RECIPE = "--max-steps 1500 --lr 2e-3"
+RECIPE = "--max-steps 1000 --lr 2e-3 --compute-dtype float32"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from transformers import TrainerCallback
 
+from loramux.hardware import fast_dtype
 from loramux.trainer.api import TrainResult, train
 from loramux.trainer.config import build_config
 from loramux.trainer.data import file_digest
@@ -91,7 +92,9 @@ def test_nf4_run_writes_adapter_and_reports(nf4_run: TrainResult) -> None:
 
     report = json.loads((out / "training_report.json").read_text())
     assert report["runtime"]["optimizer"] == "adamw_torch"  # paged_adamw_8bit is CUDA-only
-    assert report["runtime"]["bf16"] is True
+    # compute_dtype auto: bf16 where this CPU has bf16 instructions, else fp32
+    assert report["runtime"]["dtype"] == fast_dtype("cpu")
+    assert report["runtime"]["bf16"] is (fast_dtype("cpu") == "bfloat16")
     m = report["metrics"]
     assert m["steps"] == 3 and m["tokens_seen"] > 0 and m["tokens_per_second"] > 0
     assert m["peak_memory_bytes"] > 10 << 20 and math.isfinite(m["train_loss"])
@@ -162,7 +165,8 @@ def test_interrupt_publishes_nothing_then_resume_and_publish(demo_base: Path, sm
         train(cfg, callbacks=[_InterruptAt(3)])
     assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
     assert reg.open(registry).list() == []
-    assert (tmp_path / "out" / "checkpoints" / "checkpoint-2").is_dir()
+    assert (tmp_path / "out.checkpoints" / "checkpoint-2").is_dir()  # beside the adapter
+    assert not (tmp_path / "out" / "checkpoints").exists()
 
     # Starting over in the same folder needs --resume or --overwrite.
     with pytest.raises(ConfigError, match="pass --resume"):
@@ -171,13 +175,14 @@ def test_interrupt_publishes_nothing_then_resume_and_publish(demo_base: Path, sm
     result = train({**cfg, "resume": True})
     assert result.metrics["steps"] == 4 and result.metrics["resumed_at_step"] == 2
     assert result.reference == "resumed@1"
+    assert not (tmp_path / "out.checkpoints").exists(), "a finished run removes them"
 
     with reg.open(registry) as r:
         manifest = r.resolve("resumed:staging")
         assert manifest.version == 1 and manifest.labels == {"task": "codeword"}
         assert manifest.base_fingerprint == base_fingerprint(demo_base)
         assert manifest.quantization is not None
-        assert str(manifest.quantization) == "nf4+dq+bfloat16"
+        assert str(manifest.quantization) == f"nf4+dq+{fast_dtype('cpu')}"  # as trained
         lineage = manifest.lineage
         assert lineage.dataset_digest == file_digest(small_chat)
         assert lineage.hyperparameters["r"] == 16
