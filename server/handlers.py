@@ -27,6 +27,7 @@ from loramux.server.engines.base import Delta, Engine, GenerationRequest, Sampli
 from loramux.server.errors import InvalidRequest, ServerError, to_server_error
 from loramux.server.gateway_metrics import Ticket
 from loramux.server.metrics import NO_VERSION, Metrics
+from loramux.server.model_defaults import ModelDefaults
 from loramux.server.models import ServingModels
 from loramux.server.protocol import (
     ChatCompletionRequest,
@@ -85,8 +86,10 @@ class Handlers:
     """The completion endpoints; what `model` names comes from `ServingModels`, nowhere else."""
 
     def __init__(self, engine: Engine, tokenizer, models: ServingModels, metrics: Metrics,
-                 admission: Admission, max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS) -> None:
+                 admission: Admission, max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
+                 defaults: ModelDefaults | None = None) -> None:
         self.engine = engine
+        self.defaults = defaults or ModelDefaults()  # the base's sampling defaults
         self.tokenizer = tokenizer
         self.models = models
         self.metrics = metrics
@@ -134,7 +137,9 @@ class Handlers:
                 code="prompt_too_long")
 
     def _chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        """Runs in a worker thread (see `off_loop`)."""
+        """Runs in a worker thread (see `off_loop`). The messages reach the model's own template
+        as the client sent them, none added or dropped: a template that puts in a default
+        system prompt when a request has none does so here, as in vLLM and transformers."""
         try:
             ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                                      tokenize=True, return_dict=False)
@@ -158,9 +163,10 @@ class Handlers:
                 f"This model's maximum context length is {limit} tokens; the prompt has "
                 f"{prompt_len} tokens and {max_tokens} were requested for the completion",
                 param="max_tokens", code="context_length_exceeded")
-        return Sampling(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
-                        n=req.n, seed=req.seed, stop=req.stop_list(), logprobs=logprobs,
-                        ignore_eos=req.ignore_eos, **extra)
+        # The request's own values, else the model's generation config, else OpenAI's.
+        chosen = self.defaults.resolve(temperature=req.temperature, top_p=req.top_p)
+        return Sampling(max_tokens=max_tokens, n=req.n, seed=req.seed, stop=req.stop_list(),
+                        logprobs=logprobs, ignore_eos=req.ignore_eos, **chosen, **extra)
 
     async def _run(self, endpoint: str, req, tokenize: Callable[[], list[int]],
                    sampling_for: Callable[[int], Sampling], disconnected: Disconnected,

@@ -89,8 +89,13 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, max_length=512)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    # Unset (or null): the model's generation config, else OpenAI's 1 (see model_defaults.py).
+    temperature: float | None = Field(
+        default=None, ge=0.0, le=2.0, description="Default: the base model's generation "
+        "config (`temperature`), else 1.")
+    top_p: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="Default: the base model's generation config "
+        "(`top_p`), else 1.")
     n: int = Field(default=1, ge=1, le=16)
     seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
     stop: str | list[str] | None = None

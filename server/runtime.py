@@ -19,6 +19,7 @@ from loramux.server.engines.base import Engine
 from loramux.server.errors import EngineUnavailable
 from loramux.server.handlers import Handlers
 from loramux.server.metrics import Metrics
+from loramux.server.model_defaults import describe, read_model_defaults
 from loramux.server.models import ServingModels
 from loramux.server.resolver import Resolver
 from loramux.server.settings import ServerSettings
@@ -43,6 +44,7 @@ def build_engine(settings: ServerSettings, model_dir: Path, metrics: Metrics) ->
 
         return TransformersEngine(model_dir, quantization=settings.quantization,
                                   max_model_len=settings.max_model_len,
+                                  dtype=settings.compute_dtype(),
                                   on_base_load=metrics.base_loads.inc)
     from loramux.server.engines.vllm_engine import VllmEngine
 
@@ -76,6 +78,8 @@ class Runtime:
         self.metrics = Metrics(settings.max_adapter_labels)
         self.engine = build_engine(settings, model_dir, self.metrics)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        defaults = read_model_defaults(model_dir, self.tokenizer.eos_token_id)
+        log.info("%s", describe(defaults))
         self.registry = registry_lib.open(settings.registry)
         base = compat.ServedBase(
             fingerprint=base_fingerprint(model_dir),
@@ -92,11 +96,11 @@ class Runtime:
                                     root=settings.base)
         self.handlers = Handlers(self.engine, self.tokenizer, self.models, self.metrics,
                                  Admission(settings.max_pending, self.metrics),
-                                 max_prompt_chars=settings.max_prompt_chars)
+                                 max_prompt_chars=settings.max_prompt_chars, defaults=defaults)
         self._closed = False
-        log.info("serving %s as `%s` (engine %s, quantization %s, fingerprint %s)",
+        log.info("serving %s as `%s` (engine %s, quantization %s, dtype %s, fingerprint %s)",
                  model_dir, settings.name, self.engine.info.name, base.quantization,
-                 (base.fingerprint or "none")[:19])
+                 settings.compute_dtype(), (base.fingerprint or "none")[:19])
 
     async def engine_health(self) -> None:
         try:

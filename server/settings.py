@@ -34,6 +34,9 @@ class ServerSettings(BaseModel):
                         description="vllm, or transformers (the reference engine).")
     quantization: str = Field(default="bitsandbytes",
                               description="bitsandbytes (NF4), none, or a vLLM method.")
+    dtype: str = Field(default="auto", pattern="^(auto|bfloat16|float16|float32)$",
+                       description="Compute dtype: auto is bfloat16 where the hardware has it "
+                       "(GPUs, CPUs with AVX-512 BF16 or AMX), else float32 on CPU.")
     # None: on CPU every resident adapter gets a slot (max_cpu_loras), since loramux's CPU ops
     # cost nothing for an idle slot; on CUDA vLLM's default of 8.
     max_loras: int | None = Field(
@@ -119,13 +122,23 @@ class ServerSettings(BaseModel):
                                  for e in exc.errors())
             raise SettingsError(problems) from None
 
+    def compute_dtype(self) -> str:
+        """``dtype`` with ``auto`` resolved for this machine (loramux.hardware decides)."""
+        if self.dtype != "auto":
+            return self.dtype
+        import torch
+
+        from loramux.hardware import fast_dtype
+
+        return fast_dtype("cuda" if torch.cuda.is_available() else "cpu")
+
     def vllm_options(self, model_dir: Path) -> VllmOptions:
         """vLLM's options: every setting whose name is a VllmOptions field, by name."""
         from loramux.server.engines.vllm_engine import VllmOptions
 
         shared = {f.name for f in fields(VllmOptions)} & set(type(self).model_fields)
-        return VllmOptions(model=str(model_dir),
-                           **{name: getattr(self, name) for name in shared - {"model"}})
+        values = {name: getattr(self, name) for name in shared - {"model"}}
+        return VllmOptions(model=str(model_dir), **values | {"dtype": self.compute_dtype()})
 
 
 def env_name(field: str) -> str:

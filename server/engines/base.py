@@ -24,9 +24,15 @@ class AdapterHandle:
 
 @dataclass(frozen=True)
 class Sampling:
+    """What one request samples with; the handlers fill what a request leaves unset from the
+    model's generation config (`loramux.server.model_defaults`), so engines apply it as given."""
+
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
     n: int = 1
     seed: int | None = None
     stop: tuple[str, ...] = ()

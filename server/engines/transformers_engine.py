@@ -32,6 +32,7 @@ from loramux.server.engines.base import (
     TokenLogprob,
 )
 from loramux.server.errors import InvalidRequest
+from loramux.server.model_defaults import read_model_defaults
 
 BASE_ROW = "__base__"
 MAX_BATCH = 32
@@ -53,7 +54,8 @@ class _Job:
         s = self.request.sampling
         if s.seed is not None and s.temperature > 0:
             return ("alone", id(self))
-        return (s.temperature, s.top_p, s.ignore_eos, s.logprobs)
+        return (s.temperature, s.top_p, s.top_k, s.min_p, s.repetition_penalty, s.ignore_eos,
+                s.logprobs)
 
 
 class TransformersEngine:
@@ -78,6 +80,10 @@ class TransformersEngine:
         self._adapters: dict[str, AdapterHandle] = {}  # what a restart loads again
         self._load_base()
         self._tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        # Every end id of the model (its generation config's and the tokenizer's eos), in order:
+        # generate stops a row at any of them, and the answer is cut at the first one.
+        self._end_ids = sorted(read_model_defaults(
+            model_dir, self._tokenizer.eos_token_id).end_token_ids)
         self._live: dict[str, list[_Job]] = {}  # request id -> its jobs, while it runs
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.largest_batch = 0  # for tests and logs: how much batching actually happened
@@ -144,7 +150,9 @@ class TransformersEngine:
                 tokens, logprobs, reason = await asyncio.wrap_future(job.future)
                 if job.aborted:
                     return
-                text = self._tokenizer.decode(tokens, skip_special_tokens=True)
+                # An end token is not text (vLLM does not detokenize it either), special or not.
+                shown = tokens[:-1] if reason == "stop" else tokens
+                text = self._tokenizer.decode(shown, skip_special_tokens=True)
                 cut = min((text.find(stop) for stop in s.stop if stop in text), default=-1)
                 if cut >= 0:
                     text, reason = text[:cut], "stop"
@@ -213,15 +221,18 @@ class TransformersEngine:
                             + list(j.request.prompt_token_ids) for j in jobs])
         mask = torch.tensor([[0] * (width - len(j.request.prompt_token_ids))
                              + [1] * len(j.request.prompt_token_ids) for j in jobs])
+        # Every setting explicit: generate would otherwise take what is unset from the model's
+        # generation config and its own defaults (top_k=50), which vLLM does not.
         kwargs = {"max_new_tokens": max(j.request.sampling.max_tokens for j in jobs),
                   "do_sample": s.temperature > 0, "output_scores": True,
-                  "return_dict_in_generate": True, "pad_token_id": pad}
+                  "return_dict_in_generate": True, "pad_token_id": pad,
+                  "eos_token_id": None if s.ignore_eos else self._end_ids,
+                  "repetition_penalty": s.repetition_penalty}
         if s.temperature > 0:
-            kwargs |= {"temperature": s.temperature, "top_p": s.top_p}
+            kwargs |= {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k,
+                       "min_p": s.min_p}
             if s.seed is not None:
                 torch.manual_seed(s.seed + jobs[0].index)
-        if s.ignore_eos:
-            kwargs["eos_token_id"] = None
         with self._lock, torch.no_grad():
             model = self._model or self._base
             if self._model is not None:
@@ -230,14 +241,14 @@ class TransformersEngine:
             elif any(j.request.adapter is not None for j in jobs):
                 raise InvalidRequest("adapter is not loaded")
             out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
-        eos = self._tokenizer.eos_token_id
+        ends = set() if s.ignore_eos else set(self._end_ids)
         results = []
         for row, job in enumerate(jobs):
             tokens = out.sequences[row, width:].tolist()[:job.request.sampling.max_tokens]
             reason = "length"
-            if not s.ignore_eos and eos in tokens:
-                tokens = tokens[:tokens.index(eos) + 1]  # EOS counts as generated, as in vLLM
-                reason = "stop"
+            end = next((i for i, token in enumerate(tokens) if token in ends), None)
+            if end is not None:  # the end token counts as generated, as in vLLM
+                tokens, reason = tokens[:end + 1], "stop"
             logprobs = None
             if s.logprobs is not None:
                 logprobs = []

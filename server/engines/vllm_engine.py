@@ -153,6 +153,9 @@ class VllmEngine:
             quantization=quantization,
             enforce_eager=options.enforce_eager,
             disable_log_stats=True,
+            # vLLM's default, stated because loramux relies on it: each request stops at the
+            # model's generation-config eos ids too (see _sampling_params).
+            generation_config="auto",
         )
         if options.gpu_memory_utilization is not None:
             kwargs["gpu_memory_utilization"] = options.gpu_memory_utilization
@@ -246,10 +249,13 @@ class VllmEngine:
             extra["structured_outputs"] = (
                 StructuredOutputsParams(json=s.json_schema) if s.json_schema is not None
                 else StructuredOutputsParams(json_object=True))
+        # No stop_token_ids for the model's end ids: vLLM's input processor adds its generation
+        # config's eos ids to every request (generation_config="auto"), as for its own server.
         return SamplingParams(
             n=s.n, max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
-            seed=s.seed, stop=list(s.stop) or None, logprobs=s.logprobs,
-            ignore_eos=s.ignore_eos, output_kind=RequestOutputKind.DELTA, **extra)
+            top_k=s.top_k, min_p=s.min_p, repetition_penalty=s.repetition_penalty, seed=s.seed,
+            stop=list(s.stop) or None, logprobs=s.logprobs, ignore_eos=s.ignore_eos,
+            output_kind=RequestOutputKind.DELTA, **extra)
 
     def _lora_request(self, adapter: AdapterHandle | None):
         if adapter is None:
