@@ -5,6 +5,8 @@
                                      many, mixed ranks; tokens/s against base, TTFT, tail TTFT
     loramux bench swap               3: cold adapter vs warm adapter vs base reload
     loramux bench naive              4: transformers + peft, one request at a time
+    loramux bench real               R: base / K = 8 / K = 64 on a real pretrained model
+                                     (SmolLM2-135M-Instruct), loramux vs vLLM's server
     loramux bench components         5: the registry's and the trainer's own benchmarks
     loramux bench registry|trainer   one of those two alone, its table printed
     loramux bench soak --minutes N   a server at twice its admission limit for N minutes:
@@ -42,13 +44,18 @@ QUANT = typer.Option([], "--quantization", "-q",
 TRIALS = typer.Option(None, "--trials", help="Trials per K and server (default 3; quick 2).")
 REQUESTS = typer.Option(None, "--requests", help="Requests per uniform or Zipf trial (default "
                                                   "64; quick 8).")
+DTYPE = typer.Option("auto", "--dtype", help="Compute dtype of every server and loop: auto "
+                                             "(bfloat16 where the CPU has bf16 instructions, "
+                                             "else float32), bfloat16 or float32.")
 
 
 def _run(parts: tuple[str, ...], quick: bool, out: Path, cache: Path, quantization: list[str],
-         trials: int | None, requests: int | None) -> None:
-    cfg = with_overrides(
-        BenchConfig.preset(quick), trials=trials, requests=requests,
-        quantizations=tuple(quantization) or None)
+         trials: int | None, requests: int | None, dtype: str = "auto") -> None:
+    # `loramux bench real --trials/--requests` sizes the real part; elsewhere the serve part
+    sizes = ({"real_trials": trials, "real_requests": requests} if parts == ("real",)
+             else {"trials": trials, "requests": requests})
+    cfg = with_overrides(BenchConfig.preset(quick), quantizations=tuple(quantization) or None,
+                         dtype=dtype, **sizes)
     args = " ".join(shlex.quote(a) for a in sys.argv[1:])
     # `loramux bench all ...` (argv holds `bench`) or `python -m loramux.bench.cli all ...`
     command = (f"loramux {args}" if Path(sys.argv[0]).name == "loramux"
@@ -64,38 +71,51 @@ def _run(parts: tuple[str, ...], quick: bool, out: Path, cache: Path, quantizati
 @app.command("all")
 def all_parts(quick: bool = QUICK, out: Path = OUT, cache_dir: Path = CACHE,
               quantization: list[str] = QUANT, trials: int = TRIALS,
-              requests: int = REQUESTS) -> None:
+              requests: int = REQUESTS, dtype: str = DTYPE) -> None:
     """Every part in one run (what `make bench` runs)."""
-    _run(PARTS, quick, out, cache_dir, quantization, trials, requests)
+    _run(PARTS, quick, out, cache_dir, quantization, trials, requests, dtype)
 
 
 @app.command("serve")
 def serve(quick: bool = QUICK, out: Path = OUT, cache_dir: Path = CACHE,
           quantization: list[str] = QUANT, trials: int = TRIALS,
-          requests: int = REQUESTS) -> None:
+          requests: int = REQUESTS, dtype: str = DTYPE) -> None:
     """Parts 1 and 2: loramux vs vLLM's server over K adapters, Zipf and mixed ranks."""
-    _run(("serve",), quick, out, cache_dir, quantization, trials, requests)
+    _run(("serve",), quick, out, cache_dir, quantization, trials, requests, dtype)
 
 
 @app.command("swap")
 def swap(quick: bool = QUICK, out: Path = OUT, cache_dir: Path = CACHE,
-         quantization: list[str] = QUANT) -> None:
+         quantization: list[str] = QUANT, dtype: str = DTYPE) -> None:
     """Part 3: first token of a never-loaded adapter vs warm vs a base model reload."""
-    _run(("swap",), quick, out, cache_dir, quantization, None, None)
+    _run(("swap",), quick, out, cache_dir, quantization, None, None, dtype)
 
 
 @app.command("naive")
 def naive(quick: bool = QUICK, out: Path = OUT, cache_dir: Path = CACHE,
           quantization: list[str] = QUANT, trials: int = TRIALS,
-          requests: int = REQUESTS) -> None:
+          requests: int = REQUESTS, dtype: str = DTYPE) -> None:
     """Part 4 with part 1 (for the ratio): a transformers + peft loop, one request at a time."""
-    _run(("serve", "naive"), quick, out, cache_dir, quantization, trials, requests)
+    _run(("serve", "naive"), quick, out, cache_dir, quantization, trials, requests, dtype)
+
+
+@app.command("real")
+def real(quick: bool = QUICK, out: Path = OUT, cache_dir: Path = CACHE,
+         quantization: list[str] = QUANT,
+         trials: int = typer.Option(None, "--trials", help="Trials per mix and server "
+                                                           "(default 2; quick 1)."),
+         requests: int = typer.Option(None, "--requests", help="Requests per trial, at least "
+                                                               "the largest K (default 64; "
+                                                               "quick 8)."),
+         dtype: str = DTYPE) -> None:
+    """Part R: base, K = 8 and K = 64 on the real base (SmolLM2-135M-Instruct), both servers."""
+    _run(("real",), quick, out, cache_dir, quantization, trials, requests, dtype)
 
 
 @app.command("components")
-def components(quick: bool = QUICK, out: Path = OUT) -> None:
+def components(quick: bool = QUICK, out: Path = OUT, dtype: str = DTYPE) -> None:
     """Part 5: the registry's and the trainer's own benchmarks, in this run's report."""
-    _run(("components",), quick, out, workload.DEFAULT_CACHE, [], None, None)
+    _run(("components",), quick, out, workload.DEFAULT_CACHE, [], None, None, dtype)
 
 
 @app.command("registry")

@@ -1,4 +1,9 @@
-"""What one benchmark run measures and at what size: the full run and the `--quick` smoke test."""
+"""What one benchmark run measures and at what size: the full run and the `--quick` smoke test.
+
+`dtype` is the compute dtype of every server and loop in the run (`auto`: loramux.hardware's
+`fast_dtype("cpu")`, resolved once by `resolved`), so a run never compares a bf16 server with
+an fp32 one, and the dtype is part of what the results record.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ from typing import Any
 
 from loramux.bench import servers
 
-PARTS = ("serve", "swap", "naive", "components")
+PARTS = ("serve", "swap", "naive", "real", "components")
+DTYPES = ("auto", "bfloat16", "float32")
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,14 @@ class BenchConfig:
     max_model_len: int = 512
     kv_cache_gib: int = 1
     seed: int = 0
+    dtype: str = "auto"  # compute dtype of every server and loop; see `resolved`
+    # The real-base part (real.py): its own sizes, since a token there costs ~10x one here.
+    real_ks: tuple[int, ...] = (0, 8, 64)
+    real_requests: int = 64  # K = 64 needs 64 requests for every adapter to be asked for
+    real_prompt_tokens: int = 32
+    real_max_tokens: int = 16
+    real_trials: int = 2
+    real_servers: bool = True  # False: build the real workload, start no server for it
 
     @classmethod
     def preset(cls, quick: bool) -> BenchConfig:
@@ -44,7 +58,18 @@ class BenchConfig:
         return cls(quick=True, ks=(0, 1, 4), adapters=8, mixed_per_rank=1, mixed_requests=6,
                    cold=2, requests=8, prompt_tokens=16, max_tokens=8, trials=2,
                    naive_ks=(0, 1, 4), naive_requests=2, swap_tokens=4, reload_restarts=0,
-                   max_cpu_loras=4, max_lora_rank=64, max_model_len=256)
+                   max_cpu_loras=4, max_lora_rank=64, max_model_len=256,
+                   real_ks=(0, 8), real_requests=8, real_prompt_tokens=16, real_max_tokens=4,
+                   real_trials=1)
+
+    def real(self) -> BenchConfig:
+        """The config the real part's mixes, loads and servers read (the serve part's fields,
+        filled from the `real_*` ones): one rank-16 adapter per slot, K up to all of them."""
+        most = max(self.real_ks)
+        return replace(self, ks=self.real_ks, adapters=most, requests=self.real_requests,
+                       prompt_tokens=self.real_prompt_tokens, max_tokens=self.real_max_tokens,
+                       trials=self.real_trials, cold=0, mixed_per_rank=0, max_cpu_loras=most,
+                       max_lora_rank=16)
 
     @property
     def mixed_rank(self) -> int:
@@ -59,7 +84,8 @@ class BenchConfig:
         return servers.EngineLimits(
             quantization=quantization, max_loras=max_loras, max_cpu_loras=self.max_cpu_loras,
             max_lora_rank=max_lora_rank or self.max_lora_rank,
-            max_model_len=self.max_model_len, kv_cache_gib=self.kv_cache_gib)
+            max_model_len=self.max_model_len, kv_cache_gib=self.kv_cache_gib,
+            dtype=self.dtype)
 
     def check(self) -> None:
         if any(k < 0 or k > self.adapters for k in self.ks):
@@ -74,6 +100,24 @@ class BenchConfig:
             raise ValueError("prompt_tokens + max_tokens exceeds max_model_len")
         if not self.quantizations:
             raise ValueError("at least one quantization")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
+        if not self.real_ks or min(self.real_ks) < 0 or max(self.real_ks) < 1:
+            raise ValueError("the real part needs at least one K >= 1")
+        if max(self.real_ks) > self.real_requests:
+            raise ValueError("each real-base trial needs at least K requests")
+        if self.real_prompt_tokens + self.real_max_tokens > self.max_model_len:
+            raise ValueError("real prompt + max tokens exceeds max_model_len")
+
+
+def resolved(cfg: BenchConfig) -> BenchConfig:
+    """`cfg` with `dtype: auto` made concrete for this machine (loramux.hardware decides: the
+    same answer `loramux serve --dtype auto` and the trainer's `compute_dtype: auto` get)."""
+    if cfg.dtype != "auto":
+        return cfg
+    from loramux.hardware import fast_dtype
+
+    return replace(cfg, dtype=fast_dtype("cpu"))
 
 
 def with_overrides(cfg: BenchConfig, **overrides: Any) -> BenchConfig:

@@ -37,7 +37,8 @@ class Pair:
         return [self.lmx, self.vllm]
 
 
-def _slots(pair: Pair, limits: servers.EngineLimits) -> dict[str, Any]:
+def slots_of(pair: Pair, limits: servers.EngineLimits) -> dict[str, Any]:
+    """What each side's slots came to (loramux's from its log), and an error if they differ."""
     logged = servers.logged_slots(pair.lmx.server.log) if pair.lmx.up else None
     out = {"loramux_max_loras_flag": None, "loramux_effective_max_loras": logged or
            limits.max_loras, "source": "server log" if logged else "loramux's default rule "
@@ -110,7 +111,7 @@ def gateway_part(wl: workload.Workload, cfg: BenchConfig, quantization: str, scr
         out["servers_mixed_rank"] = _ranks_pair(wl, cfg, quantization, slots, trials, scratch,
                                                 logs, rep)
     if serve_on:
-        out["serve"] = serve.summary(trials, _slots(pair, limits))
+        out["serve"] = serve.summary(trials, slots_of(pair, limits))
     if naive_on:
         out["naive"] = naive.summary(cfg, naive_results, trials, nv, serve_on)
     if swap:

@@ -1,4 +1,5 @@
-"""What the figures were measured on: CPU, cores, memory, accelerator, library versions."""
+"""What the figures were measured on: CPU, cores, memory, accelerator, library versions, and
+whether the CPU has bf16 instructions (which decides the run's compute dtype)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,15 @@ def _gpu() -> str | None:
     return None
 
 
+def _bf16_instructions() -> bool | None:
+    try:
+        from loramux.hardware import cpu_has_fast_bf16
+
+        return cpu_has_fast_bf16()
+    except Exception:  # torch missing or broken: unknown, and the report says so
+        return None
+
+
 def _load_average() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -65,6 +75,7 @@ def facts() -> dict[str, Any]:
         "usable_cores": usable,
         "memory_gib": _memory_gib(),
         "gpu": _gpu(),
+        "bf16_instructions": _bf16_instructions(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": {name: v for name in PACKAGES if (v := _version(name)) is not None},

@@ -3,8 +3,9 @@
 Every adapter is loaded into one `PeftModel`; each request calls `set_adapter(name)` (or runs with
 the adapters disabled for the base) and `generate`s alone, one request at a time, streaming its
 tokens as server-sent events in the same OpenAI completions shape the other servers use, so the
-same load generator drives it. Run as `python -m loramux.bench.naive_server --model DIR
---adapter NAME=DIR ... --port P`.
+same load generator drives it. It computes in the `--dtype` the other servers get (the bench
+passes one concrete dtype to all). Run as `python -m loramux.bench.naive_server --model DIR
+--adapter NAME=DIR ... --dtype float32 --port P`.
 """
 
 from __future__ import annotations
@@ -44,15 +45,15 @@ class _TokenStream:
 
 class NaiveModel:
     def __init__(self, model_dir: Path, adapters: dict[str, Path], quantization: str,
-                 served_name: str) -> None:
+                 served_name: str, dtype: str = "bfloat16") -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        kwargs: dict[str, Any] = {"dtype": torch.bfloat16}
+        kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)}
         if quantization == "bitsandbytes":
             from loramux.trainer.model import quantization_config
 
-            kwargs["quantization_config"] = quantization_config()
+            kwargs["quantization_config"] = quantization_config(compute_dtype=dtype)
         elif quantization != "none":
             raise SystemExit(f"naive baseline: unsupported quantization {quantization!r}")
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--served-name", required=True)
     parser.add_argument("--adapter", action="append", default=[], help="NAME=DIR (repeatable)")
     parser.add_argument("--quantization", default="bitsandbytes")
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     parser.add_argument("--port", type=int, default=8100)
     args = parser.parse_args(argv)
     import uvicorn
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     adapters = parse_labels(args.adapter)
 
     naive = NaiveModel(args.model, {k: Path(v) for k, v in adapters.items()}, args.quantization,
-                       args.served_name)
+                       args.served_name, args.dtype)
     uvicorn.run(create_app(naive), host="127.0.0.1", port=args.port, log_level="warning")
 
 

@@ -29,6 +29,38 @@ def _slots(results: dict[str, Any]) -> str:
     return ""
 
 
+def _dtype(results: dict[str, Any]) -> str:
+    """The run's compute dtype and why, for the machine line (absent: a run from before it was
+    recorded, when every server ran in bf16)."""
+    dtype, bf16 = results.get("dtype"), results.get("machine", {}).get("bf16_instructions")
+    if not dtype:
+        return "compute dtype not recorded"
+    why = {True: "this CPU has bf16 instructions", False: "this CPU has no bf16 instructions",
+           None: "bf16 instructions unknown"}[bf16]
+    return f"compute dtype {dtype} for every server and loop ({why})"
+
+
+def _real(results: dict[str, Any]) -> list[str]:
+    wl = (results.get("real") or {}).get("workload")
+    if not wl:
+        return []
+    shape, modules = wl["shape"], wl.get("adapter_modules") or {}
+    rank = wl["adapter_recipe"]["rank"]
+    kv = modules.get("k_proj")
+    tied = "tied embeddings" if shape.get("tie_word_embeddings") else "untied embeddings"
+    return [
+        "", f"Real base (part R): `{wl['name']}` ({(wl['parameters'] or 0) / 1e6:.1f} M "
+        f"parameters, pretrained; hidden {shape['hidden_size']}, {shape['num_hidden_layers']} "
+        f"layers, {shape['num_attention_heads']} query / {shape['num_key_value_heads']} KV "
+        f"heads, vocabulary {shape['vocab_size']}, {tied}); {wl['adapters']} random "
+        f"rank-{rank} adapters on {'/'.join(modules)} of every layer"
+        f"{f' (k/v {kv[0]} -> {kv[1]})' if kv else ''}, none on lm_head. Mixes base, "
+        + ", ".join(f"K = {k}" for k in wl["ks"] if k) + f": {wl['requests']} requests of "
+        f"{wl['prompt_tokens']} prompt + {wl['max_tokens']} output tokens, concurrency "
+        f"{wl['concurrency']}, median (min-max) over {wl['trials']} trials; the serve part's "
+        "fairness rules (both up, one under load at a time, order alternating, paired ratios)."]
+
+
 def header(results: dict[str, Any]) -> list[str]:
     m = results.get("machine", {})
     v = m.get("versions", {})
@@ -40,7 +72,8 @@ def header(results: dict[str, Any]) -> list[str]:
              "",
              f"Machine: {m.get('cpu_model')}, {m.get('cores')} cores "
              f"({m.get('usable_cores')} usable), {m.get('memory_gib')} GiB"
-             f"{', GPU ' + m['gpu'] if m.get('gpu') else ', no GPU'}; torch {v.get('torch')}, "
+             f"{', GPU ' + m['gpu'] if m.get('gpu') else ', no GPU'}; {_dtype(results)}; "
+             f"torch {v.get('torch')}, "
              f"vllm {vllm}, peft {v.get('peft')}, bitsandbytes {v.get('bitsandbytes')}, "
              f"transformers {v.get('transformers')}; load average at start "
              f"{m.get('load_average_at_start')}, at end {m.get('load_average_at_end')}."]
@@ -71,6 +104,7 @@ def header(results: dict[str, Any]) -> list[str]:
             "", f"Figures: median (min-max) over {cfg['trials']} trials; both servers up, only "
             "one under load at a time, the order alternating by trial and mix; ratios to base "
             "and between servers are paired trial by trial."]
+    lines += _real(results)
     lines += ["", f"Run took {results.get('duration_s', 0):.0f} s{_time_spent(results)}."]
     return lines
 

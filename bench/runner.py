@@ -2,8 +2,11 @@
 
 Parts (any subset): `serve` (1-2: loramux vs vLLM's OpenAI server over uniform, Zipf and
 mixed-rank mixes; tokens/s against base), `swap` (3: cold adapter vs warm vs base reload),
-`naive` (4: transformers + peft loop), `components` (5: the registry's and the trainer's own
-benchmarks). What each part does and its fairness rules are in its own module.
+`naive` (4: transformers + peft loop), `real` (R: base / K = 8 / K = 64 on a real pretrained
+model), `components` (5: the registry's and the trainer's own benchmarks). What each part does
+and its fairness rules are in its own module. Every server and loop computes in one dtype,
+resolved once here and recorded (`dtype`), so runs on machines with and without bf16
+instructions are never mixed silently.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from rich.console import Console
 
 from loramux.bench import machine, workload
 from loramux.bench.components import components_part
-from loramux.bench.config import PARTS, BenchConfig
+from loramux.bench.config import PARTS, BenchConfig, resolved
 from loramux.bench.gateway import gateway_part
+from loramux.bench.real import real_part
 from loramux.bench.sides import Reporter
 
 RESULTS_DIR = workload.REPO / "bench" / "results"
@@ -65,16 +69,18 @@ def run(cfg: BenchConfig, parts: tuple[str, ...] = PARTS, out_dir: Path = RESULT
         on_result: Callable[[dict[str, Any], Path], None] | None = None) -> tuple[dict, Path]:
     """Run the asked parts; returns the results and the path of the JSON written."""
     cfg.check()
+    cfg = resolved(cfg)
     rep = Reporter(console)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out_dir.mkdir(parents=True, exist_ok=True)
     logs = out_dir / f"{stamp}-logs"
     results: dict[str, Any] = {
         "schema": "loramux-bench/2", "timestamp": stamp, "command": command,
-        "quick": cfg.quick, "parts": list(parts), "config": asdict(cfg),
+        "quick": cfg.quick, "parts": list(parts), "config": asdict(cfg), "dtype": cfg.dtype,
         "machine": machine.facts(), "gateway": {}, "errors": []}
     started = time.monotonic()
     need_servers = any(p in parts for p in ("serve", "swap", "naive"))
+    need_real = "real" in parts
     cache.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"run-{stamp}-", dir=cache))
     background: threading.Thread | None = None
@@ -86,11 +92,12 @@ def run(cfg: BenchConfig, parts: tuple[str, ...] = PARTS, out_dir: Path = RESULT
         nonlocal background
         if background is None:
             background = threading.Thread(
-                target=lambda: components.update(components_part(cfg.quick, rep, live=False)),
+                target=lambda: components.update(components_part(cfg.quick, rep, live=False,
+                                                                 dtype=cfg.dtype)),
                 name="bench-components", daemon=True)
             background.start()
 
-    overlap = "components" in parts and cfg.quick and need_servers
+    overlap = "components" in parts and cfg.quick and (need_servers or need_real)
     try:
         if need_servers:
             with rep.phase("workload (built or read from the cache)"):
@@ -107,6 +114,10 @@ def run(cfg: BenchConfig, parts: tuple[str, ...] = PARTS, out_dir: Path = RESULT
                     wl, cfg, q, scratch, logs, rep, serve_on="serve" in parts,
                     swap="swap" in parts and qi == 0, naive_on="naive" in parts and qi == 0,
                     on_started=start_background if overlap else None)
+        if need_real:
+            rep.line(f"[bold]real base ({cfg.quantizations[0]})[/bold]")
+            results["real"] = real_part(cfg, cfg.quantizations[0], cache, scratch, logs, rep,
+                                        on_started=start_background if overlap else None)
         if overlap and background is None:  # no server part ran
             start_background()
         if background is not None:
@@ -114,7 +125,7 @@ def run(cfg: BenchConfig, parts: tuple[str, ...] = PARTS, out_dir: Path = RESULT
                 background.join()
             results["components"] = components
         elif "components" in parts:
-            results["components"] = components_part(cfg.quick, rep)
+            results["components"] = components_part(cfg.quick, rep, dtype=cfg.dtype)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     results["errors"] = collect_errors(results)
@@ -151,12 +162,14 @@ def collect_errors(results: dict[str, Any]) -> list[str]:
                 if key != "trials":
                     walk(value, f"{where}.{key}" if where else str(key))
 
-    walk({"gateway": results.get("gateway", {}), "components": results.get("components", {})},
-         "")
-    for q, g in results.get("gateway", {}).items():
+    walk({"gateway": results.get("gateway", {}), "real": results.get("real", {}),
+          "components": results.get("components", {})}, "")
+    groups = [(f"gateway.{q}", g) for q, g in results.get("gateway", {}).items()]
+    groups.append(("real", results.get("real") or {}))
+    for where, g in groups:
         for group in ("servers", "servers_mixed_rank"):
             for name, info in g.get(group, {}).items():
                 if isinstance(info, dict) and info.get("error"):
-                    errors.append(f"gateway.{q}.{group}.{name}: {info['error'][:500]}")
+                    errors.append(f"{where}.{group}.{name}: {info['error'][:500]}")
     return sorted(set(errors))
 

@@ -52,7 +52,9 @@ def warm(sides: list[Side], wl: workload.Workload, cfg: BenchConfig, names: list
 
 
 def run_mixes(wl: workload.Workload, cfg: BenchConfig, sides: list[Side], todo: list[Mix],
-              trials: Trials, rep: Reporter, title: str) -> None:
+              trials: Trials, rep: Reporter, title: str, phase: str = "") -> None:
+    """Every (trial, mix) on each live side, order alternating; `phase` tags the time spent
+    (e.g. " (real base)") so each workload's trials are counted apart."""
     for s in sides:
         if not s.up:
             trials.errors[s.name] = s.error or f"{s.name} is not up"
@@ -76,7 +78,7 @@ def run_mixes(wl: workload.Workload, cfg: BenchConfig, sides: list[Side], todo: 
                     result = loadgen.run_load(s.url, requests, cfg.concurrency)
                     trials.results.setdefault(mix.key, {}).setdefault(s.name, []).append(result)
                     batch = " (mixed-rank batches)" if mix.kind in ("mixed", "rank16") else ""
-                    rep.add(f"load trials, {s.name}{batch}", result.wall_s)
+                    rep.add(f"load trials, {s.name}{batch}{phase}", result.wall_s)
                     progress.advance(task)
                     msg = (f"{result.tokens_per_s:7.1f} tok/s, TTFT p50 "
                            f"{result.summary()['ttft_p50_ms']} ms" if result.ok

@@ -142,6 +142,29 @@ def _naive_table(q: str, g: dict[str, Any]) -> Table | None:
             ["K", "naive tok/s", "loramux tok/s", "loramux/naive", "naive TTFT p50 ms"], rows)
 
 
+def _real_table(real: dict[str, Any]) -> Table:
+    """The real base's sweep: both sides, their ratio, each over its own base, TTFT."""
+    wl = real.get("workload") or {}
+    title = (f"R. Real base {wl.get('name', '')}: loramux vs vLLM's OpenAI server "
+             f"({real.get('quantization')}, {real.get('dtype')})")
+    serve = real.get("serve")
+    if not serve:
+        why = real.get("skipped") or real.get("error") or "not run"
+        return title, ["measure", "value"], [["not measured", why]]
+    to_base = serve.get("ratio_to_base") or {}
+
+    def over_base(key: str, name: str) -> str:
+        return "1.00" if key == "base" else fmt((to_base.get(key) or {}).get(name), 2)
+
+    return (title, ["mix", "loramux tok/s", "vLLM tok/s", "loramux/vLLM", "loramux ÷ base",
+                    "vLLM ÷ base", "loramux TTFT p50 / p99 ms", "vLLM TTFT p50 / p99 ms"],
+            [[r["label"], _side(r, "loramux", "tokens_per_s"), _side(r, "vllm", "tokens_per_s"),
+              _ratio(r, "ratio_loramux_over_vllm"), over_base(key, "loramux"),
+              over_base(key, "vllm"), _pair(r, "loramux", "ttft_p50_ms", "ttft_p99_ms"),
+              _pair(r, "vllm", "ttft_p50_ms", "ttft_p99_ms")]
+             for key, r in serve["mixes"].items()])
+
+
 def tables(results: dict[str, Any]) -> list[Table]:
     out: list[Table] = []
     gateway = results.get("gateway", {})
@@ -149,6 +172,8 @@ def tables(results: dict[str, Any]) -> list[Table]:
         out += _gateway_tables(q, g)
     for q, g in gateway.items():
         out += [t for t in (_swap_table(q, g), _naive_table(q, g)) if t]
+    if results.get("real"):
+        out.append(_real_table(results["real"]))
     comps = results.get("components")
     if comps:
         out.append(("5. Registry and trainer", ["measure", "value"], _component_rows(comps)))

@@ -1,13 +1,18 @@
 """Benchmark: ``loramux train`` vs a hand-written transformers + peft + bitsandbytes loop.
 
 Same base (the demo model), data (the codeword demo task), and settings (NF4 + double quant,
-bf16 compute, LoRA r=16 on all linear layers, gradient checkpointing, AdamW, batch 16, cosine
-schedule with warmup, gradient clipping); each side runs in its own subprocess so that peak RSS
-is its own. Reported: tokens/s (non-padding input tokens over the training loop's wall time)
-and the process's peak RSS, side by side, and their ratios, as medians of 3 trials that
-alternate the sides (300 steps each, so that start-up does not decide the ratio); start-up
-(imports, model load, data preparation, saving: the process's wall time outside the loop) is
-reported on its own.
+one compute dtype for both, LoRA r=16 on all linear layers, gradient checkpointing, AdamW,
+batch 16, cosine schedule with warmup, gradient clipping); each side runs in its own subprocess
+so that peak RSS is its own. Reported: tokens/s (non-padding input tokens over the training
+loop's wall time) and the process's peak RSS, side by side, and their ratios, as medians of 3
+trials that alternate the sides (300 steps each, so that start-up does not decide the ratio);
+start-up (imports, model load, data preparation, saving: the process's wall time outside the
+loop) is reported on its own.
+
+The compute dtype is loramux.hardware's `fast_dtype` (what the trainer's `compute_dtype: auto`
+picks), given to both sides explicitly: bf16 where the CPU has bf16 instructions, else fp32,
+where the plain loop runs without autocast (bf16 there would be ~20x slower, and the ratio
+would measure the dtype, not the trainer).
 
     loramux bench trainer [--quick]      (python -m loramux.bench.trainer_bench --worker ... is
                                          how each side runs in its own process)
@@ -37,21 +42,22 @@ SETTINGS: dict[str, Any] = {
 }
 
 
-def _loramux_worker(base: str, data: str, out: str, steps: int) -> dict[str, Any]:
+def _loramux_worker(base: str, data: str, out: str, steps: int, dtype: str) -> dict[str, Any]:
     from loramux.trainer.api import train
     from loramux.trainer.callbacks import peak_rss_bytes
 
     result = train({"base": base, "data": data, "out": out, "max_steps": steps,
                     "save_steps": 10 * steps, "logging_steps": 10, "progress": False,
+                    "compute_dtype": dtype,
                     # the plain loop evaluates nothing: neither does this side (no auto eval)
                     "evaluate": False, **SETTINGS})
     m = result.metrics
     return {"tokens": m["tokens_seen"], "seconds": m["train_seconds"],
             "tokens_per_second": m["tokens_per_second"], "peak_rss_bytes": peak_rss_bytes(),
-            "final_loss": m["train_loss_last"], "steps": m["steps"]}
+            "final_loss": m["train_loss_last"], "steps": m["steps"], "dtype": dtype}
 
 
-def _plain_worker(base: str, data: str, out: str, steps: int) -> dict[str, Any]:
+def _plain_worker(base: str, data: str, out: str, steps: int, dtype: str) -> dict[str, Any]:
     """The loop a user would write by hand with the same libraries and settings."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -63,15 +69,16 @@ def _plain_worker(base: str, data: str, out: str, steps: int) -> dict[str, Any]:
     torch.set_num_threads(SETTINGS["threads"])
     torch.manual_seed(SETTINGS["seed"])
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16,
-                                                 quantization_config=quantization_config())
+    compute = getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        base, dtype=compute, quantization_config=quantization_config(compute_dtype=dtype))
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
     model = get_peft_model(model, LoraConfig(
         r=SETTINGS["r"], lora_alpha=SETTINGS["lora_alpha"], lora_dropout=0.0,
         target_modules="all-linear", task_type="CAUSAL_LM"))
-    for param in model.parameters():  # QLoRA: adapter weights in bf16, like TRL does
+    for param in model.parameters():  # QLoRA: adapter weights in the compute dtype, like TRL
         if param.requires_grad:
-            param.data = param.data.to(torch.bfloat16)
+            param.data = param.data.to(compute)
 
     examples = []
     for line in Path(data).read_text().splitlines():
@@ -113,7 +120,7 @@ def _plain_worker(base: str, data: str, out: str, steps: int) -> dict[str, Any]:
         attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
         input_ids, labels, attention = (t.to(model.device) for t in (input_ids, labels,
                                                                        attention))
-        with torch.autocast(device, dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=compute, enabled=dtype != "float32"):
             loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -126,15 +133,16 @@ def _plain_worker(base: str, data: str, out: str, steps: int) -> dict[str, Any]:
     model.save_pretrained(out)
     return {"tokens": tokens, "seconds": round(seconds, 3),
             "tokens_per_second": round(tokens / seconds, 1), "peak_rss_bytes": peak_rss_bytes(),
-            "final_loss": loss_value, "steps": steps}
+            "final_loss": loss_value, "steps": steps, "dtype": dtype}
 
 
 WORKERS = {"loramux": _loramux_worker, "plain": _plain_worker}
 
 
-def _spawn(kind: str, base: Path, data: Path, out: Path, steps: int) -> dict[str, Any]:
+def _spawn(kind: str, base: Path, data: Path, out: Path, steps: int,
+           dtype: str) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "loramux.bench.trainer_bench", "--worker", kind, str(base),
-           str(data), str(out), str(steps)]
+           str(data), str(out), str(steps), dtype]
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
@@ -156,15 +164,19 @@ def _median_side(trials: list[dict[str, Any]]) -> dict[str, Any]:
     return side
 
 
-def run(quick: bool = False, base: Path | str | None = None) -> dict[str, Any]:
+def run(quick: bool = False, base: Path | str | None = None,
+        dtype: str | None = None) -> dict[str, Any]:
     """Run both sides, alternating, and return their median figures and ratios;
-    `base` defaults to the demo base model (built on first use)."""
+    `base` defaults to the demo base model (built on first use), `dtype` to this machine's
+    fast one (loramux.hardware)."""
     from loramux.bench.workload import demo_base
     from loramux.demo.tasks import write_demo_data
+    from loramux.hardware import fast_dtype
 
     mode = "quick" if quick else "full"
     steps, trials = STEPS[mode], TRIALS[mode]
     base = demo_base() if base is None else Path(base)
+    dtype = dtype or fast_dtype("cpu")
     if not (base / "config.json").is_file():
         raise FileNotFoundError(f"{base} holds no model; run `loramux demo base` first")
     runs: dict[str, list[dict[str, Any]]] = {"plain": [], "loramux": []}
@@ -173,10 +185,11 @@ def run(quick: bool = False, base: Path | str | None = None) -> dict[str, Any]:
         for trial in range(trials):  # alternate, so drift on the machine hits both sides
             for kind in ("plain", "loramux") if trial % 2 == 0 else ("loramux", "plain"):
                 runs[kind].append(_spawn(kind, base, data, Path(tmp) / f"{kind}-{trial}",
-                                         steps))
+                                         steps, dtype))
     ours, plain = _median_side(runs["loramux"]), _median_side(runs["plain"])
     return {
         "steps": steps, "trials": trials, "settings": SETTINGS, "device": "cpu",
+        "dtype": dtype,
         "loramux": ours, "plain": plain, "runs": runs,
         "tokens_per_second_ratio": round(ours["tokens_per_second"] / plain["tokens_per_second"],
                                          3),
@@ -191,7 +204,8 @@ def print_table(result: dict[str, Any]) -> None:
 
     ours, plain = result["loramux"], result["plain"]
     table = Table(title=f"QLoRA training on the demo base, {result['steps']} steps, batch "
-                        f"{result['settings']['batch_size']}, CPU, median of "
+                        f"{result['settings']['batch_size']}, CPU, "
+                        f"{result.get('dtype', 'bfloat16')}, median of "
                         f"{result.get('trials', 1)}")
     for column in ("metric", "loramux train", "plain loop", "ratio"):
         table.add_column(column, justify="right" if column != "metric" else "left")
@@ -211,8 +225,8 @@ def print_table(result: dict[str, Any]) -> None:
 
 def main(argv: list[str]) -> None:
     if argv and argv[0] == "--worker":
-        kind, base, data, out, steps = argv[1:6]
-        result = WORKERS[kind](base, data, out, int(steps))
+        kind, base, data, out, steps, dtype = argv[1:7]
+        result = WORKERS[kind](base, data, out, int(steps), dtype)
         print(json.dumps(result))
         return
     result = run(quick="--quick" in argv)

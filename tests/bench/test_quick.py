@@ -55,18 +55,33 @@ def test_quick_run_writes_json_markdown_and_plot(tmp_path: Path) -> None:
     assert gateway["reload"]["ratio_reload_over_cold_swap"] > 0
     for row in gateway["naive"]["per_k"].values():
         assert row["naive"]["ok"] and row["ratio_loramux_over_naive"]["median"] > 0
+    # One compute dtype for every server and loop, recorded.
+    assert results["dtype"] in ("bfloat16", "float32")
+    assert gateway["limits"]["dtype"] == results["dtype"]
+    assert results["machine"]["bf16_instructions"] == (results["dtype"] == "bfloat16")
+    # The real base at its quick size: both servers, base and K = 8, GQA-shaped adapters.
+    real = results["real"]
+    assert real["dtype"] == results["dtype"] == real["limits"]["dtype"], tail
+    assert real["workload"]["adapter_modules"]["k_proj"] == [576, 192]
+    real_rows = real["serve"]["mixes"]
+    assert set(real_rows) == {"base", "8"}, tail
+    for key, row in real_rows.items():
+        assert row["loramux"]["ok"] and row["vllm"]["ok"], (key, tail)
+        assert row["ratio_loramux_over_vllm"]["median"] > 0
+    assert all(r["median"] > 0 for r in real["serve"]["ratio_to_base"]["8"].values())
     assert {"registry", "trainer"} <= results["components"].keys()
 
     # Where the run's time went: both servers' load trials and starts are counted.
     spent = results["time_s"]
     for phase in ("load trials, loramux", "load trials, vllm", "server starts",
-                  "warm-up requests", "hot swap", "load trials, naive", "trainer benchmark"):
+                  "warm-up requests", "hot swap", "load trials, naive", "trainer benchmark",
+                  "load trials, loramux (real base)", "load trials, vllm (real base)"):
         assert spent.get(phase, 0) > 0, (phase, spent)
 
     markdown = found[0].with_suffix(".md").read_text()
     for title in ("1. loramux vs vLLM", "2. Many adapters", "2b. TTFT p50 / p99",
-                  "2c. Mixed ranks", "3. Hot swap vs reload", "4. Naive",
-                  "5. Registry and trainer"):
+                  "2c. Mixed ranks", "3. Hot swap vs reload", "4. Naive", "R. Real base",
+                  "5. Registry and trainer", f"compute dtype {results['dtype']}"):
         assert title in markdown
     assert "load trials, vllm" in markdown
     assert "loramux/vLLM" in proc.stdout  # the table is printed too
