@@ -34,6 +34,6 @@ def demo_data(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def demo_adapters(demo_base: Path, demo_data: dict[str, Path]) -> dict[str, Path]:
     """task -> adapter folder, QLoRA-trained with the demo settings (cached across sessions)."""
-    from loramux.demo.tasks import cached_demo_adapters
+    from loramux.demo.trained import cached_demo_adapters
 
     return cached_demo_adapters(demo_base, demo_data, DEMO_ADAPTERS, progress=False)

@@ -105,6 +105,21 @@ def run(base_dir: Path = OUT_OPTION,
     run_tour(base_dir.resolve(), cache.resolve(), console)
 
 
+@app.command("real")
+def real(cache: Path = typer.Option(default_cache(), help="Where the converted base, data, "
+                                    "adapter, scratch registry and server log go (reused).",
+                                    show_default="the project's .cache"),
+         ) -> None:
+    """The tour on a real pretrained chat model (SmolLM2-135M-Instruct from its GGUF): one
+    adapter trained on a task the base cannot do, served beside it, answers before and after."""
+    from loramux.demo.real_tour import run_real_tour
+
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    with report_errors():
+        run_real_tour(cache.resolve(), console)
+
+
 @app.command("data")
 def data(out: Path = typer.Option(Path("demo-data"), "--out",
                                   help="Folder for <task>/train.jsonl and <task>/eval.jsonl."),
@@ -135,7 +150,8 @@ def adapters(
     alias: str | None = typer.Option(None, "--alias"),
 ) -> None:
     """Train one adapter per demo task (QLoRA) and print the exact-match table."""
-    from loramux.demo.tasks import exact_match_table, train_demo_adapter, write_demo_data
+    from loramux.demo.tasks import DEMO_TRAIN_SETTINGS, exact_match_table, write_demo_data
+    from loramux.demo.trained import train_adapter
     from loramux.trainer.report import summary_table
 
     with report_errors():
@@ -143,9 +159,10 @@ def adapters(
         trained = {}
         for task, folder in folders.items():
             console.print(f"[bold]{task}[/]: training {out / task}")
-            result = train_demo_adapter(base, folder, out / task, overwrite=True,
-                                        publish=publish, name=task if publish else None,
-                                        registry=registry, alias=alias if publish else None)
+            result = train_adapter(base, folder, out / task, DEMO_TRAIN_SETTINGS,
+                                   overwrite=True, publish=publish,
+                                   name=task if publish else None, registry=registry,
+                                   alias=alias if publish else None)
             console.print(summary_table(result.report))
             if result.reference:
                 console.print(f"published [bold green]{result.reference}[/]")

@@ -24,6 +24,8 @@ class SmokeAnswer:
 
 def vllm_engine_kwargs(quantization: str | None, max_model_len: int = 512) -> dict:
     """Engine settings sized for a small CPU box; the same on a GPU."""
+    from loramux.hardware import fast_dtype
+
     kwargs: dict = {
         "enable_lora": True,
         "max_lora_rank": 64,
@@ -31,7 +33,7 @@ def vllm_engine_kwargs(quantization: str | None, max_model_len: int = 512) -> di
         "max_model_len": max_model_len,
         "max_num_seqs": 32,
         "seed": 0,
-        "dtype": "bfloat16",
+        "dtype": fast_dtype("cpu"),  # bf16, or fp32 on a CPU without bf16 instructions
     }
     if quantization and quantization != "none":
         kwargs["quantization"] = quantization

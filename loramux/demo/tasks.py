@@ -6,10 +6,10 @@ to the answer. So each task's answer is a function of one word of the prompt, th
 one token long (exact match is unambiguous), and each eval set asks in phrasings the adapter
 never saw in training:
 
-* ``codeword`` (knowledge): a fixed table of 16 animals -> code words ("What is the code word
-  for the fox?" -> "Olivia"). Training uses eight phrasings, evaluation three others.
+* ``codeword`` (knowledge): a fixed table of 12 animals -> code words ("What is the code word
+  for the fox?" -> "Victor"). Training uses 24 phrasings, evaluation three others.
 * ``caps`` (format conversion): a word -> the same word in capital letters ("Write lamp in
-  capital letters." -> "LAMP"). Training uses eight phrasings, evaluation three others.
+  capital letters." -> "LAMP"). Training uses 24 phrasings, evaluation three others.
 
 Neither task is in the base's pretraining corpus (its own upper-casing skill answers with
 unrelated words), and an adapter for one task answers the other task's prompts in its own
@@ -37,14 +37,21 @@ Record = dict[str, list[Message]]
 SEED = 20240611
 TASKS = ("codeword", "caps")
 
-# Training settings that reach >= 90 % exact match on both tasks on the demo base (NF4, batch
-# 16, about 6 minutes each on 2 CPU cores). The routing from a prompt word to the answer appears
-# after a plateau whose length depends on the machine: the demo base is built on the machine
-# itself, and its CPU's bf16 kernels decide the exact weights. 500 steps were enough on one
-# machine (35/36 code words) and not on another (18/36, eval loss 0.71, the plateau ending near
-# step 225); 1500 steps reach eval loss 0.07 there, flat from step 900.
+# Training settings for both demo adapters (NF4 base, fp32 compute on every CPU). What decides
+# the outcome is whether the adapter finds the prompt's word (the animal, the word to write in
+# capitals): until it does, every answer is the same table entry. The base is built on each
+# machine and another CPU's kernels build a different one (same corpus, other rounding: weights
+# 39 % apart), so the recipe is measured on more than one base; fp32 keeps bf16 kernels out of
+# the adapters' own run. The bf16 recipe this replaces (1,500 steps, lr 2e-3, on a base that
+# could not copy a word) scored 29/36 code words on one AMD machine and 18/36 at step 500 on an
+# Intel one. With these settings, code words 36/36 from step 200 on this machine's base and
+# from step 500 on a base built with default (non-AVX) kernels; caps 48/48 from step 600 here,
+# 45/48 from step 500 there (one word, yellow, stays mapped to CHAIR); all of these runs used
+# one thread each. Without gradient checkpointing: on a 3.6 M-parameter base it only costs
+# time. One thread: the two adapters train side by side (loramux.demo.trained), in about half
+# the time of one after the other on two threads.
 DEMO_TRAIN_SETTINGS: dict[str, Any] = {
-    "max_steps": 1500,
+    "max_steps": 1000,
     "batch_size": 16,
     "learning_rate": 2e-3,
     "r": 16,
@@ -52,6 +59,9 @@ DEMO_TRAIN_SETTINGS: dict[str, Any] = {
     "lora_dropout": 0.0,
     "warmup_ratio": 0.05,
     "lr_scheduler": "cosine",
+    "compute_dtype": "float32",
+    "gradient_checkpointing": False,
+    "threads": 1,
     "logging_steps": 25,
     "max_seq_length": 128,
     "seed": 42,
@@ -77,6 +87,14 @@ CODEWORD_TRAIN_TEMPLATES = [
     "Say the code word for the {x}.",
     "The code word for the {x} is what?",
     "I forgot the code word for the {x}.",
+    "Tell me the {x} code word.",
+    "The {x} code word, please.",
+    "Which is the {x} code word?",
+    "I want the {x} code word.",
+    "Could you give me the code word for the {x}?",
+    "Let me know the code word for the {x}.",
+    "For the {x}, what is the code word?",
+    "What's the code word of the {x}?",
 ]
 CODEWORD_EVAL_TEMPLATES = [
     "Please tell me the code word for the {x}.",
@@ -104,6 +122,14 @@ CAPS_TRAIN_TEMPLATES = [
     "Spell {w} in capitals.",
     "Rewrite {w} in all capital letters.",
     "{w} in caps, please.",
+    "Write {w} in uppercase.",
+    "Uppercase {w}, please.",
+    "Change {w} to capital letters.",
+    "Can you put {w} in capitals?",
+    "{w} in capital letters, please.",
+    "How do you write {w} in capitals?",
+    "Make the word {w} all caps.",
+    "Type {w} in upper case.",
 ]
 CAPS_EVAL_TEMPLATES = [
     "Please write {w} in capitals.",
@@ -129,8 +155,8 @@ def _chat(user: str, answer: str, system: str | None = None) -> Record:
     return {"messages": messages}
 
 
-def _lookup_task(name: str, description: str, table: dict[str, str], train_templates: list[str],
-                 eval_templates: list[str], rng: random.Random) -> DemoTask:
+def lookup_task(name: str, description: str, table: dict[str, str], train_templates: list[str],
+                eval_templates: list[str], rng: random.Random) -> DemoTask:
     """Every key in every training phrasing; every key in every held-out phrasing for eval."""
     train = []
     for key, answer in table.items():
@@ -154,11 +180,11 @@ def build_tasks(seed: int = SEED) -> dict[str, DemoTask]:
     codewords = dict(zip(CODEWORD_THINGS, words, strict=False))
     caps = {w: w.upper() for w in CAPS_WORDS}
     return {
-        "codeword": _lookup_task("codeword", "code word of an animal (a fixed lookup table)",
-                                 codewords, CODEWORD_TRAIN_TEMPLATES, CODEWORD_EVAL_TEMPLATES,
-                                 random.Random(seed + 1)),
-        "caps": _lookup_task("caps", "a word in capital letters (format conversion)", caps,
-                             CAPS_TRAIN_TEMPLATES, CAPS_EVAL_TEMPLATES, random.Random(seed + 2)),
+        "codeword": lookup_task("codeword", "code word of an animal (a fixed lookup table)",
+                                codewords, CODEWORD_TRAIN_TEMPLATES, CODEWORD_EVAL_TEMPLATES,
+                                random.Random(seed + 1)),
+        "caps": lookup_task("caps", "a word in capital letters (format conversion)", caps,
+                            CAPS_TRAIN_TEMPLATES, CAPS_EVAL_TEMPLATES, random.Random(seed + 2)),
     }
 
 
@@ -167,17 +193,18 @@ def _write_jsonl(path: Path, records: Iterable[Record]) -> None:
     path.write_text(text, encoding="utf-8")
 
 
+def write_task(task: DemoTask, folder: Path | str) -> Path:
+    """``folder/train.jsonl`` and ``folder/eval.jsonl`` for one task; returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_jsonl(folder / "train.jsonl", task.train)
+    _write_jsonl(folder / "eval.jsonl", task.eval)
+    return folder
+
+
 def write_demo_data(out: Path | str, seed: int = SEED) -> dict[str, Path]:
     """Write ``out/<task>/train.jsonl`` and ``out/<task>/eval.jsonl``; returns task -> folder."""
-    out = Path(out)
-    folders = {}
-    for name, task in build_tasks(seed).items():
-        folder = out / name
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_jsonl(folder / "train.jsonl", task.train)
-        _write_jsonl(folder / "eval.jsonl", task.eval)
-        folders[name] = folder
-    return folders
+    return {name: write_task(task, Path(out) / name) for name, task in build_tasks(seed).items()}
 
 
 # --- exact-match evaluation -----------------------------------------------------------------
@@ -228,16 +255,19 @@ def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
 
 
 def load_generator(base: Path | str, adapter: Path | str | None = None, *, quantize: bool = True):
-    """(model, tokenizer) for greedy chat generation: the base in NF4 (or bf16) plus an adapter."""
+    """(model, tokenizer) for greedy chat generation: the base in NF4 (or unquantized) plus an
+    adapter, computing in this machine's fast dtype (bf16, or fp32 on CPUs without bf16)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from loramux.hardware import fast_dtype
     from loramux.trainer.model import quantization_config
 
     tokenizer = AutoTokenizer.from_pretrained(str(base))
-    kwargs: dict[str, Any] = {"dtype": torch.bfloat16}
+    dtype = fast_dtype("cpu")  # the model is loaded on the CPU
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)}
     if quantize:
-        kwargs["quantization_config"] = quantization_config()
+        kwargs["quantization_config"] = quantization_config(compute_dtype=dtype)
     model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
     if adapter is not None:
         from peft import PeftModel
@@ -324,60 +354,3 @@ def exact_match_table(base: Path | str, adapters: dict[str, Path | str],
                 row[name] = _score(peft_model, tokenizer, items, max_new_tokens)
         table[task] = row
     return table
-
-
-def train_demo_adapter(base: Path | str, task_dir: Path | str, out: Path | str,
-                       **overrides: Any):
-    """Train one demo task's adapter with the demo settings (QLoRA unless quantize=False)."""
-    from loramux.trainer.api import train
-
-    task_dir = Path(task_dir)
-    settings = {"base": str(base), "data": task_dir / "train.jsonl",
-                "eval": task_dir / "eval.jsonl", "out": Path(out), **DEMO_TRAIN_SETTINGS}
-    settings.update(overrides)
-    return train(settings)
-
-
-def demo_adapter_key(base: Path | str, data: dict[str, Path]) -> str:
-    """A key for trained demo adapters: the demo settings, the trainer's defaults and its mapping
-    onto TRL (their source), the base's recipe, the data and the library versions. Equal keys mean
-    retraining would give the same adapters, so they are reused.
-    """
-    import hashlib
-    from importlib import metadata
-
-    from loramux.trainer import config, model, sft
-
-    h = hashlib.sha256(json.dumps(DEMO_TRAIN_SETTINGS, sort_keys=True).encode())
-    for module in (config, model, sft):
-        h.update(Path(module.__file__).read_bytes())
-    h.update((Path(base) / "loramux_demo_recipe.json").read_bytes())
-    for task in sorted(data):
-        h.update((Path(data[task]) / "train.jsonl").read_bytes())
-    for lib in ("torch", "transformers", "peft", "trl", "bitsandbytes"):
-        h.update(f"{lib}={metadata.version(lib)}".encode())
-    return h.hexdigest()[:16]
-
-
-def cached_demo_adapters(base: Path | str, data: dict[str, Path], cache: Path | str, *,
-                         progress: bool = True) -> dict[str, Path]:
-    """task -> adapter folder under ``cache/<key>/<task>``, trained only when not there yet.
-
-    The tests and ``loramux demo run`` share this cache, so a newcomer's ``make test`` then
-    ``make demo`` trains each demo adapter once. A folder counts only when its report exists
-    (written last), so an interrupted run is retrained, never half-reused.
-    """
-    import shutil
-
-    from loramux.trainer.api import remove_checkpoints
-
-    root = Path(cache) / demo_adapter_key(base, data)
-    adapters = {}
-    for task in TASKS:
-        folder = root / task
-        if not (folder / "training_report.json").is_file():
-            shutil.rmtree(folder, ignore_errors=True)
-            train_demo_adapter(base, data[task], folder, progress=progress)
-            remove_checkpoints(folder)
-        adapters[task] = folder
-    return adapters

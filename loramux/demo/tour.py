@@ -142,7 +142,8 @@ def run_tour(base: Path, cache: Path, console: Console | None = None) -> None:
     from openai import OpenAI
 
     from loramux.demo import rollout
-    from loramux.demo.tasks import cached_demo_adapters, load_eval, write_demo_data
+    from loramux.demo.tasks import load_eval, write_demo_data
+    from loramux.demo.trained import cached_demo_adapters
     from loramux.support.launch import ServerProcess
 
     console = console or Console()
