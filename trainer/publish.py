@@ -64,6 +64,12 @@ def quantization_info(config: TrainConfig, report: dict[str, Any]) -> dict[str, 
     if not config.quantize:
         return {"method": "none"}
     dtype = report.get("runtime", {}).get("dtype", config.compute_dtype)
+    if dtype == "auto":  # a report from before runtime was recorded: this machine's answer
+        import torch
+
+        from loramux.hardware import fast_dtype
+
+        dtype = fast_dtype("cuda" if torch.cuda.is_available() else "cpu")
     return {"method": config.quant_type, "double_quant": config.double_quant,
             "compute_dtype": dtype}
 

@@ -329,8 +329,13 @@ class VllmEngine:
         self._loaded[adapter.lora_id] = adapter
 
     async def unload_adapter(self, adapter: AdapterHandle) -> None:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
         self._loaded.pop(adapter.lora_id, None)
-        await self._engine.remove_lora(adapter.lora_id)
+        try:  # evicting to make room on a dead engine: 503 like any other call, not a 400
+            await self._engine.remove_lora(adapter.lora_id)
+        except EngineDeadError as exc:
+            raise EngineUnavailable("the vLLM engine has stopped") from exc
 
     async def check_health(self) -> None:
         if self._engine.errored:

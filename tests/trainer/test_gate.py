@@ -101,7 +101,8 @@ def test_published_but_gated(stack: SimpleNamespace, capsys) -> None:
 
     # the CLI's last words: the published ref without the alias, the gate's line, exit 10
     result = SimpleNamespace(report=report | {"verdict": {"line": "learned"}},
-                             reference=ref, config=SimpleNamespace(alias="prod"), skipped=[],
+                             reference=ref, skipped=[],
+                             config=SimpleNamespace(alias="prod", keep_checkpoints=False),
                              adapter_dir=stack.adapters["bad"], report_path=Path("r.json"),
                              loss_curve_path=Path("c.png"), config_path=Path("c.yaml"))
     from rich.console import Console
