@@ -35,6 +35,15 @@ def fast_dtype(device: str) -> str:
     return "bfloat16" if cpu_has_fast_bf16() else "float32"
 
 
+def resolve_dtype(dtype: str) -> str:
+    """``dtype``, with ``auto`` made this machine's fast type (on its GPU if it has one)."""
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    return fast_dtype("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def describe(device: str) -> str:
     """One line for logs: the dtype chosen and why."""
     dtype = fast_dtype(device)

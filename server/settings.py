@@ -124,13 +124,9 @@ class ServerSettings(BaseModel):
 
     def compute_dtype(self) -> str:
         """``dtype`` with ``auto`` resolved for this machine (loramux.hardware decides)."""
-        if self.dtype != "auto":
-            return self.dtype
-        import torch
+        from loramux.hardware import resolve_dtype
 
-        from loramux.hardware import fast_dtype
-
-        return fast_dtype("cuda" if torch.cuda.is_available() else "cpu")
+        return resolve_dtype(self.dtype)
 
     def vllm_options(self, model_dir: Path) -> VllmOptions:
         """vLLM's options: every setting whose name is a VllmOptions field, by name."""

@@ -63,13 +63,10 @@ def quantization_info(config: TrainConfig, report: dict[str, Any]) -> dict[str, 
     becomes what the machine ran: ``report["runtime"]["dtype"]``)."""
     if not config.quantize:
         return {"method": "none"}
-    dtype = report.get("runtime", {}).get("dtype", config.compute_dtype)
-    if dtype == "auto":  # a report from before runtime was recorded: this machine's answer
-        import torch
+    from loramux.hardware import resolve_dtype
 
-        from loramux.hardware import fast_dtype
-
-        dtype = fast_dtype("cuda" if torch.cuda.is_available() else "cpu")
+    # a report without runtime (written before it was recorded): this machine's answer
+    dtype = resolve_dtype(report.get("runtime", {}).get("dtype", config.compute_dtype))
     return {"method": config.quant_type, "double_quant": config.double_quant,
             "compute_dtype": dtype}
 
