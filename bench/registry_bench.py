@@ -32,8 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loramux.registry.auth import ENV_TOKENS
 from loramux.registry.digests import adapter_digest
+from loramux.registry.http.auth import ENV_TOKENS
 from loramux.registry.index import now, to_dt
 from loramux.registry.manifest import FileEntry
 from loramux.registry.store import LocalRegistry

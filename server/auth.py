@@ -300,7 +300,7 @@ def _guard(inner: ASGIApp) -> ASGIApp:
     return guarded
 
 
-UI_COOKIE = "loramux_server_ui"  # set by the /ui login form (registry/ui/web.py)
+UI_COOKIE = "loramux_server_ui"  # set by the /ui login form (loramux/web)
 
 
 async def authenticate_ui(request: Request) -> Principal:

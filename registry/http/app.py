@@ -21,8 +21,13 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from loramux.registry import http_errors
-from loramux.registry.auth import (
+from loramux.registry.base import DEFAULT_LOG_LIMIT
+from loramux.registry.blobs import BlobUpload
+from loramux.registry.canary import CanaryRequest, CanaryState, Split
+from loramux.registry.evaluations import Evaluation, EvaluationEntry, PromoteRequest
+from loramux.registry.http import errors as http_errors
+from loramux.registry.http import pages as ui_pages
+from loramux.registry.http.auth import (
     Identity,
     TokenAuth,
     actor_of,
@@ -31,12 +36,8 @@ from loramux.registry.auth import (
     require_read,
     require_write,
 )
-from loramux.registry.base import DEFAULT_LOG_LIMIT
-from loramux.registry.blobs import BlobUpload
-from loramux.registry.bodies import RequestGate
-from loramux.registry.canary import CanaryRequest, CanaryState, Split
-from loramux.registry.evaluation import Evaluation, EvaluationEntry, PromoteRequest
-from loramux.registry.http_errors import responses
+from loramux.registry.http.bodies import RequestGate
+from loramux.registry.http.errors import responses
 from loramux.registry.manifest import (
     AliasPointer,
     AuditEntry,
@@ -49,7 +50,6 @@ from loramux.registry.manifest import (
 )
 from loramux.registry.refs import AdapterRef
 from loramux.registry.store import LocalRegistry
-from loramux.registry.ui import pages as ui_pages
 from loramux.registry.validate import Limits
 
 log = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from loramux.registry.errors import Forbidden, RegistryError, Unauthorized
+from loramux.wire import ACTOR_HEADER
 
 ENV_TOKENS = "LORAMUX_REGISTRY_TOKENS"
 TOKENS_FORMAT = (
@@ -152,11 +153,11 @@ require_admin = require("admin")
 
 def actor_of(identity: Identity, request: Request) -> str:
     """Audit actor: the token's name, plus what the client says it is (user@host)."""
-    claimed = request.headers.get("x-loramux-actor", "").strip()[:128]
+    claimed = request.headers.get(ACTOR_HEADER, "").strip()[:128]
     return f"{identity.name} ({claimed})" if claimed and claimed != identity.name else identity.name
 
 
-UI_COOKIE = "loramux_registry_ui"  # set by the /ui login form (registry/ui/web.py)
+UI_COOKIE = "loramux_registry_ui"  # set by the /ui login form (loramux/web)
 
 
 def ui_identity(request: Request) -> Identity:

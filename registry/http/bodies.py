@@ -13,9 +13,9 @@ from __future__ import annotations
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from loramux.registry.auth import TokenAuth, bearer_secret
 from loramux.registry.errors import RegistryError, TooLarge
-from loramux.registry.http_errors import error_response
+from loramux.registry.http.auth import TokenAuth, bearer_secret
+from loramux.registry.http.errors import error_response
 
 MAX_JSON_BODY = 16 << 20
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})

@@ -1,6 +1,6 @@
 """The registry's web pages: routes under ``/ui``, server-rendered, read-only.
 
-Every page needs a token with ``read`` scope, sent as the login cookie (see web.py); a
+Every page needs a token with ``read`` scope, sent as the login cookie (see ``loramux.web``); a
 browser without one is sent to the login form. Registry errors (no such adapter, a bad
 name) become an HTML page with the error's status, not the API's JSON.
 """
@@ -15,12 +15,12 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from loramux.registry.auth import UI_COOKIE, Identity, TokenAuth, ui_identity
 from loramux.registry.errors import NotFound, RegistryError, Unauthorized
+from loramux.registry.http import views
+from loramux.registry.http.auth import UI_COOKIE, Identity, TokenAuth, ui_identity
 from loramux.registry.refs import validate_name
 from loramux.registry.store import LocalRegistry
-from loramux.registry.ui import views
-from loramux.registry.ui.web import (
+from loramux.web import (
     Pages,
     clear_cookie,
     form_fields,

@@ -17,15 +17,6 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from loramux.registry.ui.web import (
-    Pages,
-    clear_cookie,
-    form_fields,
-    login_redirect,
-    mount_static,
-    safe_next,
-    set_cookie,
-)
 from loramux.server.auth import UI_COOKIE, authenticate_ui, visible
 from loramux.server.errors import (
     Forbidden,
@@ -37,6 +28,15 @@ from loramux.server.errors import (
 )
 from loramux.server.protocol import ChatCompletionRequest
 from loramux.server.ui.stats import per_adapter
+from loramux.web import (
+    Pages,
+    clear_cookie,
+    form_fields,
+    login_redirect,
+    mount_static,
+    safe_next,
+    set_cookie,
+)
 
 HERE = Path(__file__).resolve().parent
 LOGIN = "/ui/login"

@@ -156,7 +156,7 @@ def test_sigkilled_local_pushes_leave_no_half_version(tmp_path: Path, crash_fold
 @pytest.mark.timeout(180)
 def test_sigkilled_remote_pushes_leave_no_half_version(tmp_path: Path, http_server,
                                                        crash_folders, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="loramux.registry.app")
+    caplog.set_level(logging.INFO, logger="loramux.registry.http.app")
     root = tmp_path / "store"
     store = LocalRegistry(root)
     http_server.use(store)

@@ -25,8 +25,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from loramux.registry import RemoteRegistry
-from loramux.registry.app import create_app
-from loramux.registry.auth import TokenAuth
+from loramux.registry.http.app import create_app
+from loramux.registry.http.auth import TokenAuth
 from loramux.registry.store import LocalRegistry
 
 pytestmark = pytest.mark.timeout(300)

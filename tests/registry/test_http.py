@@ -20,8 +20,8 @@ from loramux.registry import (
     TooLarge,
     Unauthorized,
 )
-from loramux.registry.auth import TokenAuth, parse_tokens
 from loramux.registry.errors import RegistryError
+from loramux.registry.http.auth import TokenAuth, parse_tokens
 from loramux.registry.manifest import FileEntry, PushRequest
 from loramux.registry.store import LocalRegistry
 

@@ -20,7 +20,7 @@ from registry_support import ADMIN_TOKEN, READ_TOKEN, TOKENS, WRITE_TOKEN
 from test_untrusted_input import _evil_adapter
 
 from loramux.registry import Forbidden, RemoteRegistry
-from loramux.registry.bodies import MAX_JSON_BODY
+from loramux.registry.http.bodies import MAX_JSON_BODY
 from loramux.registry.store import LocalRegistry
 from loramux.support.launch import RegistryProcess
 

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 import loramux.registry as reg
-from loramux.registry.auth import UI_COOKIE as REGISTRY_COOKIE
-from loramux.registry.auth import TokenAuth, parse_tokens
+from loramux.registry.http.auth import UI_COOKIE as REGISTRY_COOKIE
+from loramux.registry.http.auth import TokenAuth, parse_tokens
 from loramux.server.auth import UI_COOKIE as SERVER_COOKIE
 from loramux.server.settings import ServerSettings
 from loramux.support.adapters import write_adapter
@@ -34,7 +34,7 @@ def store(tmp_path: Path) -> Path:
 
 
 def registry_site(store: Path, tokens: str, anonymous_read: bool = False) -> LiveServer:
-    from loramux.registry.app import create_app
+    from loramux.registry.http.app import create_app
     from loramux.registry.store import LocalRegistry
 
     auth = TokenAuth(parse_tokens(tokens) if tokens else [], anonymous_read=anonymous_read)
