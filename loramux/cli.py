@@ -1,7 +1,10 @@
-"""The `loramux` console script: one sub-command group per part.
+"""The `loramux` console script: the one mount point of every part's commands.
 
 Each part's commands live beside its code; this module only mounts them, so `loramux registry …`
-never imports torch or vLLM.
+never imports torch or vLLM. Release management's commands keep the names they always had:
+`loramux registry promote` and `loramux registry rollout status` join the registry's verbs, and
+`loramux rollout watch` is its own group. Every LoramuxError, from any of them, ends as one
+`error: …` line and the exit code of its class (`loramux.cli_errors.ErrorLines`).
 """
 
 from __future__ import annotations
@@ -11,24 +14,29 @@ import typer
 from loramux import __version__
 from loramux.bases.cli import app as base_app
 from loramux.bench.cli import app as bench_app
+from loramux.cli_errors import ErrorLines
 from loramux.demo.cli import app as demo_app
 from loramux.registry.cli import app as registry_app
-from loramux.registry.cli_rollout import watch_app
+from loramux.release import cli as release_cli
 from loramux.server.cli import serve_command
 from loramux.trainer.cli import add_train_command
 
 app = typer.Typer(
+    cls=ErrorLines,
     help="loramux: one quantized base model, many LoRA adapters, one OpenAI-compatible server.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+registry_app.command("promote")(release_cli.promote_command)
+registry_app.add_typer(release_cli.status_app, name="rollout")
 app.add_typer(registry_app, name="registry", help="Versioned, content-addressed adapter store.")
 app.add_typer(demo_app, name="demo")
 app.add_typer(base_app, name="base", help="Real base models: import a GGUF file as a "
               "transformers folder; the packaged SmolLM2-135M-Instruct.")
 add_train_command(app)
 app.add_typer(bench_app, name="bench")
-app.add_typer(watch_app, name="rollout", help="Watch a weighted canary; roll it back.")
+app.add_typer(release_cli.watch_app, name="rollout",
+              help="Watch a weighted canary; roll it back.")
 app.command("serve", help="OpenAI-compatible server: one base model, adapters per request.")(
     serve_command)
 

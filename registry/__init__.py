@@ -50,8 +50,8 @@ from loramux.registry.refs import AdapterRef
 from loramux.registry.remote import RemoteRegistry
 from loramux.registry.store import LocalRegistry
 from loramux.registry.validate import Limits
+from loramux.wire import ENV_REGISTRY
 
-ENV_REGISTRY = "LORAMUX_REGISTRY"
 DEFAULT_ROOT = Path("~/.loramux/registry")
 
 

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from loramux.registry.canary import CanaryState, Split
 from loramux.registry.errors import InvalidBaseModel, InvalidName, InvalidRequest
-from loramux.registry.evaluation import Evaluation, EvaluationEntry
+from loramux.registry.evaluations import Evaluation, EvaluationEntry
 from loramux.registry.fingerprint import base_components, fingerprint_of
 from loramux.registry.manifest import (
     AliasPointer,

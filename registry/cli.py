@@ -1,8 +1,10 @@
 """``loramux registry …``: the registry from the shell, against a folder or a server URL.
 
-Tables for people (``render``), ``--json`` for scripts. Every RegistryError becomes one line on
-stderr and the exit code of its class, in :class:`_Group` and nowhere else. ``--registry`` and
-``--token`` may be given before the verb or after it.
+Tables for people (``render``), ``--json`` for scripts. Every error becomes one line on stderr
+and the exit code of its class (``loramux.cli_errors``, as every loramux command). ``--registry``
+and ``--token`` may be given before the verb or after it. Only registry verbs live here: release
+management (``promote``, ``rollout status``) has its own CLI, ``release/cli.py``, which
+``loramux/cli.py`` mounts into this group under those names, using :func:`verb`.
 """
 
 from __future__ import annotations
@@ -10,30 +12,30 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import re
 from collections.abc import Callable
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import click
 import typer
-from typer.core import TyperGroup
 
 from loramux import registry as reg
+from loramux.cli_errors import ErrorLines
 from loramux.registry import render
-from loramux.registry.auth import TOKENS_FORMAT
 from loramux.registry.blobs import BLOBS_HELP, ENV_BLOBS
+from loramux.registry.canary import parse_spec
 from loramux.registry.errors import IntegrityError, RegistryError
+from loramux.registry.http.auth import TOKENS_FORMAT
 from loramux.registry.index import INDEX_HELP
 from loramux.registry.manifest import parse_labels
+from loramux.wire import ENV_TOKEN
 
 REGISTRY_HELP = "Folder or http(s):// URL (env LORAMUX_REGISTRY, else ~/.loramux/registry)."
-TOKEN_HELP = "Bearer token for a remote registry (env LORAMUX_TOKEN)."
+TOKEN_HELP = f"Bearer token for a remote registry (env {ENV_TOKEN})."
 
 
-class _Group(TyperGroup):
-    """The one place registry errors become a message and an exit code."""
+class _Group(ErrorLines):
+    """Errors as one line each (:class:`ErrorLines`); push's warnings as lines too."""
 
     def invoke(self, ctx: click.Context) -> Any:
         warnings = logging.getLogger("loramux.registry.base")  # push's warnings
@@ -41,9 +43,6 @@ class _Group(TyperGroup):
         warnings.addHandler(handler)
         try:
             return super().invoke(ctx)
-        except RegistryError as exc:
-            typer.echo(f"error: {exc.message}", err=True)
-            raise typer.Exit(exc.exit_code) from None
         finally:
             warnings.removeHandler(handler)
 
@@ -90,18 +89,21 @@ def main(
     ctx: typer.Context,
     registry: str | None = typer.Option(None, "--registry", envvar=reg.ENV_REGISTRY,
                                         metavar="PATH|URL", help=REGISTRY_HELP),
-    token: str | None = typer.Option(None, "--token", envvar="LORAMUX_TOKEN", help=TOKEN_HELP),
+    token: str | None = typer.Option(None, "--token", envvar=ENV_TOKEN, help=TOKEN_HELP),
 ) -> None:
     state = _State(registry or reg.default_location(), token)
     ctx.obj = state
     ctx.call_on_close(lambda: state.registry.close() if state.registry else None)
 
 
-def verb(name: str | None = None, *, group: typer.Typer = app, create: bool = False) -> Any:
+def verb(name: str | None = None, *, group: typer.Typer | None = app,
+         create: bool = False) -> Any:
     """Register a verb that receives the opened registry as its first argument.
 
     The command gets ``--registry`` and ``--token`` of its own, so that they may follow the
-    verb; only ``push`` may create a registry (a typo must not make an empty store).
+    verb; only ``push`` may create a registry (a typo must not make an empty store). With
+    ``group`` None the command is returned unregistered, for a mount point to add to this group
+    (release management's verbs: ``loramux/cli.py``).
     """
 
     def decorate(fn: Callable[..., Any]) -> Any:
@@ -115,34 +117,13 @@ def verb(name: str | None = None, *, group: typer.Typer = app, create: bool = Fa
         own = list(inspect.signature(fn, eval_str=True).parameters.values())[1:]
         command.__signature__ = inspect.Signature([ctx, *own, *shared])  # type: ignore[attr-defined]
         command.__doc__, command.__name__ = fn.__doc__, fn.__name__
-        return group.command(name)(command)
+        return command if group is None else group.command(name)(command)
 
     return decorate
 
 
-def _emit_json(data: Any) -> None:
+def emit_json(data: Any) -> None:
     typer.echo(render.as_json(data))
-
-
-_AGO = re.compile(r"^(\d+)([smhd])$")
-
-
-def _when(text: str | None, option: str) -> datetime | None:
-    """ISO 8601 (naive = local time), ``now``, or an age like ``90m``, ``2h``, ``7d``."""
-    if text is None:
-        return None
-    if text == "now":
-        return datetime.now().astimezone()
-    if m := _AGO.match(text):
-        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m[2]]
-        return datetime.now().astimezone() - timedelta(**{unit: int(m[1])})
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        raise typer.BadParameter(
-            f"{text!r}: use ISO 8601 (2024-05-07T14:00), 'now', or an age (90m, 2h, 7d)",
-            param_hint=option,
-        ) from None
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -180,7 +161,7 @@ def push(
         lineage=lineage_data, created_by=created_by,
     )
     if as_json:
-        _emit_json(manifest)
+        emit_json(manifest)
     else:
         render.console().print(f"{manifest.ref}  {manifest.digest}  {render.size(manifest.size)}")
 
@@ -203,7 +184,7 @@ def list_(
         include_deleted=include_deleted,
     )
     if as_json:
-        _emit_json(rows)
+        emit_json(rows)
     else:
         out = render.console()
         out.print(render.versions_table(rows, out.width))
@@ -219,7 +200,7 @@ def show(
     """The manifest of the version REF resolves to."""
     manifest = registry.show(ref)
     if as_json:
-        _emit_json(manifest)
+        emit_json(manifest)
     else:
         out, evaluations = render.console(), registry.evaluations(manifest.name, manifest.version)
         for table in render.manifest_view(manifest, evaluations):
@@ -237,7 +218,7 @@ def pull(
     manifest = registry.resolve(ref)
     path = registry.pull(f"{manifest.name}@{manifest.version}", to)
     if as_json:
-        _emit_json({"ref": manifest.ref, "digest": manifest.digest, "path": str(path)})
+        emit_json({"ref": manifest.ref, "digest": manifest.digest, "path": str(path)})
     else:
         render.console().print(f"{manifest.ref}  {manifest.digest}  -> {path}")
 
@@ -247,6 +228,24 @@ def alias_rm(registry: reg.Registry, name: str, alias: str) -> None:
     """Remove NAME:ALIAS."""
     registry.alias_rm(name, alias)
     render.console().print(f"removed {name}:{alias}")
+
+
+@verb("set", group=alias_app)
+def alias_set(
+    registry: reg.Registry, name: str, alias: str, version: int = typer.Argument(..., min=1),
+    canary: str | None = typer.Option(
+        None, "--canary", metavar="V:WEIGHT",
+        help="Also send WEIGHT of the alias's requests to version V: 5:10% or 5:0.1 (sticky "
+             "per user). Without it the move is plain and ends any canary."),
+) -> None:
+    """Point NAME:ALIAS at VERSION (recorded in the audit log)."""
+    if canary is None:
+        pointer = registry.alias_set(name, alias, version)
+        render.console().print(f"{name}:{alias} -> {name}@{pointer.version}  {pointer.digest}")
+        return
+    canary_version, weight = parse_spec(canary)
+    render.console().print(render.canary_line(registry.canary_set(name, alias, version,
+                                                                  canary_version, weight)))
 
 
 @verb()
@@ -272,7 +271,7 @@ def gc(
     """
     report = registry.gc()
     if as_json:
-        _emit_json(report)
+        emit_json(report)
     else:
         render.console().print(
             f"removed {report.removed_blobs} blob(s) ({render.size(report.removed_bytes)}) and "
@@ -294,7 +293,7 @@ def verify(
     """
     report = registry.verify()
     if as_json:
-        _emit_json(report)
+        emit_json(report)
     else:
         out = render.console()
         for p in report.problems:
@@ -323,11 +322,11 @@ def log_(
     if at is not None:
         if not (name and alias):
             raise typer.BadParameter("--at needs --name and --alias", param_hint="--at")
-        when = _when(at, "--at")
+        when = render.parse_when(at, "--at")
         assert when is not None
         pointer = registry.alias_at(name, alias, when)
         if as_json:
-            _emit_json(pointer.model_dump(mode="json") if pointer else None)
+            emit_json(pointer.model_dump(mode="json") if pointer else None)
         elif pointer is None:
             out.print(f"{name}:{alias} did not exist at {render.local(when, seconds=True)}")
         else:
@@ -336,11 +335,12 @@ def log_(
                       f"set by {pointer.set_by})")
         return
     entries = registry.log(
-        name=name, alias=alias, since=_when(since, "--since"), until=_when(until, "--until"),
+        name=name, alias=alias, since=render.parse_when(since, "--since"),
+        until=render.parse_when(until, "--until"),
         limit=limit,
     )
     if as_json:
-        _emit_json(entries)
+        emit_json(entries)
     else:
         out.print(render.log_table(entries, out.width))
 
@@ -363,8 +363,8 @@ def serve(
                                      help=BLOBS_HELP),
 ) -> None:
     """Serve a local store over HTTP (FastAPI; OpenAPI at /docs)."""
-    from loramux.registry.app import serve as run
-    from loramux.registry.auth import ENV_TOKENS, TokenAuth
+    from loramux.registry.http.app import serve as run
+    from loramux.registry.http.auth import ENV_TOKENS, TokenAuth
 
     if root is None:
         location = registry or ctx.find_object(_State).location  # type: ignore[union-attr]
@@ -381,9 +381,6 @@ def serve(
     run(str(root), host=host, port=port, auth=auth,
         limits=reg.Limits(max_total_bytes=max_bytes), log_level=log_level, index=index,
         blobs=blobs)
-
-
-from loramux.registry import cli_promote, cli_rollout  # noqa: E402, F401  (register verbs)
 
 if __name__ == "__main__":
     app()

@@ -1,38 +1,36 @@
-"""Eval sets, scorers and the gate's arithmetic: what eval-gated promotion measures and decides.
+"""Evaluation records and their check: the store side of eval-gated promotion.
 
-An eval set is chat JSONL in the trainer's format: one ``{"messages": [...]}`` record a line,
-the last message the assistant's expected answer, every message before it the prompt. A scorer
-turns (prediction, expected) into a number in [0, 1]; the set's score is their mean. Exact match
-is always measured too, so every record carries it whatever scorer gated.
-
-The gate lives here (not in the CLI) because the registry re-checks it when a result is recorded:
-a result whose ``passed`` does not follow from its own scores is refused, over HTTP too. The
-trainer imports this module (trainer -> registry); nothing here imports the trainer or the server.
-Running the set through a server over HTTP, and the promotion: :mod:`loramux.registry.promote`.
+A gate run (``loramux registry promote``, in ``release/``) measures a candidate version and the
+alias's current one on the serving stack, and records the result here whether it passed or not:
+an audit row ``evaluate`` and one row per version measured (``registry show NAME@V`` lists them).
+A pass then moves the alias compare-and-set against the version it was compared with, citing
+that record. The registry runs nothing itself; it re-checks what it is given, because over HTTP
+the record comes from a client: ``passed`` must follow from the scores (:func:`judge`, the one
+place the gate's arithmetic lives), and a promotion must cite a passing evaluation of exactly
+that move. Recording and the move are one transaction each (:class:`LocalPromotions`, a base
+class of LocalRegistry).
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import json
-import math
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+import logging
 from datetime import datetime
-from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
-from loramux.registry.errors import InvalidRequest, RegistryError
+from loramux.registry.canary import end_canary
+from loramux.registry.errors import Conflict, InvalidRequest, NotFound, RegistryError
+from loramux.registry.index import evaluations as sql
+from loramux.registry.index import now, to_dt
+from loramux.registry.manifest import AliasPointer
+from loramux.registry.refs import validate_alias, validate_name
 
-Scorer = Callable[[str, str], float]
-ROLES = ("system", "user", "assistant")
-BUILTIN_SCORERS = ("exact", "contains", "json")
+if TYPE_CHECKING:
+    from loramux.registry.store import LocalRegistry
+
+log = logging.getLogger(__name__)
 EPSILON = 1e-9  # scores are means of floats: 0.1 + 0.2 must still reach a 0.3 threshold
-MAX_ITEMS = 10_000
 
 
 class GateFailed(RegistryError, status=422, exit_code=10):
@@ -42,11 +40,6 @@ class GateFailed(RegistryError, status=422, exit_code=10):
     def __init__(self, message: str, entry: EvaluationEntry | None = None) -> None:
         super().__init__(message)
         self.entry = entry
-
-
-class EvalError(RegistryError, status=502, exit_code=11):
-    """The serving stack could not run the eval set (unreachable, refused, or answered with
-    another adapter than the registry names)."""
 
 
 # -- records -------------------------------------------------------------------------------------
@@ -132,134 +125,71 @@ def check_evaluation(evaluation: Evaluation) -> Evaluation:
     return evaluation
 
 
-# -- eval sets -----------------------------------------------------------------------------------
+# -- store side ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EvalItem:
-    prompt: list[dict[str, str]]  # every message before the answer
-    expected: str
+class LocalPromotions:
+    """The evaluation verbs of :class:`~loramux.registry.store.LocalRegistry` (a base class)."""
+
+    def record_evaluation(self: LocalRegistry, name: str, evaluation: Evaluation, *,
+                          actor: str | None = None) -> EvaluationEntry:
+        validate_name(name)
+        validate_alias(evaluation.alias)
+        check_evaluation(evaluation)
+        actor, at = actor or self.actor, now()
+        with self.index.write() as tx:
+            for side in (evaluation.candidate, evaluation.current):
+                if side is not None and tx.live_digest(name, side.version) != side.digest:
+                    raise NotFound(f"{name}@{side.version} with digest {side.digest} is not a "
+                                   "live version")
+            audit_id = sql.record(tx, name, evaluation, at=at, actor=actor)
+        log.info("evaluated %s@%d for %s:%s: %s", name, evaluation.candidate.version, name,
+                 evaluation.alias, "passed" if evaluation.passed else "failed")
+        return EvaluationEntry(id=audit_id, at=to_dt(at), actor=actor, name=name,
+                               version=evaluation.candidate.version, role="candidate",
+                               evaluation=evaluation)
+
+    def evaluations(self: LocalRegistry, name: str, version: int,
+                    limit: int = 5) -> list[EvaluationEntry]:
+        validate_name(name)
+        return sql.latest(self.index, name, int(version), limit)
+
+    def promote_alias(self: LocalRegistry, name: str, alias: str, version: int, *,
+                      expected: int | None, evaluation_id: int,
+                      actor: str | None = None) -> AliasPointer:
+        validate_name(name)
+        validate_alias(alias)
+        actor, at = actor or self.actor, now()
+        with self.index.write() as tx:
+            old = tx.alias_target(name, alias)
+            if (old[0] if old else None) != expected:
+                now_at = f"{name}@{old[0]}" if old else "nothing"
+                was = f"{name}@{expected}" if expected else "nothing"
+                raise Conflict(f"{name}:{alias} moved to {now_at} while the gate compared with "
+                               f"{was}: not promoted; run the gate again")
+            found = sql.find(tx, evaluation_id)
+            _check_cited(found, name, alias, version, expected, evaluation_id)
+            pointer = self._alias_set(tx, name, alias, int(version), actor, at)
+            end_canary(tx, name, alias, actor, at, reason="promoted")  # as any plain move
+            tx.audit(at=at, actor=actor, action="promote", name=name, alias=alias,
+                     version=pointer.version, digest=pointer.digest,
+                     old_version=old[0] if old else None, old_digest=old[1] if old else None,
+                     detail={"evaluation_id": evaluation_id})
+        log.info("promoted %s@%d to %s:%s (evaluation %d)", name, version, name, alias,
+                 evaluation_id)
+        return pointer
 
 
-@dataclass(frozen=True)
-class EvalSet:
-    path: Path
-    digest: str  # sha256 of the file's bytes, as the trainer records its data
-    items: list[EvalItem]
-
-
-def load_eval_set(path: Path | str) -> EvalSet:
-    """Read and check a chat JSONL eval file; every problem is reported as ``file:line: what``.
-
-    Raises InvalidRequest (exit 5) for a missing, empty or malformed file.
-    """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InvalidRequest(f"eval file {path}: {exc.strerror or exc}") from None
-    items, problems = [], []
-    for line_no, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            items.append(_item(json.loads(line)))
-        except (ValueError, TypeError) as exc:
-            problems.append(f"{path}:{line_no}: {exc}")
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise InvalidRequest(problems[0] + more)
-    if not items:
-        raise InvalidRequest(f"eval file {path} has no records")
-    if len(items) > MAX_ITEMS:
-        raise InvalidRequest(f"eval file {path} has {len(items)} records; at most {MAX_ITEMS}")
-    return EvalSet(path, "sha256:" + hashlib.sha256(data).hexdigest(), items)
-
-
-def _item(record: object) -> EvalItem:
-    messages = record.get("messages") if isinstance(record, dict) else None
-    if not isinstance(messages, list) or len(messages) < 2:
-        raise ValueError('expected {"messages": [...]} with a prompt and the expected answer')
-    for m in messages:
-        if not (isinstance(m, dict) and m.get("role") in ROLES
-                and isinstance(m.get("content"), str)):
-            raise ValueError(f"each message needs a role ({', '.join(ROLES)}) and text content")
-    if messages[-1]["role"] != "assistant":
-        raise ValueError("the last message must be the assistant's expected answer")
-    prompt = [{"role": m["role"], "content": m["content"]} for m in messages[:-1]]
-    return EvalItem(prompt, messages[-1]["content"])
-
-
-# -- scorers -------------------------------------------------------------------------------------
-
-
-def normalize(text: str) -> str:
-    """Whitespace-insensitive, as the trainer's exact match."""
-    return " ".join(text.strip().split())
-
-
-def exact(prediction: str, expected: str) -> float:
-    return float(normalize(prediction) == normalize(expected))
-
-
-def contains(prediction: str, expected: str) -> float:
-    """1 when the expected answer appears in the prediction (whitespace-normalised)."""
-    return float(normalize(expected) in normalize(prediction))
-
-
-def json_valid(prediction: str, expected: str) -> float:
-    """1 when the prediction parses as JSON (the expected answer is not compared)."""
-    try:
-        json.loads(prediction)
-    except ValueError:
-        return 0.0
-    return 1.0
-
-
-_BUILTIN: dict[str, Scorer] = {"exact": exact, "contains": contains, "json": json_valid}
-
-
-def load_scorer(spec: str) -> Scorer:
-    """``exact``, ``contains``, ``json``, or ``module:function`` (a callable
-    ``(prediction, expected) -> float`` in [0, 1]; the current folder is importable too)."""
-    if spec in _BUILTIN:
-        return _BUILTIN[spec]
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise InvalidRequest(f"scorer {spec!r}: use {', '.join(BUILTIN_SCORERS)} or "
-                             "module:function")
-    try:
-        module = _import(module_name)
-    except ImportError as exc:
-        raise InvalidRequest(f"scorer {spec!r}: cannot import {module_name}: {exc}") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise InvalidRequest(f"scorer {spec!r}: {module_name} has no function {attr!r}")
-    return fn
-
-
-def _import(module_name: str):
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError:
-        if "" in sys.path or str(Path.cwd()) in sys.path:
-            raise
-        sys.path.append(str(Path.cwd()))  # the console script does not put the cwd on the path
-        return importlib.import_module(module_name)
-
-
-def score_answers(scorer: Scorer, name: str, predictions: list[str],
-                  items: list[EvalItem]) -> tuple[float, float]:
-    """(mean score, exact match) of ``predictions`` against the items' expected answers."""
-    total = 0.0
-    for i, (prediction, item) in enumerate(zip(predictions, items, strict=True), 1):
-        try:
-            value = float(scorer(prediction, item.expected))
-        except Exception as exc:  # a user's scorer: report its failure, with the item
-            raise InvalidRequest(f"scorer {name} failed on record {i}: {exc!r}") from exc
-        if not math.isfinite(value) or not 0 <= value <= 1:
-            raise InvalidRequest(f"scorer {name} returned {value} for record {i}: scores must "
-                                 "be in [0, 1]")
-        total += value
-    hits = sum(exact(p, i.expected) for p, i in zip(predictions, items, strict=True))
-    return total / len(items), hits / len(items)
+def _check_cited(found: tuple[str, Evaluation] | None, name: str, alias: str, version: int,
+                 expected: int | None, evaluation_id: int) -> None:
+    """A promotion must cite a passing evaluation of exactly this move."""
+    if found is None:
+        raise NotFound(f"no evaluation {evaluation_id}")
+    ev_name, ev = found
+    current = ev.current.version if ev.current else None
+    if (ev_name, ev.alias, ev.candidate.version, current) != (name, alias, version, expected):
+        raise Conflict(f"evaluation {evaluation_id} measured {ev_name}@{ev.candidate.version} "
+                       f"for {ev_name}:{ev.alias} against "
+                       f"{f'@{current}' if current else 'nothing'}, not this move")
+    if not ev.passed:
+        raise GateFailed(f"evaluation {evaluation_id} did not pass: {ev.reason}")

@@ -22,7 +22,7 @@ from loramux.registry.base import Registry, default_actor, require_pinned
 from loramux.registry.canary import CanaryRequest, CanaryState, Split, check_args
 from loramux.registry.digests import sha256_fd
 from loramux.registry.errors import BlobMissing, Forbidden, RemoteError, error_class
-from loramux.registry.evaluation import (
+from loramux.registry.evaluations import (
     Evaluation,
     EvaluationEntry,
     PromoteRequest,
@@ -31,9 +31,9 @@ from loramux.registry.evaluation import (
 from loramux.registry.refs import AdapterRef, validate_alias, validate_name
 from loramux.registry.sources import open_regular
 from loramux.registry.validate import Limits, scan_folder, validate_adapter
+from loramux.wire import ACTOR_HEADER, ENV_TOKEN
 
 log = logging.getLogger(__name__)
-ENV_TOKEN = "LORAMUX_TOKEN"
 CHUNK = 1 << 20
 
 
@@ -101,7 +101,7 @@ class RemoteRegistry(Registry):
         self.url = url.rstrip("/")
         token = token if token is not None else os.environ.get(ENV_TOKEN)
         self.actor = actor or default_actor()
-        headers = {"X-Loramux-Actor": self.actor}
+        headers = {ACTOR_HEADER: self.actor}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(

@@ -1,23 +1,26 @@
 """How registry records look in a terminal: tables that fit 80 columns, ``--json`` for all.
 
 Digests are shown as 12 hex digits (enough to name a version: ``name@sha256:<12 hex>``), times
-in local time, lineage as a few key fields; nothing is wrapped into the next column. Only the
-CLI imports this module.
+in local time, lineage as a few key fields; nothing is wrapped into the next column. Times are
+read the same way (:func:`parse_when`). Only the CLIs (the registry's, release's) import it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+import typer
 from pydantic import BaseModel
 from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 
-from loramux.registry.evaluation import EvaluationEntry
+from loramux.registry.canary import CanaryState
+from loramux.registry.evaluations import EvaluationEntry
 from loramux.registry.manifest import AuditEntry, Lineage, Manifest, VersionInfo
 
 SHORT = 12
@@ -52,6 +55,27 @@ def short(digest: str | None) -> str:
 
 def local(when: datetime, *, seconds: bool = False) -> str:
     return when.astimezone().strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+
+
+_AGO = re.compile(r"^(\d+)([smhd])$")
+
+
+def parse_when(text: str | None, option: str) -> datetime | None:
+    """ISO 8601 (naive = local time), ``now``, or an age like ``90m``, ``2h``, ``7d``."""
+    if text is None:
+        return None
+    if text == "now":
+        return datetime.now().astimezone()
+    if m := _AGO.match(text):
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m[2]]
+        return datetime.now().astimezone() - timedelta(**{unit: int(m[1])})
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r}: use ISO 8601 (2024-05-07T14:00), 'now', or an age (90m, 2h, 7d)",
+            param_hint=option,
+        ) from None
 
 
 def fitted(headers: list[str], rows: list[list[str]], width: int, squeeze: str) -> Table:
@@ -170,3 +194,12 @@ def evaluation_rows(entries: Sequence[EvaluationEntry]) -> list[tuple[str, str]]
             f"{versus}, threshold {e.threshold:g}, max regression {e.max_regression:g}, "
             f"{mine.n} records sha256:{short(e.eval_digest)} on {e.server}")))
     return rows
+
+
+def canary_line(state: CanaryState) -> str:
+    """An alias's split: ``alias set --canary`` and ``rollout status`` print it."""
+    line = f"{state.name}:{state.alias} -> {state.name}@{state.stable}  {state.stable_digest}"
+    if state.canary is not None:
+        line += f"\n  canary {state.name}@{state.canary} at {state.weight:.4g}"
+        line += f" ({state.weight:.1%})" + ("" if state.weight else " (rolled back)")
+    return line

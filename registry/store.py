@@ -24,6 +24,7 @@ from loramux.registry.blobs.oci import OciBlobStore
 from loramux.registry.canary import LocalCanaries, end_canary
 from loramux.registry.digests import adapter_digest
 from loramux.registry.errors import BlobMissing, Conflict, IntegrityError, InvalidName, NotFound
+from loramux.registry.evaluations import LocalPromotions
 from loramux.registry.index import INDEX_FILE, Transaction, is_shared, now, open_index, to_dt
 from loramux.registry.maintenance import collect_garbage, verify_blobs
 from loramux.registry.manifest import (
@@ -37,7 +38,6 @@ from loramux.registry.manifest import (
     VersionInfo,
 )
 from loramux.registry.oci.artifact import push_artifact
-from loramux.registry.promote import LocalPromotions
 from loramux.registry.refs import AdapterRef, validate_alias, validate_digest, validate_name
 from loramux.registry.validate import Limits, check_rel_path, check_sizes, scan_folder
 from loramux.registry.validate import validate_adapter as _validate

@@ -1,7 +1,7 @@
 """Eval-gated promotion: run an eval set through the serving stack, then move an alias only if
 the candidate passes.
 
-Client side (:func:`promote`, any Registry, local or remote): the candidate ``name@V`` and the
+:func:`promote` works with any Registry, local or remote: the candidate ``name@V`` and the
 alias's current version ``name@C`` are asked the same prompts on the same server (so the same
 quantization and kernels as production), greedy, through the real ``openai`` client, by pinned
 reference; every answer must come from the digest the registry names (the server's
@@ -10,8 +10,8 @@ The result is recorded (audit ``evaluate`` + per-version rows) whether it passed
 then moves the alias compare-and-set against ``C``: if the alias moved meanwhile, the move is
 refused (Conflict) rather than overwriting a decision made on other facts.
 
-Store side (:class:`LocalPromotions`, a base class of LocalRegistry): recording and the
-compare-and-set move, each one transaction.
+The store side (recording, the compare-and-set move, the re-check of the gate's arithmetic) is
+the registry's: :mod:`loramux.registry.evaluations`.
 """
 
 from __future__ import annotations
@@ -19,35 +19,18 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from loramux.registry.base import Registry
-from loramux.registry.canary import end_canary
-from loramux.registry.errors import Conflict, InvalidName, InvalidRequest, NotFound
-from loramux.registry.evaluation import (
-    EvalError,
-    EvalItem,
-    EvalSet,
-    Evaluation,
-    EvaluationEntry,
-    GateFailed,
-    SideScore,
-    check_evaluation,
-    judge,
-    load_scorer,
-    score_answers,
-)
-from loramux.registry.index import evaluations as sql
-from loramux.registry.index import now, to_dt
+from loramux.registry.errors import InvalidName, InvalidRequest, NotFound
+from loramux.registry.evaluations import Evaluation, EvaluationEntry, GateFailed, SideScore, judge
 from loramux.registry.manifest import AliasPointer, Manifest
-from loramux.registry.refs import AdapterRef, validate_alias, validate_name
-
-if TYPE_CHECKING:
-    from loramux.registry.store import LocalRegistry
+from loramux.registry.refs import AdapterRef, validate_alias
+from loramux.release.errors import EvalError
+from loramux.release.evaluation import EvalItem, EvalSet, load_scorer, score_answers
+from loramux.wire import DIGEST_HEADER, ENV_API_KEY
 
 log = logging.getLogger(__name__)
-DIGEST_HEADER = "x-loramux-adapter-digest"  # what `loramux serve` names each answer's adapter by
-ENV_API_KEY = "LORAMUX_API_KEY"
 DEFAULT_CONCURRENCY = 8
 
 
@@ -107,12 +90,12 @@ def promote(
         log.info("%s:%s already points at %s", candidate.name, alias, candidate.ref)
         return Outcome(None, None)
     tokens = max_tokens or default_max_tokens(eval_set.items)
-    client = _client(server, api_key, timeout)
+    openai_client = client(server, api_key, timeout=timeout)
     try:
-        sides = [_measure(client, m, eval_set.items, scorer, gate.scorer, tokens, concurrency)
-                 for m in (candidate, current) if m is not None]
+        sides = [_measure(openai_client, m, eval_set.items, scorer, gate.scorer, tokens,
+                          concurrency) for m in (candidate, current) if m is not None]
     finally:
-        client.close()
+        openai_client.close()
     cand, cur = sides[0], sides[1] if len(sides) > 1 else None
     passed, reason = judge(cand.score, cur.score if cur else None, gate.threshold,
                            gate.max_regression)
@@ -156,7 +139,9 @@ def default_max_tokens(items: list[EvalItem]) -> int:
     return min(1024, max(len(i.expected) for i in items) + 16)
 
 
-def _client(server: str, api_key: str | None, timeout: float) -> Any:
+def client(server: str, api_key: str | None = None, *, timeout: float = 300.0) -> Any:
+    """The ``openai`` client release management asks a server with (the gate and the watcher):
+    ``api_key``, else ``LORAMUX_API_KEY``, else none (a server without keys)."""
     import os
 
     from openai import OpenAI
@@ -207,73 +192,3 @@ def _message(exc: Any) -> str:
     error = body.get("error", body) if isinstance(body, dict) else {}
     return str(error.get("message") if isinstance(error, dict) and error.get("message")
                else exc.message)
-
-
-# -- store side --------------------------------------------------------------------------------
-
-
-class LocalPromotions:
-    """The evaluation verbs of :class:`~loramux.registry.store.LocalRegistry` (a base class)."""
-
-    def record_evaluation(self: LocalRegistry, name: str, evaluation: Evaluation, *,
-                          actor: str | None = None) -> EvaluationEntry:
-        validate_name(name)
-        validate_alias(evaluation.alias)
-        check_evaluation(evaluation)
-        actor, at = actor or self.actor, now()
-        with self.index.write() as tx:
-            for side in (evaluation.candidate, evaluation.current):
-                if side is not None and tx.live_digest(name, side.version) != side.digest:
-                    raise NotFound(f"{name}@{side.version} with digest {side.digest} is not a "
-                                   "live version")
-            audit_id = sql.record(tx, name, evaluation, at=at, actor=actor)
-        log.info("evaluated %s@%d for %s:%s: %s", name, evaluation.candidate.version, name,
-                 evaluation.alias, "passed" if evaluation.passed else "failed")
-        return EvaluationEntry(id=audit_id, at=to_dt(at), actor=actor, name=name,
-                               version=evaluation.candidate.version, role="candidate",
-                               evaluation=evaluation)
-
-    def evaluations(self: LocalRegistry, name: str, version: int,
-                    limit: int = 5) -> list[EvaluationEntry]:
-        validate_name(name)
-        return sql.latest(self.index, name, int(version), limit)
-
-    def promote_alias(self: LocalRegistry, name: str, alias: str, version: int, *,
-                      expected: int | None, evaluation_id: int,
-                      actor: str | None = None) -> AliasPointer:
-        validate_name(name)
-        validate_alias(alias)
-        actor, at = actor or self.actor, now()
-        with self.index.write() as tx:
-            old = tx.alias_target(name, alias)
-            if (old[0] if old else None) != expected:
-                now_at = f"{name}@{old[0]}" if old else "nothing"
-                was = f"{name}@{expected}" if expected else "nothing"
-                raise Conflict(f"{name}:{alias} moved to {now_at} while the gate compared with "
-                               f"{was}: not promoted; run the gate again")
-            found = sql.find(tx, evaluation_id)
-            _check_cited(found, name, alias, version, expected, evaluation_id)
-            pointer = self._alias_set(tx, name, alias, int(version), actor, at)
-            end_canary(tx, name, alias, actor, at, reason="promoted")  # as any plain move
-            tx.audit(at=at, actor=actor, action="promote", name=name, alias=alias,
-                     version=pointer.version, digest=pointer.digest,
-                     old_version=old[0] if old else None, old_digest=old[1] if old else None,
-                     detail={"evaluation_id": evaluation_id})
-        log.info("promoted %s@%d to %s:%s (evaluation %d)", name, version, name, alias,
-                 evaluation_id)
-        return pointer
-
-
-def _check_cited(found: tuple[str, Evaluation] | None, name: str, alias: str, version: int,
-                 expected: int | None, evaluation_id: int) -> None:
-    """A promotion must cite a passing evaluation of exactly this move."""
-    if found is None:
-        raise NotFound(f"no evaluation {evaluation_id}")
-    ev_name, ev = found
-    current = ev.current.version if ev.current else None
-    if (ev_name, ev.alias, ev.candidate.version, current) != (name, alias, version, expected):
-        raise Conflict(f"evaluation {evaluation_id} measured {ev_name}@{ev.candidate.version} "
-                       f"for {ev_name}:{ev.alias} against "
-                       f"{f'@{current}' if current else 'nothing'}, not this move")
-    if not ev.passed:
-        raise GateFailed(f"evaluation {evaluation_id} did not pass: {ev.reason}")

@@ -2,14 +2,17 @@
 
 Each ``loramux serve`` counts requests and time to first token per adapter *version*
 (``loramux_requests_total{adapter, version, status}``,
-``loramux_time_to_first_token_seconds{adapter, version}``); this module scrapes those series
-from every server given, sums them per version, and compares the canary with its stable version.
+``loramux_time_to_first_token_seconds{adapter, version}``, named in ``loramux.wire``); this
+module scrapes those series from every server given, sums them per version, and compares the
+canary with its stable version. What counts as an error is ``wire.is_error``, the rule the
+server's playground shows too.
 
 The watcher (``loramux rollout watch``) runs outside the registry on purpose: it needs the
 serving stack (metrics, and the eval set answered by the same engine and quantization as
 production), which the registry does not know about, and the registry stays a store that never
 calls out. Its one write is through the registry API: ``canary_set(..., weight=0, reason=...)``,
-an audit row ``canary`` like any other change.
+an audit row ``canary`` like any other change. Where the split is stored: registry/canary.py;
+where each request picks its side: server/resolver.py (``choose``).
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ from loramux.registry.base import Registry
 from loramux.registry.canary import CanaryState
 from loramux.registry.errors import InvalidName, RemoteError
 from loramux.registry.manifest import Manifest
+from loramux.wire import REQUESTS, TTFT, counted, is_error
 
 log = logging.getLogger(__name__)
-REQUESTS = "loramux_requests_total"
-TTFT = "loramux_time_to_first_token_seconds"
-NOT_COUNTED = ("429", "499")
 DEFAULT_MIN_REQUESTS = 20  # a canary's error rate is not judged on fewer requests
+DEFAULT_MAX_ERROR_DELTA = 0.05  # 5 points more errors than stable
+DEFAULT_MAX_SCORE_DROP = 0.1  # with an eval set: 0.1 below stable's score
+DEFAULT_INTERVAL_S = 10.0
 
 
 @dataclass
@@ -79,10 +83,10 @@ def parse_metrics(text: str, adapter: str) -> dict[int, VersionStats]:
         for sample in family.samples:
             if sample.name == REQUESTS and (s := stats(sample.labels)):
                 status = sample.labels.get("status", "")
-                if status in NOT_COUNTED:
+                if not counted(status):
                     continue
                 s.requests += sample.value
-                if not status.startswith("2"):
+                if is_error(status):
                     s.errors += sample.value
             elif sample.name == f"{TTFT}_sum" and (s := stats(sample.labels)):
                 s.ttft_sum += sample.value
@@ -188,21 +192,17 @@ Scorer = Callable[[Manifest, Manifest], tuple[float, float]]  # (stable, canary)
 def eval_scorer(server: str, eval_file: str, scorer: str = "exact", *,
                 api_key: str | None = None, timeout: float = 300.0) -> Scorer:
     """Scores of two pinned versions on ``server`` over the eval set, with the eval gate's own
-    loader, runner and scorers (``loramux registry promote``): the same numbers it would see."""
-    import os
-
-    from openai import OpenAI
-
-    from loramux.registry.evaluation import load_eval_set, load_scorer, score_answers
-    from loramux.registry.promote import ENV_API_KEY, default_max_tokens, run_prompts
+    loader, client, runner and scorers (``loramux registry promote``): the same numbers it
+    would see."""
+    from loramux.release.evaluation import load_eval_set, load_scorer, score_answers
+    from loramux.release.promote import client, default_max_tokens, run_prompts
 
     eval_set, score = load_eval_set(eval_file), load_scorer(scorer)  # bad input fails first
     tokens = default_max_tokens(eval_set.items)
-    client = OpenAI(base_url=f"{server.rstrip('/')}/v1", timeout=timeout, max_retries=2,
-                    api_key=api_key or os.environ.get(ENV_API_KEY) or "unused")
+    openai_client = client(server, api_key, timeout=timeout)
 
     def one(manifest: Manifest) -> float:
-        answers = run_prompts(client, manifest, eval_set.items, max_tokens=tokens)
+        answers = run_prompts(openai_client, manifest, eval_set.items, max_tokens=tokens)
         return score_answers(score, scorer, answers, eval_set.items)[0]
 
     return lambda stable, canary: (one(stable), one(canary))
@@ -216,11 +216,11 @@ class Watcher:
     registry: Registry
     ref: str
     servers: list[str]
-    max_error_delta: float = 0.05
+    max_error_delta: float = DEFAULT_MAX_ERROR_DELTA
     max_score_drop: float | None = None
     evaluate: Scorer | None = None  # scores of two pinned refs on the serving stack
     auto_rollback: bool = False
-    interval: float = 10.0
+    interval: float = DEFAULT_INTERVAL_S
     min_requests: int = DEFAULT_MIN_REQUESTS
     api_key: str | None = None
     _baseline: dict[int, VersionStats] | None = None

@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 
+from loramux.cli_errors import exit_with
 from loramux.errors import LoramuxError
 from loramux.server.settings import ServerSettings, flag_name
 
@@ -67,8 +68,7 @@ def serve_command(ctx: typer.Context, **values: Any) -> None:
         configure_logging(settings.log_level)
         runtime = Runtime(settings)  # reads the keys file first: a bad one fails in a second
     except LoramuxError as exc:  # one line and the class's exit code, as the other commands do
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+        exit_with(exc)
     app = create_app(runtime)  # its lifespan pins adapters at start and closes the engine at exit
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_level=settings.log_level, timeout_graceful_shutdown=5,

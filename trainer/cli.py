@@ -3,7 +3,8 @@
 Run ``python -m loramux.trainer.cli train ...`` standalone. Nothing heavy is imported at module
 level, so ``loramux --help`` stays fast. Every LoramuxError becomes one ``error: ...`` message on
 stderr and its exit code (2 for bad options or data, 130 for an interrupted run), in
-``report_errors`` and nowhere else: no tracebacks for user mistakes.
+``report_errors`` (said by one rank only, through ``loramux.cli_errors``): no tracebacks for user
+mistakes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import typer
 from pydantic.fields import FieldInfo
 from typer.core import TyperCommand
 
+from loramux.cli_errors import exit_with
 from loramux.errors import LoramuxError
 from loramux.trainer.config import TrainConfig
 
@@ -32,15 +34,13 @@ HELP_TRAIN = (
 
 @contextlib.contextmanager
 def report_errors() -> Iterator[None]:
-    """The one place loramux's errors become a message and an exit code (``exit_code``)."""
+    """Training's errors as a message and an exit code (``exit_code``), from one rank."""
     try:
         yield
     except LoramuxError as exc:
         from loramux.trainer import distributed
 
-        if not distributed.launched() or distributed.is_main():  # one rank says it
-            typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+        exit_with(exc, say=not distributed.launched() or distributed.is_main())
     except KeyboardInterrupt:
         typer.echo("error: interrupted; nothing was published", err=True)
         raise typer.Exit(130) from None

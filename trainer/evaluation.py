@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from loramux.release.evaluation import normalize  # the eval gate's exact match, as served
 from loramux.trainer.data import Example
 
 AUTO_EVAL_STEMS = ("eval", "validation", "valid", "val")
@@ -70,10 +71,6 @@ def exact_match_items(examples: Sequence[Example], tokenizer, prompt_template: s
     if longest > SHORT_ANSWER_TOKENS:
         return [], f"answers up to {longest} tokens are longer than {SHORT_ANSWER_TOKENS}"
     return items, ""
-
-
-def normalize(text: str) -> str:
-    return " ".join(text.strip().split())
 
 
 def greedy_answers(model, tokenizer, prompts: Sequence[list[dict[str, str]]], *,

@@ -38,7 +38,7 @@ def check_options(config: TrainConfig) -> None:
             validate_alias(config.alias)
         check_labels(config.labels)
         if config.gate_eval is not None:  # a bad eval file fails now, not after training
-            from loramux.registry.evaluation import load_eval_set
+            from loramux.release.evaluation import load_eval_set
 
             load_eval_set(config.gate_eval)
     except RegistryError as exc:
@@ -139,8 +139,10 @@ def gate_alias(registry: Any, manifest: Any, config: TrainConfig) -> dict[str, A
     training report as ``gate``) says what happened, and the CLI exits with its ``exit_code``.
     """
     from loramux.registry.errors import RegistryError
-    from loramux.registry.evaluation import GateFailed, load_eval_set
-    from loramux.registry.promote import Gate, promote, summary
+    from loramux.registry.evaluations import GateFailed
+    from loramux.release.errors import ReleaseError
+    from loramux.release.evaluation import load_eval_set
+    from loramux.release.promote import Gate, promote, summary
 
     record: dict[str, Any] = {"alias": config.alias, "server": config.gate_server,
                               "eval": str(config.gate_eval), "evaluation_id": None}
@@ -151,7 +153,7 @@ def gate_alias(registry: Any, manifest: Any, config: TrainConfig) -> dict[str, A
     except GateFailed as exc:
         return record | {"passed": False, "line": exc.message, "exit_code": exc.exit_code,
                          "evaluation_id": exc.entry.id if exc.entry else None}
-    except RegistryError as exc:
+    except (RegistryError, ReleaseError) as exc:
         return record | {"passed": False, "exit_code": exc.exit_code, "line": (
             f"the gate could not run: {exc.message}; {manifest.name}:{config.alias} not moved")}
     if done.entry is None:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from loramux.demo.corpus import ANIMALS, COLORS, NAMES, OBJECTS, SYSTEM_PROMPTS
+from loramux.release.evaluation import normalize  # the eval gate's and the trainer's exact match
 
 Message = dict[str, str]
 Record = dict[str, list[Message]]
@@ -238,10 +239,6 @@ def load_eval(path: Path | str) -> list[EvalItem]:
             raise ValueError(f"{path}:{line_no}: the last message must be the assistant's answer")
         items.append(EvalItem(messages[:-1], messages[-1]["content"]))
     return items
-
-
-def normalize(text: str) -> str:
-    return " ".join(text.strip().split())
 
 
 def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:

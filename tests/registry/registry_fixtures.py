@@ -1,5 +1,9 @@
 """Fixtures: tiny adapters, a real HTTP registry server, and every backend combination.
 
+The registry's tests get them through conftest.py; tests of code that reads a registry (the
+server's adapter cache and vLLM resolver plugin, release management) import them from here, with
+this folder on ``sys.path``, so that they run against every backend too.
+
 The server is started once per session (uvicorn in a thread on a free loopback port); each
 test gets a fresh store which the fixture swaps into the running app, so tests stay isolated
 while the server is real. ``backend`` runs each contract test once per entry of ``COMBOS``:
@@ -18,15 +22,16 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parent.parent / "support"))
+# Appended, not inserted: an importing folder's own `conftest` stays first by name.
+sys.path.append(str(Path(__file__).parent))
+sys.path.append(str(Path(__file__).parent.parent / "support"))
 
 import registry_support
 from oci_registry import require_docker_registry
 from postgres import postgres_dsn, postgres_server  # noqa: F401  (fixtures, registered here)
 from registry_support import ADMIN_TOKEN, write_adapter
 
-from loramux.registry.auth import TokenAuth, parse_tokens
+from loramux.registry.http.auth import TokenAuth, parse_tokens
 from loramux.registry.index import ENV_INDEX
 from loramux.registry.remote import RemoteRegistry
 from loramux.registry.store import LocalRegistry
@@ -41,7 +46,7 @@ class ServerHandle:
     def __init__(self, root: Path) -> None:
         import uvicorn
 
-        from loramux.registry.app import create_app
+        from loramux.registry.http.app import create_app
 
         self.default_store = LocalRegistry(root)
         self.app = create_app(self.default_store, TokenAuth(TOKENS))

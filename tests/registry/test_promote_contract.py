@@ -9,7 +9,7 @@ from conftest import COMBOS, Backend
 from registry_support import READ_TOKEN, WRITE_TOKEN
 
 from loramux.registry.errors import Conflict, Forbidden, InvalidRequest, NotFound
-from loramux.registry.evaluation import Evaluation, GateFailed, SideScore
+from loramux.registry.evaluations import Evaluation, GateFailed, SideScore
 
 # the blob store plays no part here: the four client x index combinations
 FOLDER_COMBOS = [c for c in COMBOS if c.blobs == "folder"]

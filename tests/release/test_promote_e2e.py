@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 import loramux.registry as reg
-from loramux.registry.cli import app
+from loramux.cli import registry_app as app  # with release's verbs mounted
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()

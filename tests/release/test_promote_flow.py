@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 import loramux.registry as reg
-from loramux.registry.cli import app
+from loramux.cli import registry_app as app  # with release's verbs mounted
 from loramux.server.app import create_app
 from loramux.server.engines.base import Delta
 from loramux.server.settings import ServerSettings

@@ -9,21 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from loramux.registry.cli_promote import gate_from_options
 from loramux.registry.errors import InvalidRequest
-from loramux.registry.evaluation import (
-    Evaluation,
-    SideScore,
-    check_evaluation,
+from loramux.registry.evaluations import Evaluation, SideScore, check_evaluation, judge
+from loramux.release.cli import gate_from_options
+from loramux.release.evaluation import (
     contains,
     exact,
     json_valid,
-    judge,
     load_eval_set,
     load_scorer,
     score_answers,
 )
-from loramux.registry.promote import Gate
+from loramux.release.promote import Gate
 
 
 @pytest.mark.parametrize(("candidate", "current", "threshold", "max_regression", "passed"), [

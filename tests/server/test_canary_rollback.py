@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from loramux.registry.rollout import Watcher, eval_scorer
+from loramux.release.rollout import Watcher, eval_scorer
 
 pytestmark = pytest.mark.slow
 NAME = "canary-codeword"

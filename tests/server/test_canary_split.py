@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 import loramux.registry as reg
-from loramux.registry.rollout import Watcher, parse_metrics, rollout_status
+from loramux.release.rollout import Watcher, parse_metrics, rollout_status
 from loramux.server.settings import ServerSettings
 from loramux.support.adapters import write_adapter
 
