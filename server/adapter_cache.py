@@ -1,4 +1,5 @@
-"""Pull cache for consumers: adapter folders on local disk, keyed by adapter digest.
+"""The adapter cache of `loramux serve` and of the vLLM resolver plugin: adapter folders on
+local disk, keyed by adapter digest, filled from the registry.
 
 ``root/sha256/<hex>/`` is a complete, verified adapter folder (peft and vLLM load it as is) or
 does not exist. Many threads and processes may ask for the same adapter at once: the first
@@ -6,13 +7,13 @@ takes a per-digest ``flock`` and downloads, the others block on the lock and the
 folder. A crashed download leaves only a ``.partial-`` folder that the next fetch of the same
 digest (or a `sweep`) removes. Hits take no lock at all: the folder appears by an atomic rename.
 
-Sharing one folder between processes (several servers, a server and `registry pull`) is safe by
-design, with no per-process subfolders: a consumer that needs a folder to stay *holds* it
-(`hold`/`release`), which is a shared ``flock`` on ``locks/<hex>.use``. Removal (`remove`,
-`trim`) takes that lock exclusively without waiting, so it skips any folder that some thread or
-process holds, and waits for no one. The kernel drops the locks of a process that dies, so a
-crash never pins a folder forever. Every process counts the same bytes: `trim` scans the folder
-itself (sizes, and mtimes as last use), including what earlier runs left behind.
+Sharing one folder between processes (several servers, a server and a stock vLLM with the resolver
+plugin) is safe by design, with no per-process subfolders: a consumer that needs a folder to stay
+*holds* it (`hold`/`release`), which is a shared ``flock`` on ``locks/<hex>.use``. Removal
+(`remove`, `trim`) takes that lock exclusively without waiting, so it skips any folder that some
+thread or process holds, and waits for no one. The kernel drops the locks of a process that
+dies, so a crash never pins a folder forever. Every process counts the same bytes: `trim` scans
+the folder itself (sizes, and mtimes as last use), including what earlier runs left behind.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Two checks, both at load time (once per engine load, never per request): the folder is still what
 its manifest says (a cached folder can be damaged on disk after it was written and verified; that
-check lives in `loramux.registry.cache`, shared with the vLLM resolver plugin), and its weights
+check lives in `adapter_cache.py`, shared with the vLLM resolver plugin), and its weights
 are finite numbers. A NaN or infinity in a LoRA weight makes every logit of the rows
 that use it NaN; an engine that batches several adapters together (the reference engine samples
 a whole batch in one call, where NaN probabilities raise) then fails other tenants' requests, and
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loramux.registry.cache import discard, folder_damage
+from loramux.server.adapter_cache import discard, folder_damage
 
 __all__ = ["discard", "folder_damage", "nonfinite_tensors"]
 

@@ -7,7 +7,7 @@ id (vLLM has done exactly that when an adapter was reloaded under the same name)
 Two tiers, each bounded. The engine holds at most ``max_resident`` adapters; the disk cache at
 most ``max_cache_bytes``, counted from what is really on disk (earlier runs and other processes
 sharing the folder included). An adapter's folder is *held* in the cache (see
-`loramux.registry.cache`) from before its fetch until it leaves the engine, so no thread or
+`adapter_cache.py`) from before its fetch until it leaves the engine, so no thread or
 process deletes it while it is fetched, loaded or used: vLLM may re-read it from disk whenever
 its own CPU cache drops it. When the disk is over budget, idle adapters leave the engine so
 that their folders can go; if everything left is in use, the cache overshoots for a while and
@@ -34,9 +34,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loramux.registry.cache import AdapterCache, TrimResult
-from loramux.registry.errors import IntegrityError, Invalid, NotFound
+from loramux.registry.errors import REGISTRY_FAILURES, IntegrityError, Invalid, NotFound
 from loramux.registry.manifest import Manifest
+from loramux.server.adapter_cache import AdapterCache, TrimResult
 from loramux.server.adapter_files import nonfinite_tensors
 from loramux.server.engines.base import AdapterHandle, Engine
 from loramux.server.errors import (
@@ -45,9 +45,9 @@ from loramux.server.errors import (
     CacheFull,
     ServerError,
     ServiceUnavailable,
+    registry_failure,
 )
 from loramux.server.metrics import Metrics
-from loramux.server.resolver import REGISTRY_FAILURES, registry_failure
 
 log = logging.getLogger(__name__)
 

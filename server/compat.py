@@ -2,12 +2,14 @@
 
 Refusing early, with the reason, beats a vLLM load error deep in the engine (or, worse, an
 adapter that loads and silently answers badly because it was trained for another base).
+:func:`check_base` is also the vLLM resolver plugin's check (``vllm_resolver.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from loramux.registry.fingerprint import compare
 from loramux.registry.manifest import Manifest
 from loramux.server.errors import IncompatibleAdapter
 
@@ -38,17 +40,32 @@ def _module_names(target: list[str] | str) -> set[str]:
     return {t.rsplit(".", 1)[-1] for t in target}
 
 
+def check_base(manifest: Manifest, fingerprint: str, components: dict[str, str] | None = None,
+               *, asked: str | None = None, base_name: str | None = None) -> None:
+    """Refuse, with the reason, an adapter trained for another base than the served one (whose
+    ``fingerprint`` and, when known, ``components`` are given), or for an unknown one. ``asked``
+    is the model string the client sent and ``base_name`` the served base's name, for the
+    message."""
+    adapter = f"adapter `{asked}` ({manifest.ref})" if asked else f"adapter {manifest.ref}"
+    if manifest.base_fingerprint is None:
+        raise IncompatibleAdapter(
+            f"{adapter} records no base fingerprint, so it cannot be checked against the served "
+            "base: re-push it with --base", param="model")
+    if manifest.base_fingerprint == fingerprint:
+        return
+    differ = compare(manifest.base_components, components) if components else []
+    served = f"`{base_name}` is {fingerprint[:19]}…" if base_name else f"{fingerprint[:19]}…"
+    raise IncompatibleAdapter(
+        f"{adapter} was trained for another base model (fingerprint "
+        f"{manifest.base_fingerprint[:19]}…, served base {served}"
+        f"{'; differs in ' + ', '.join(differ) if differ else ''})", param="model")
+
+
 def check(manifest: Manifest, base: ServedBase) -> str | None:
     """Raise IncompatibleAdapter with the reason, or return a warning (quantization mismatch)."""
     ref = manifest.ref
-    if base.fingerprint and manifest.base_fingerprint is None:
-        raise IncompatibleAdapter(
-            f"adapter {ref} has no base fingerprint: re-push with --base", param="model")
-    if base.fingerprint and manifest.base_fingerprint != base.fingerprint:
-        raise IncompatibleAdapter(
-            f"adapter {ref} was trained for another base model (fingerprint "
-            f"{manifest.base_fingerprint[:19]}, served base {base.fingerprint[:19]})",
-            param="model")
+    if base.fingerprint:
+        check_base(manifest, base.fingerprint)
     lora = manifest.lora
     if lora.max_rank > base.max_lora_rank:
         raise IncompatibleAdapter(

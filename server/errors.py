@@ -4,7 +4,8 @@ Handlers raise these; `app.py` turns them into OpenAI-shaped JSON in one excepti
 stream that fails after its headers went out sends the same body as its last event. The root is
 `loramux.errors.LoramuxError`, so the CLI reports them like every other part's errors.
 `to_server_error` is the one map from anything else (an HTTP status, an unexpected exception)
-onto this hierarchy: a client only ever sees one of these bodies, never exception text.
+onto this hierarchy, and `registry_failure` the one from a failed registry call: a client only
+ever sees one of these bodies, never exception text.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import uuid
 from typing import Any, ClassVar
 
 from loramux.errors import LoramuxError
+from loramux.registry.errors import Conflict, InvalidName, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -176,3 +178,16 @@ def from_validation(errors: list[dict[str, Any]]) -> InvalidRequest:
     code = first.get("type") if first.get("type") in ("unsupported_parameter",
                                                        "invalid_value") else None
     return InvalidRequest(message, param=where, code=code)
+
+
+def registry_failure(exc: Exception, model: str | None, served_name: str) -> ServerError:
+    """The server's error for a failed registry call about `model` (None: not about one)."""
+    if model is not None and isinstance(exc, (NotFound, InvalidName)):
+        detail = (f"it is neither the served base `{served_name}` nor a registry adapter ({exc})"
+                  if isinstance(exc, NotFound) else str(exc))
+        return ModelNotFound(f"The model `{model}` does not exist: {detail}", param="model")
+    if model is not None and isinstance(exc, Conflict):
+        return InvalidRequest(f"The model `{model}` is ambiguous: {exc}", param="model")
+    about = f" for `{model}`" if model is not None else ""
+    log.warning("registry call%s failed: %s: %s", about, type(exc).__name__, exc)
+    return RegistryUnavailable(f"the adapter registry cannot answer{about}; retry shortly")

@@ -15,17 +15,17 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from loramux.registry.errors import NotFound
+from loramux.registry.errors import REGISTRY_FAILURES, NotFound
 from loramux.registry.manifest import Manifest
 from loramux.server import compat
 from loramux.server.adapters import AdapterManager
 from loramux.server.auth import Principal, check_adapter
 from loramux.server.engines.base import AdapterHandle
-from loramux.server.errors import IncompatibleAdapter, ModelNotFound
+from loramux.server.errors import IncompatibleAdapter, ModelNotFound, registry_failure
 from loramux.server.gateway_metrics import ClientNames
 from loramux.server.metrics import BASE, NO_VERSION, OTHER, Metrics
 from loramux.server.protocol import ModelCard, now
-from loramux.server.resolver import REGISTRY_FAILURES, Resolver, registry_failure
+from loramux.server.resolver import Resolver
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

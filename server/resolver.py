@@ -4,8 +4,8 @@ Moving references (a bare name, an alias) are cached for a short TTL so that an 
 the registry takes effect within seconds; pinned ones (`name@7`, `name@sha256:…`) never change
 and are cached for longer. When an entry expires, concurrent requests for the same reference
 share one registry lookup (single flight): a hot alias costs the registry one call per TTL, not
-one per waiting request. `registry_failure` is the one place a registry error becomes the
-server's answer: unknown names are 404, a registry that cannot answer is 503.
+one per waiting request. A registry error becomes the server's answer in `errors.registry_failure`:
+unknown names are 404, a registry that cannot answer is 503.
 
 Moving references are monotonic per server: once `name:prod` (or `name`) has resolved to a
 version here, an answer naming an older version is taken only when the registry shows that the
@@ -34,23 +34,18 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from loramux.registry.canary import Split
-from loramux.registry.errors import (
-    REGISTRY_FAILURES,
-    Conflict,
-    InvalidName,
-    NotFound,
-)
+from loramux.registry.errors import REGISTRY_FAILURES, InvalidName
 from loramux.registry.errors import InvalidRequest as NoHistory
 from loramux.registry.manifest import Manifest
 from loramux.registry.refs import AdapterRef
-from loramux.server.errors import InvalidRequest, ModelNotFound, RegistryUnavailable, ServerError
+from loramux.server.errors import ServerError, registry_failure
+from loramux.wire import USER_HEADER
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # A pinned reference never points elsewhere, but it can be yanked: keep that visible soon too.
 PINNED_TTL_S = 30.0
-USER_HEADER = "x-loramux-user"  # sticks a caller to one canary side when the body has no `user`
 
 
 def with_user_header(req: T, headers: Mapping[str, str]) -> T:
@@ -77,19 +72,6 @@ def choose(stable: Manifest, canary: Manifest | None, weight: float, model: str,
         return stable
     point = sticky_point(model, user) if user else random.random()
     return canary if point < weight else stable
-
-
-def registry_failure(exc: Exception, model: str | None, served_name: str) -> ServerError:
-    """The server's error for a failed registry call about `model` (None: not about one)."""
-    if model is not None and isinstance(exc, (NotFound, InvalidName)):
-        detail = (f"it is neither the served base `{served_name}` nor a registry adapter ({exc})"
-                  if isinstance(exc, NotFound) else str(exc))
-        return ModelNotFound(f"The model `{model}` does not exist: {detail}", param="model")
-    if model is not None and isinstance(exc, Conflict):
-        return InvalidRequest(f"The model `{model}` is ambiguous: {exc}", param="model")
-    about = f" for `{model}`" if model is not None else ""
-    log.warning("registry call%s failed: %s: %s", about, type(exc).__name__, exc)
-    return RegistryUnavailable(f"the adapter registry cannot answer{about}; retry shortly")
 
 
 @dataclass
@@ -165,12 +147,11 @@ class Resolver:
         return _Entry(manifest, None, time.monotonic() + ttl, split.canary, split.weight)
 
     def _split(self, ref: AdapterRef) -> Split:
-        """An alias's split (stable, canary, weight) where the registry keeps canaries; any
-        other reference, or a registry without them, is its one manifest."""
-        resolve_split = getattr(self._registry, "resolve_split", None)
-        if ref.alias is None or resolve_split is None:
+        """An alias's split (stable, canary, weight); any other reference is its one manifest
+        (as a registry without canaries answers for an alias: ``Registry.resolve_split``)."""
+        if ref.alias is None:
             return Split(stable=self._registry.resolve(ref))
-        return resolve_split(ref)
+        return self._registry.resolve_split(ref)
 
     def _monotonic(self, ref: AdapterRef, model: str, answer: Manifest) -> Manifest:
         """`answer`, unless it is older than what `model` named here before and the registry

@@ -4,7 +4,8 @@ vLLM asks its registered resolvers about a request's ``model`` when it is neithe
 adapter it already loaded (only with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``). This resolver
 reads loramux references (``name``, ``name@7``, ``name:prod``, ``name@sha256:…``), resolves them
 in a loramux registry (a folder, or an ``http(s)://`` URL with a token), fetches the files through
-the digest-verified `AdapterCache` and refuses an adapter whose manifest names another base.
+the digest-verified cache `loramux serve` uses (``adapter_cache.py``) and refuses an adapter whose
+manifest names another base, with the server's own check (``compat.check_base``) and errors.
 
 It is registered through the ``vllm.general_plugins`` entry point and stays a no-op unless
 ``LORAMUX_VLLM_REGISTRY`` is set (docs/vllm-resolver.md lists the variables).
@@ -32,10 +33,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from loramux.errors import LoramuxError
 from loramux.registry import is_url
 from loramux.registry import open as open_registry
 from loramux.registry.base import Registry
-from loramux.registry.cache import AdapterCache
 from loramux.registry.digests import hex_of
 from loramux.registry.errors import (
     REGISTRY_FAILURES,
@@ -44,34 +45,29 @@ from loramux.registry.errors import (
     InvalidBaseModel,
     InvalidName,
     NotFound,
-    RegistryError,
 )
-from loramux.registry.fingerprint import base_components, compare, fingerprint_of
+from loramux.registry.fingerprint import base_components, fingerprint_of
 from loramux.registry.manifest import Manifest
 from loramux.registry.refs import AdapterRef, validate_digest
+from loramux.server.adapter_cache import AdapterCache
+from loramux.server.compat import check_base
+from loramux.server.errors import RegistryUnavailable, SettingsError
 
 log = logging.getLogger(__name__)
 
-ENV_REGISTRY = "LORAMUX_VLLM_REGISTRY"
-ENV_TOKEN = "LORAMUX_VLLM_TOKEN"
-ENV_CACHE_DIR = "LORAMUX_VLLM_CACHE_DIR"
-ENV_BASE_FINGERPRINT = "LORAMUX_VLLM_BASE_FINGERPRINT"
+# The plugin's own variables: a vLLM process is not a loramux client (LORAMUX_REGISTRY and
+# LORAMUX_TOKEN, in loramux.wire, are the CLI's and the server's).
+ENV_VLLM_REGISTRY = "LORAMUX_VLLM_REGISTRY"
+ENV_VLLM_TOKEN = "LORAMUX_VLLM_TOKEN"
+ENV_VLLM_CACHE_DIR = "LORAMUX_VLLM_CACHE_DIR"
+ENV_VLLM_BASE_FINGERPRINT = "LORAMUX_VLLM_BASE_FINGERPRINT"
 # The same folder `loramux serve` uses by default: sharing it between processes is safe.
 DEFAULT_CACHE_DIR = Path("~/.cache/loramux/adapters")
 RESOLVER_NAME = "loramux"
-# What a registry (local store or HTTP client) raises when it cannot answer at all.
 
 
-class IncompatibleAdapter(RegistryError, status=400):
-    """The adapter was trained for another base than the one this vLLM serves."""
-
-
-class RegistryUnavailable(RegistryError, status=503):
-    """The registry (or the local cache disk) cannot answer now; a retry may succeed."""
-
-
-class BaseUnknown(RegistryError, status=500):
-    """The served base cannot be fingerprinted, so no adapter can be checked against it."""
+class BaseUnknown(SettingsError):
+    """The served base cannot be fingerprinted, so no adapter can be checked against it (500)."""
 
 
 @dataclass(frozen=True)
@@ -90,17 +86,18 @@ class ResolverSettings:
         Raises ``InvalidName`` for a bad URL scheme or fingerprint: vLLM then fails at start,
         which beats refusing every request later.
         """
-        location = env.get(ENV_REGISTRY, "").strip()
+        location = env.get(ENV_VLLM_REGISTRY, "").strip()
         if not location:
             return None
         if not is_url(location) and not Path(location).expanduser().is_dir():
-            raise InvalidName(f"{ENV_REGISTRY}={location!r} is neither an http(s):// URL nor "
-                              "a folder holding a loramux registry")
-        fingerprint = env.get(ENV_BASE_FINGERPRINT, "").strip() or None
+            raise InvalidName(f"{ENV_VLLM_REGISTRY}={location!r} is neither an http(s):// URL "
+                              "nor a folder holding a loramux registry")
+        fingerprint = env.get(ENV_VLLM_BASE_FINGERPRINT, "").strip() or None
         if fingerprint is not None:
             validate_digest(fingerprint, full=True)
-        cache_dir = Path(env.get(ENV_CACHE_DIR, "").strip() or DEFAULT_CACHE_DIR).expanduser()
-        return cls(location, env.get(ENV_TOKEN, "").strip() or None, cache_dir, fingerprint)
+        cache_dir = Path(env.get(ENV_VLLM_CACHE_DIR, "").strip()
+                         or DEFAULT_CACHE_DIR).expanduser()
+        return cls(location, env.get(ENV_VLLM_TOKEN, "").strip() or None, cache_dir, fingerprint)
 
 
 @dataclass(frozen=True)
@@ -153,9 +150,10 @@ class RegistryResolver:
         try:
             base = self._served_base(base_model_name)
             manifest = self._lookup(ref)
-            check_base(manifest, base.fingerprint, base.components, lora_name, base_model_name)
+            check_base(manifest, base.fingerprint, base.components, asked=lora_name,
+                       base_name=base_model_name)
             path = self._fetch(manifest)
-        except RegistryError as exc:
+        except LoramuxError as exc:  # the registry's errors and the server's, each with a status
             log.warning("loramux resolver refused `%s` (HTTP %d): %s", lora_name, exc.status,
                         exc.message)
             raise
@@ -190,7 +188,7 @@ class RegistryResolver:
             components = base_components(folder)
         except (InvalidBaseModel, OSError) as exc:
             raise BaseUnknown(f"cannot fingerprint the served base `{base_model_name}` ({exc}); "
-                              f"set {ENV_BASE_FINGERPRINT}") from exc
+                              f"set {ENV_VLLM_BASE_FINGERPRINT}") from exc
         served = _ServedBase(fingerprint_of(components), components)
         log.info("loramux resolver: served base `%s` has fingerprint %s", base_model_name,
                  served.fingerprint)
@@ -253,23 +251,6 @@ def check_answer(ref: AdapterRef, manifest: Manifest) -> None:
                              f"for `{ref}`")
 
 
-def check_base(manifest: Manifest, served: str, components: dict[str, str] | None,
-               lora_name: str, base_model_name: str) -> None:
-    """Refuse, with the reason, an adapter trained for another base (or for an unknown one)."""
-    if manifest.base_fingerprint is None:
-        raise IncompatibleAdapter(
-            f"adapter `{lora_name}` ({manifest.ref}) records no base fingerprint, so it cannot "
-            "be checked against the served base: re-push it with --base")
-    if manifest.base_fingerprint == served:
-        return
-    differ = compare(manifest.base_components, components) if components else []
-    which = f"; differs in {', '.join(differ)}" if differ else ""
-    raise IncompatibleAdapter(
-        f"adapter `{lora_name}` ({manifest.ref}) was trained for another base model "
-        f"(fingerprint {manifest.base_fingerprint[:19]}…, served base `{base_model_name}` is "
-        f"{served[:19]}…{which})")
-
-
 def base_folder(base_model_name: str) -> Path:
     """The served base on disk: vLLM's ``--model`` folder, or its Hugging Face cache snapshot."""
     folder = Path(base_model_name).expanduser()
@@ -282,7 +263,7 @@ def base_folder(base_model_name: str) -> Path:
         return Path(snapshot_download(base_model_name, local_files_only=True))
     except (HFValidationError, OSError) as exc:  # OSError: LocalEntryNotFoundError (not cached)
         raise BaseUnknown(f"the served base `{base_model_name}` is neither a folder nor in the "
-                          f"Hugging Face cache ({exc}); set {ENV_BASE_FINGERPRINT}") from exc
+                          f"Hugging Face cache ({exc}); set {ENV_VLLM_BASE_FINGERPRINT}") from exc
 
 
 @cache
@@ -304,7 +285,7 @@ def _vllm_resolver_class() -> type:
             _follow_vllm_logging()  # vLLM configures its logging after loading plugins
             try:
                 found = await asyncio.to_thread(self.core.resolve, base_model_name, lora_name)
-            except RegistryError as exc:  # vLLM sends message and status to the client
+            except LoramuxError as exc:  # vLLM sends message and status to the client
                 raise GracefulHTTPError(exc.message, HTTPStatus(exc.status)) from exc
             if found is None:
                 return None

@@ -124,7 +124,7 @@ def fetch_worker(
     location: str, ref: str, cache_root: str, count_file: str, start: object, results: object
 ) -> None:
     """Fetch through an AdapterCache, appending one line per blob actually downloaded."""
-    from loramux.registry.cache import AdapterCache
+    from loramux.server.adapter_cache import AdapterCache
 
     start.wait()  # type: ignore[attr-defined]
     with _open(location) as registry:

@@ -1,10 +1,12 @@
 """One real server per test session: `loramux serve` in a subprocess, vLLM engine (NF4), a local
-registry on disk, real HTTP on loopback and the real `openai` client."""
+registry on disk, real HTTP on loopback and the real `openai` client. The registry's fixtures
+(every backend) too, for the server's adapter cache and the vLLM resolver plugin."""
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +15,15 @@ import pytest
 import torch
 
 from loramux.support.launch import ServerProcess
+
+sys.path.append(str(Path(__file__).parents[1] / "registry"))  # appended: `conftest` stays ours
+from registry_fixtures import (  # noqa: F401  (fixtures, registered here)
+    adapters,
+    backend,
+    http_server,
+    postgres_dsn,
+    postgres_server,
+)
 
 USER_KEY, ADMIN_KEY = "sk-user-test", "sk-admin-test"
 
@@ -35,9 +46,9 @@ def _make_adapter(base: Path, out: Path, seed: int, r: int = 8) -> Path:
 
 
 class Server:
-    def __init__(self, url: str, registry_dir: Path, base: Path, adapters: Path, proc):
+    def __init__(self, url: str, registry_dir: Path, base: Path, adapter_dir: Path, proc):
         self.url, self.registry_dir, self.base, self.adapters, self.proc = (
-            url, registry_dir, base, adapters, proc)
+            url, registry_dir, base, adapter_dir, proc)
 
     def openai(self, key: str = USER_KEY, **kw):
         from openai import OpenAI
@@ -75,10 +86,10 @@ def server(demo_base: Path, tmp_path_factory) -> Server:
     import loramux.registry as reg
 
     root = tmp_path_factory.mktemp("server")
-    registry_dir, adapters = root / "registry", root / "adapters"
+    registry_dir, adapter_dir = root / "registry", root / "adapters"
     registry = reg.open(registry_dir)
     for i in range(10):
-        registry.push(_make_adapter(demo_base, adapters / f"rand-{i}", seed=i), f"rand-{i}",
+        registry.push(_make_adapter(demo_base, adapter_dir / f"rand-{i}", seed=i), f"rand-{i}",
                       base_model=demo_base)
     registry.close()
     keys = root / "keys.txt"
@@ -93,7 +104,7 @@ def server(demo_base: Path, tmp_path_factory) -> Server:
          "--max-loras", "2"],
         log=root / "server.log")
     url = process.start()
-    yield Server(url, registry_dir, demo_base, adapters, process.proc)
+    yield Server(url, registry_dir, demo_base, adapter_dir, process.proc)
     process.stop()
 
 

@@ -1,4 +1,5 @@
-"""The consumers' pull cache: one download however many threads and processes ask."""
+"""The server's adapter cache (server/adapter_cache.py): one download however many threads and
+processes ask, against every registry backend (the registry's fixtures)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from registry_support import fetch_worker, flip_byte, folder_bytes
 
 from loramux.registry import IntegrityError
-from loramux.registry.cache import AdapterCache
+from loramux.server.adapter_cache import AdapterCache
 
 pytestmark = pytest.mark.timeout(180)  # processes and servers: never hang CI
 
@@ -161,7 +162,7 @@ def test_a_hold_in_another_process_keeps_the_folder(adapters, tmp_path: Path) ->
     """Two processes on one folder: one's trim never removes what the other holds, and a
     holder that dies (SIGKILL) leaves nothing locked."""
     registry, cache, (a, b, _) = _three_cached(adapters, tmp_path)
-    script = ("import sys; from loramux.registry.cache import AdapterCache; "
+    script = ("import sys; from loramux.server.adapter_cache import AdapterCache; "
               "c = AdapterCache(sys.argv[1]); c.hold(sys.argv[2]); print('held', flush=True); "
               "sys.stdin.read()")
     child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "cache"), a.digest],

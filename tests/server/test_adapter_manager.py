@@ -16,7 +16,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import loramux.registry as reg
-from loramux.registry.cache import AdapterCache
+from loramux.server.adapter_cache import AdapterCache
 from loramux.server.adapters import AdapterManager, AdapterManagerOptions
 from loramux.server.engines.base import AdapterHandle, EngineInfo
 from loramux.server.errors import AdapterTooLarge, AdapterUnavailable

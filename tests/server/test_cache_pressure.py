@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import loramux.registry as reg
-from loramux.registry.cache import AdapterCache
+from loramux.server.adapter_cache import AdapterCache
 from loramux.server.adapters import AdapterManager, AdapterManagerOptions
 from loramux.server.engines.base import AdapterHandle, EngineInfo
 from loramux.server.metrics import Metrics

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 import loramux.registry as reg
+from loramux.registry.canary import Split
 from loramux.server import resolver as resolver_module
 from loramux.server.errors import ModelNotFound, RegistryUnavailable
 from loramux.server.resolver import PINNED_TTL_S, Resolver
@@ -41,6 +42,9 @@ class SpyRegistry:
         if self.fail is not None:
             raise self.fail
         return self.registry.resolve(ref)
+
+    def resolve_split(self, ref):  # an alias's lookup (no canary here): counted as one
+        return Split(stable=self.resolve(ref))
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The resolver plugin for stock vLLM (registry/vllm_resolver.py).
+"""The resolver plugin for stock vLLM (server/vllm_resolver.py).
 
 Unit tests drive the resolver's logic against real registries (a local store, and the HTTP server
 through its client) without vLLM. The slow test starts vLLM's own OpenAI server, unmodified, with
@@ -18,14 +18,13 @@ import pytest
 from registry_support import flip_byte, make_base, write_adapter
 
 from loramux.registry import IntegrityError, InvalidName, NotFound, base_fingerprint
-from loramux.registry.vllm_resolver import (
-    ENV_BASE_FINGERPRINT,
-    ENV_CACHE_DIR,
-    ENV_REGISTRY,
-    ENV_TOKEN,
-    IncompatibleAdapter,
+from loramux.server.errors import IncompatibleAdapter, RegistryUnavailable
+from loramux.server.vllm_resolver import (
+    ENV_VLLM_BASE_FINGERPRINT,
+    ENV_VLLM_CACHE_DIR,
+    ENV_VLLM_REGISTRY,
+    ENV_VLLM_TOKEN,
     RegistryResolver,
-    RegistryUnavailable,
     ResolverSettings,
     lora_int_id,
 )
@@ -152,13 +151,13 @@ def test_settings_come_from_the_environment(tmp_path: Path) -> None:
     assert ResolverSettings.from_env({}) is None  # the plugin stays off
     store = tmp_path / "store"
     store.mkdir()
-    env = {ENV_REGISTRY: str(store), ENV_TOKEN: "t", ENV_CACHE_DIR: str(tmp_path / "c"),
-           ENV_BASE_FINGERPRINT: "sha256:" + "a" * 64}
+    env = {ENV_VLLM_REGISTRY: str(store), ENV_VLLM_TOKEN: "t",
+           ENV_VLLM_CACHE_DIR: str(tmp_path / "c"), ENV_VLLM_BASE_FINGERPRINT: "sha256:" + "a" * 64}
     assert ResolverSettings.from_env(env) == ResolverSettings(
         str(store), "t", tmp_path / "c", "sha256:" + "a" * 64)
-    for bad, why in (({ENV_REGISTRY: str(tmp_path / "nowhere")}, "neither an http"),
-                     ({ENV_REGISTRY: "s3://bucket"}, "unknown registry URL scheme"),
-                     ({**env, ENV_BASE_FINGERPRINT: "sha256:zz"}, "invalid digest")):
+    for bad, why in (({ENV_VLLM_REGISTRY: str(tmp_path / "nowhere")}, "neither an http"),
+                     ({ENV_VLLM_REGISTRY: "s3://bucket"}, "unknown registry URL scheme"),
+                     ({**env, ENV_VLLM_BASE_FINGERPRINT: "sha256:zz"}, "invalid digest")):
         with pytest.raises(InvalidName, match=why):
             ResolverSettings.from_env(bad)
 
@@ -170,8 +169,8 @@ def test_vllm_gets_a_lora_request_or_the_reason(backend, pushed, bases, tmp_path
     the server's log."""
     from vllm.exceptions import GracefulHTTPError
 
-    from loramux.registry import vllm_resolver as module
-    from loramux.registry.vllm_resolver import vllm_resolver
+    from loramux.server import vllm_resolver as module
+    from loramux.server.vllm_resolver import vllm_resolver
 
     # In a vLLM server the plugin hands the `loramux` logger to vLLM's handlers (propagate off);
     # in this test process that would hide every later test's loramux records from caplog.
@@ -203,8 +202,8 @@ def _stock_vllm(demo_base: Path, registry_url: str, root: Path):
            "--enable-lora", "--max-loras", "2", "--max-cpu-loras", "8", "--max-lora-rank", "8",
            "--max-model-len", "256", "--max-num-seqs", "4", "--dtype", "bfloat16",
            "--seed", "0", "--disable-log-stats"]
-    env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", ENV_REGISTRY: registry_url,
-           ENV_TOKEN: READER, ENV_CACHE_DIR: str(root / "vllm-cache"),
+    env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", ENV_VLLM_REGISTRY: registry_url,
+           ENV_VLLM_TOKEN: READER, ENV_VLLM_CACHE_DIR: str(root / "vllm-cache"),
            "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false",
            "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            # No working directory on sys.path: a source checkout's stale *.egg-info there
