@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
+from loramux import __version__
 from loramux.server import gateway_metrics, openapi
 from loramux.server.auth import Admin, User, protect_routes, require_admin, visible
 from loramux.server.errors import (
@@ -47,6 +48,7 @@ from loramux.server.protocol import (
 from loramux.server.resolver import with_user_header
 from loramux.server.runtime import Runtime
 from loramux.server.ui import playground
+from loramux.wire import DIGEST_HEADER, REF_HEADER
 
 log = logging.getLogger(__name__)
 MAX_JSON_DEPTH = 64  # deeper than any real request; bounds the recursion of whatever reads it
@@ -148,12 +150,12 @@ def create_app(runtime: Runtime) -> FastAPI:
         # would end the process before any later cleanup and orphan vLLM's engine processes.
         runtime.close()
 
-    app = FastAPI(title="loramux", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="loramux", version=__version__, lifespan=lifespan,
                   description="OpenAI-compatible multi-LoRA server; adapters from the registry.")
     app.state.runtime = runtime
     gateway_metrics.install(runtime.handlers, runtime.metrics.registry)  # the gateway's view
     app.add_middleware(_LastResort)
-    app.add_middleware(AccessLog, headers=(openapi.REF_HEADER, openapi.DIGEST_HEADER))
+    app.add_middleware(AccessLog, headers=(REF_HEADER, DIGEST_HEADER))
     openapi.install(app, [ChatCompletionRequest, CompletionRequest, AdapterAction])
 
     @app.exception_handler(ServerError)
@@ -178,7 +180,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             raise from_validation(exc.errors()) from None
 
     def _respond(served: Served) -> Response:
-        headers = {openapi.DIGEST_HEADER: served.digest, openapi.REF_HEADER: served.ref}
+        headers = {DIGEST_HEADER: served.digest, REF_HEADER: served.ref}
         if isinstance(served.body, dict):
             return JSONResponse(served.body, headers=headers)
         return StreamingResponse(served.body, media_type="text/event-stream",

@@ -21,6 +21,8 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from loramux.wire import DIGEST_HEADER, REF_HEADER
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 OWN = ("loramux", "uvicorn", "vllm", "__main__")
 LEVEL_ENV = "LORAMUX_LOG_LEVEL"  # set by `configure_logging` for vLLM's child processes
@@ -82,8 +84,8 @@ class AccessLog:
     stream's at its last event): client, method, path, status, seconds, and the adapter ref and
     digest from the response's provenance headers (`-` where a response has none)."""
 
-    def __init__(self, app: ASGIApp, headers: tuple[str, str] = (
-            "x-loramux-adapter-ref", "x-loramux-adapter-digest")) -> None:
+    def __init__(self, app: ASGIApp,
+                 headers: tuple[str, str] = (REF_HEADER, DIGEST_HEADER)) -> None:
         self.app = app
         self._headers = tuple(h.encode() for h in headers)
 

@@ -13,6 +13,8 @@ import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from loramux import wire
+
 OTHER = "__other__"
 BASE = "__base__"
 VERSIONS_PER_LABEL = 4
@@ -65,17 +67,17 @@ class Metrics:
         self.label = AdapterLabels(max_adapter_labels)
         self.version = VersionLabels(VERSIONS_PER_LABEL * max_adapter_labels)
         r = self.registry
-        self.requests = Counter("loramux_requests_total",
+        self.requests = Counter(wire.REQUESTS,
                                 "Requests by endpoint, adapter, status and adapter version.",
                                 ["endpoint", "adapter", "status", "version"], registry=r)
-        self.prompt_tokens = Counter("loramux_prompt_tokens_total", "Prompt tokens.",
+        self.prompt_tokens = Counter(wire.PROMPT_TOKENS, "Prompt tokens.",
                                      ["adapter"], registry=r)
-        self.completion_tokens = Counter("loramux_completion_tokens_total",
+        self.completion_tokens = Counter(wire.COMPLETION_TOKENS,
                                          "Generated tokens.", ["adapter"], registry=r)
-        self.ttft = Histogram("loramux_time_to_first_token_seconds",
+        self.ttft = Histogram(wire.TTFT,
                               "Time to first token, by adapter and version.",
                               ["adapter", "version"], buckets=LATENCY_BUCKETS, registry=r)
-        self.latency = Histogram("loramux_request_latency_seconds", "End-to-end latency.",
+        self.latency = Histogram(wire.LATENCY, "End-to-end latency.",
                                  ["adapter"], buckets=LATENCY_BUCKETS, registry=r)
         self.fetch_seconds = Histogram("loramux_adapter_fetch_seconds",
                                        "Registry fetch into the local cache.", ["adapter"],
@@ -84,7 +86,7 @@ class Metrics:
                                       ["adapter"], buckets=LATENCY_BUCKETS, registry=r)
         self.fetches = Counter("loramux_adapter_fetches_total", "Adapter fetches.", ["adapter"],
                                registry=r)
-        self.loads = Counter("loramux_adapter_loads_total", "Adapter loads into the engine.",
+        self.loads = Counter(wire.ADAPTER_LOADS, "Adapter loads into the engine.",
                              ["adapter"], registry=r)
         self.load_failures = Counter("loramux_adapter_load_failures_total",
                                      "Adapters that could not be fetched or loaded.", ["adapter"],
@@ -110,5 +112,5 @@ class Metrics:
         self.in_flight = Gauge("loramux_requests_in_flight", "Running plus queued requests.",
                                registry=r)
         self.base_loads = Counter(
-            "loramux_base_model_loads", "Times the engine loaded the base weights: 1 for the "
+            wire.BASE_MODEL_LOADS, "Times the engine loaded the base weights: 1 for the "
             "server's life, unless an operator restarted the engine.", registry=r)

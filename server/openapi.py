@@ -16,9 +16,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from loramux.server.protocol import ErrorResponse
-
-DIGEST_HEADER = "x-loramux-adapter-digest"
-REF_HEADER = "x-loramux-adapter-ref"
+from loramux.wire import DIGEST_HEADER, REF_HEADER
 
 ERRORS: dict[int, str] = {
     400: "The request is invalid (malformed JSON, a bad or unsupported field, too long a prompt, "

@@ -11,6 +11,7 @@ import logging
 import os
 from pathlib import Path
 
+from loramux import wire
 from loramux.server import compat
 from loramux.server.adapters import AdapterManager, AdapterManagerOptions
 from loramux.server.admission import Admission
@@ -115,7 +116,7 @@ class Runtime:
         return {"engine": self.engine.info.name, "server_pid": os.getpid(),
                 "engine_pid": engine_core_pid(),
                 "base_model_loads": int(self.metrics.registry.get_sample_value(
-                    "loramux_base_model_loads_total") or 0)}
+                    wire.BASE_MODEL_LOADS) or 0)}
 
     async def restart_engine(self) -> dict[str, object]:
         """Operator action: reload the base weights (a new vLLM engine core); adapters stay."""

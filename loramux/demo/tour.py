@@ -24,6 +24,8 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from loramux import wire
+
 SERVED_NAME = "demo-base"
 ALIAS_NAME, ALIAS = "assistant", "prod"
 
@@ -176,8 +178,8 @@ def run_tour(base: Path, cache: Path, console: Console | None = None) -> None:
         for task, messages in probes.items():
             console.print(f"{task} probe: {messages[-1]['content']!r}")
         _hot_swap(client, url, paths, probes, console)
-        loads = _metric(url, "loramux_base_model_loads_total")
-        adapter_loads = _metric(url, "loramux_adapter_loads_total")
+        loads = _metric(url, wire.BASE_MODEL_LOADS)
+        adapter_loads = _metric(url, wire.ADAPTER_LOADS)
         console.print(f"base model loads: {loads:.0f}; adapter loads: {adapter_loads:.0f} "
                       "(from /metrics; assistant@1 has codeword@1's digest and assistant@2 "
                       "caps@1's, and the digest is the adapter's identity, so each loaded once)")

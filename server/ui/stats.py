@@ -1,7 +1,8 @@
 """Per-adapter figures for the playground's live table, read from the server's own Prometheus
 registry (the numbers ``/metrics`` exports, summed per adapter), so the page and a scraper
 never disagree. Series that carry a ``version`` label (requests, time to first token) are
-also broken down per version, so a canary and its stable version can be compared live."""
+also broken down per version, so a canary and its stable version can be compared live. An error
+is what the rollout watcher counts as one (``wire.is_error``: not 2xx, 429 and 499 apart)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from loramux.wire import COMPLETION_TOKENS, LATENCY, PROMPT_TOKENS, REQUESTS, TTFT, is_error
+
 # sample name -> the figure it adds to
 _FIELDS = {
-    "loramux_requests_total": "requests",
-    "loramux_prompt_tokens_total": "prompt_tokens",
-    "loramux_completion_tokens_total": "completion_tokens",
-    "loramux_time_to_first_token_seconds_sum": "ttft_sum",
-    "loramux_time_to_first_token_seconds_count": "ttft_count",
-    "loramux_request_latency_seconds_sum": "latency_sum",
-    "loramux_request_latency_seconds_count": "latency_count",
+    REQUESTS: "requests",
+    PROMPT_TOKENS: "prompt_tokens",
+    COMPLETION_TOKENS: "completion_tokens",
+    f"{TTFT}_sum": "ttft_sum",
+    f"{TTFT}_count": "ttft_count",
+    f"{LATENCY}_sum": "latency_sum",
+    f"{LATENCY}_count": "latency_count",
 }
 
 
@@ -35,7 +38,7 @@ class Figures:
 
     def add(self, name: str, value: float, status: str) -> None:
         setattr(self, name, getattr(self, name) + value)
-        if name == "requests" and status != "200":
+        if name == "requests" and is_error(status):
             self.errors += value
 
     def as_dict(self) -> dict[str, Any]:
