@@ -1,9 +1,11 @@
-"""The ``Registry`` protocol both stores implement, and the argument handling they share.
+"""The ``Registry`` interface every store implements, and the argument handling they share.
 
-The trainer and the server hold a ``Registry`` and never care whether it is a local folder or a
-remote server. ``LocalRegistry`` and ``RemoteRegistry`` subclass the protocol explicitly, so the
-parts that must not differ between them (push's arguments turned into one ``PushRequest``, pull,
-show) are written once, here.
+The trainer, the server and release management hold a ``Registry`` and never care whether it is
+a local folder, a remote server or an OCI mirror. It is an abstract base class: ``LocalRegistry``,
+``RemoteRegistry`` and ``OciReadOnlyRegistry`` subclass it and must implement its abstract
+methods, and the parts that must not differ between them (push's arguments turned into one
+``PushRequest``, pull, show, and what a store without canaries or evaluations answers) are
+written once, here.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import json
 import logging
 import os
 import socket
+from abc import ABC, abstractmethod
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, runtime_checkable
+from typing import Any, BinaryIO
 
 from pydantic import ValidationError
 
@@ -43,8 +46,7 @@ log = logging.getLogger(__name__)
 DEFAULT_LOG_LIMIT = 100
 
 
-@runtime_checkable
-class Registry(Protocol):
+class Registry(ABC):
     """A store of versioned LoRA adapters: a local folder or a registry server.
 
     Every error is a :class:`~loramux.registry.errors.RegistryError`; a remote registry that
@@ -96,10 +98,12 @@ class Registry(Protocol):
                         "--base FOLDER or --base-fingerprint", manifest.ref, unfingerprinted)
         return manifest
 
+    @abstractmethod
     def _push(self, folder: Path, name: str, request: PushRequest) -> Manifest:
         """Store the folder's files, then commit ``request`` as ``name``'s next version."""
         ...
 
+    @abstractmethod
     def resolve(self, ref: str | AdapterRef) -> Manifest:
         """The manifest ``ref`` names now: ``name`` (latest), ``name@7``, ``name:prod`` or
         ``name@sha256:<12+ hex>``.
@@ -131,6 +135,7 @@ class Registry(Protocol):
             validate_name(name)
         return self._list(name, base_fingerprint, check_labels(labels), include_deleted)
 
+    @abstractmethod
     def _list(self, name: str | None, base_fingerprint: str | None, labels: dict[str, str],
               include_deleted: bool) -> list[VersionInfo]: ...
 
@@ -143,6 +148,7 @@ class Registry(Protocol):
         """
         return materialize(self.resolve(ref), self.open_blob, Path(to))
 
+    @abstractmethod
     def open_blob(self, digest: str) -> BinaryIO:
         """A readable stream of the blob ``sha256:<64 hex>`` (unverified: the caller hashes).
 
@@ -150,6 +156,7 @@ class Registry(Protocol):
         """
         ...
 
+    @abstractmethod
     def alias_set(self, name: str, alias: str, version: int) -> AliasPointer:
         """Point ``name:alias`` at ``version`` (recorded in the audit log); returns the pointer.
 
@@ -158,6 +165,7 @@ class Registry(Protocol):
         """
         ...
 
+    @abstractmethod
     def alias_rm(self, name: str, alias: str) -> None:
         """Remove ``name:alias``. Raises ``InvalidName``, ``NotFound`` if it is not set."""
         ...
@@ -181,6 +189,7 @@ class Registry(Protocol):
         and share, so that a server can split requests between the two."""
         return Split(stable=self.resolve(ref))
 
+    @abstractmethod
     def delete(self, ref: str | AdapterRef, *, force: bool = False) -> VersionInfo:
         """Yank a version (``name@N`` or ``name@sha256:…``): it no longer resolves, and its
         number is never reused; its blobs go at the next :meth:`gc`. Returns it, ``deleted``.
@@ -191,6 +200,7 @@ class Registry(Protocol):
         """
         ...
 
+    @abstractmethod
     def gc(self) -> GcReport:
         """Remove blobs no live version uses and leftovers of interrupted pushes.
 
@@ -198,6 +208,7 @@ class Registry(Protocol):
         """
         ...
 
+    @abstractmethod
     def verify(self) -> VerifyReport:
         """Re-hash every blob. Corrupt ones are moved to ``quarantine/`` (so the next push of
         the same file stores it again) and reported, with missing ones, in ``problems``.
@@ -219,9 +230,11 @@ class Registry(Protocol):
         after) and deletes, filtered by name, alias and time (naive times are local)."""
         return self._log(name, alias, since, until, max(0, limit))
 
+    @abstractmethod
     def _log(self, name: str | None, alias: str | None, since: datetime | None,
              until: datetime | None, limit: int) -> list[AuditEntry]: ...
 
+    @abstractmethod
     def alias_at(self, name: str, alias: str, when: datetime) -> AliasPointer | None:
         """Where ``name:alias`` pointed at ``when``, or None if it was not set then.
 
@@ -252,9 +265,9 @@ class Registry(Protocol):
         """
         raise InvalidRequest(f"{self!r} does not move aliases")
 
+    @abstractmethod
     def close(self) -> None:
         """Release connections; the registry is not used afterwards."""
-        ...
 
     def __enter__(self) -> Registry:
         return self

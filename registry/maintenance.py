@@ -12,14 +12,14 @@ from __future__ import annotations
 import logging
 import shutil
 
-from loramux.registry.blobs import BlobBackend, StoreLock
+from loramux.registry.blobs import BlobStore, StoreLock
 from loramux.registry.index import Index
 from loramux.registry.manifest import BlobProblem, GcReport, VerifyReport
 
 log = logging.getLogger(__name__)
 
 
-def collect_garbage(index: Index, blobs: BlobBackend, lock: StoreLock) -> GcReport:
+def collect_garbage(index: Index, blobs: BlobStore, lock: StoreLock) -> GcReport:
     """Blobs no live version references (yanked versions' included) and push leftovers."""
     report = GcReport()
     with lock.exclusive():
@@ -47,7 +47,7 @@ def collect_garbage(index: Index, blobs: BlobBackend, lock: StoreLock) -> GcRepo
     return report
 
 
-def verify_blobs(index: Index, blobs: BlobBackend, lock: StoreLock) -> VerifyReport:
+def verify_blobs(index: Index, blobs: BlobStore, lock: StoreLock) -> VerifyReport:
     """Re-hash every stored blob and check every referenced one exists.
 
     A corrupt blob is moved to ``quarantine/`` (kept for inspection): the store then knows it

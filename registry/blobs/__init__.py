@@ -1,11 +1,12 @@
 """Blob stores: where the registry keeps file contents, by sha256 digest.
 
-Two implementations behind one protocol: the local folder (the default, in the registry's root)
-and a repository of an OCI distribution registry (``oci://host:port/repository``), which
-several registry servers can share. The setting is ``--blobs`` on ``loramux registry serve``
-or ``LORAMUX_REGISTRY_BLOBS``; a root remembers the store it was created with
-(``blobs-location``), so later commands on the same folder need not repeat it, and a different
-one is refused rather than silently showing an empty store.
+Two implementations behind one protocol, :class:`BlobStore`: ``FolderBlobStore``, the local
+folder (the default, in the registry's root), and ``OciBlobStore``, a repository of an OCI
+distribution registry (``oci://host:port/repository``), which several registry servers can
+share. The setting is ``--blobs`` on ``loramux registry serve`` or ``LORAMUX_REGISTRY_BLOBS``; a
+root remembers the store it was created with (``blobs-location``), so later commands on the same
+folder need not repeat it, and a different one is refused rather than silently showing an empty
+store.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from loramux.registry.blobs.folder import BlobStore, BlobUpload, BlobWriter, StoreLock
+from loramux.registry.blobs.folder import BlobUpload, BlobWriter, FolderBlobStore
+from loramux.registry.blobs.lock import StoreLock
 from loramux.registry.errors import Conflict, InvalidName
 
 ENV_BLOBS = "LORAMUX_REGISTRY_BLOBS"
@@ -25,7 +27,7 @@ BLOBS_HELP = ("Blob store: oci://host:port/repository (an OCI registry; plain ht
 LOCATION_FILE = "blobs-location"
 
 
-class BlobBackend(Protocol):
+class BlobStore(Protocol):
     """What the registry needs from a blob store. ``open`` may verify (OCI does); callers hash
     what they read anyway. ``local_path`` is a file to send as is (NotFound if the folder lacks
     it), or None for a store without local files (then stream ``open``)."""
@@ -62,14 +64,14 @@ def _normalized(location: str | None) -> str | None:
     return str(OciLocation.parse(location))
 
 
-def open_blobs(root: Path, location: str | None) -> BlobBackend:
+def open_blobs(root: Path, location: str | None) -> BlobStore:
     """The blob store for the registry in ``root``: ``location`` (an OCI URL), else the one
     ``root`` was created with, else the folder. Raises Conflict if they disagree."""
     wanted = _normalized(location)
     recorded_file = root / LOCATION_FILE
     recorded = recorded_file.read_text().strip() if recorded_file.is_file() else None
     if recorded is None and wanted is not None:
-        if BlobStore.holds_blobs(root):
+        if FolderBlobStore.holds_blobs(root):
             raise Conflict(f"the registry in {root} keeps its blobs in its folder, not {wanted}")
         tmp = root / f".{LOCATION_FILE}.{os.getpid()}"
         tmp.write_text(wanted + "\n")
@@ -78,12 +80,12 @@ def open_blobs(root: Path, location: str | None) -> BlobBackend:
     if wanted is not None and wanted != recorded:
         raise Conflict(f"the registry in {root} keeps its blobs in {recorded}, not {wanted}")
     if recorded is None:
-        return BlobStore(root)
+        return FolderBlobStore(root)
     from loramux.registry.blobs.oci import OciBlobStore
     from loramux.registry.oci.client import OciClient
 
     return OciBlobStore(root, OciClient(recorded))
 
 
-__all__ = ["BLOBS_HELP", "ENV_BLOBS", "BlobBackend", "BlobStore", "BlobUpload", "BlobWriter",
+__all__ = ["BLOBS_HELP", "ENV_BLOBS", "BlobStore", "BlobUpload", "BlobWriter", "FolderBlobStore",
            "StoreLock", "blobs_from_env", "open_blobs"]

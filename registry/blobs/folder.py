@@ -9,7 +9,6 @@ most a temp file, which ``gc`` removes. Writers hold the store's shared lock whi
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
@@ -18,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from loramux.registry.blobs.lock import StoreLock
 from loramux.registry.digests import (
     CHUNK,
     copy_file_hashed,
@@ -40,36 +40,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class StoreLock:
-    """flock on ``locks/gc.lock``: shared for writers, exclusive for gc.
-
-    flock belongs to the open file description, so each holder opens its own descriptor; that
-    makes it work between threads as well as processes, and the kernel drops it on SIGKILL.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    @contextlib.contextmanager
-    def _held(self, mode: int) -> Iterator[None]:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, mode)
-            yield
-        finally:
-            os.close(fd)
-
-    def shared(self) -> contextlib.AbstractContextManager[None]:
-        return self._held(fcntl.LOCK_SH)
-
-    def exclusive(self) -> contextlib.AbstractContextManager[None]:
-        return self._held(fcntl.LOCK_EX)
-
-
 class BlobWriter:
     """One blob being written: feed it, then ``commit`` (verify + rename) or ``abort``."""
 
-    def __init__(self, store: BlobStore, max_bytes: int | None, what: str) -> None:
+    def __init__(self, store: FolderBlobStore, max_bytes: int | None, what: str) -> None:
         self._store = store
         self._max = max_bytes
         self._what = what
@@ -197,7 +171,7 @@ def ingest(w: BlobWriter, src: Path) -> tuple[str, int]:
     return hex_, size
 
 
-class BlobStore:
+class FolderBlobStore:
     """Blobs as files in ``root``: reads hand out the file itself (the caller hashes)."""
 
     def __init__(self, root: Path) -> None:
@@ -215,7 +189,7 @@ class BlobStore:
         return self.dir / hex_
 
     def __repr__(self) -> str:
-        return f"BlobStore({str(self.root)!r})"
+        return f"FolderBlobStore({str(self.root)!r})"
 
     @staticmethod
     def holds_blobs(root: Path) -> bool:

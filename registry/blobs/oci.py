@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from loramux.registry.blobs.folder import BlobStore, BlobWriter, ingest
+from loramux.registry.blobs.folder import BlobWriter, FolderBlobStore, ingest
 from loramux.registry.digests import hex_of
 from loramux.registry.errors import IntegrityError, NotFound
 from loramux.registry.oci.client import OciClient
@@ -73,7 +73,7 @@ class OciBlobStore:
     def __init__(self, root: Path, client: OciClient) -> None:
         self.root = root
         self.client = client
-        self.stage = BlobStore(root / "oci-stage")
+        self.stage = FolderBlobStore(root / "oci-stage")
         self.tmp = self.stage.tmp
         self.ledger = root / "oci-ledger"
         self.quarantine = root / "quarantine" / "sha256"

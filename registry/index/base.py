@@ -63,7 +63,7 @@ class Connection(Protocol):
 
 
 class StoreLockLike(Protocol):
-    """Shared for pushes (first blob to commit), exclusive for gc: see blobs.StoreLock."""
+    """Shared for pushes (first blob to commit), exclusive for gc: see blobs.lock.StoreLock."""
 
     def shared(self) -> contextlib.AbstractContextManager[None]: ...
 

@@ -10,12 +10,12 @@ from loramux.registry.oci.client import (
     MANIFEST_TYPES,
     OCI_INDEX,
     OCI_MANIFEST,
-    Manifest,
     ManifestInfo,
     OciClient,
+    OciManifestBytes,
     UploadSession,
 )
 from loramux.registry.oci.location import OciLocation, is_oci_url
 
-__all__ = ["MANIFEST_TYPES", "OCI_INDEX", "OCI_MANIFEST", "Credentials", "Manifest",
-           "ManifestInfo", "OciClient", "OciLocation", "UploadSession", "is_oci_url"]
+__all__ = ["MANIFEST_TYPES", "OCI_INDEX", "OCI_MANIFEST", "Credentials", "ManifestInfo",
+           "OciClient", "OciLocation", "OciManifestBytes", "UploadSession", "is_oci_url"]

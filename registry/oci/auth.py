@@ -25,9 +25,9 @@ import httpx
 
 from loramux.registry.errors import BlobStoreUnavailable
 
-ENV_USERNAME = "LORAMUX_OCI_USERNAME"
-ENV_PASSWORD = "LORAMUX_OCI_PASSWORD"
-ENV_TOKEN = "LORAMUX_OCI_TOKEN"
+ENV_OCI_USERNAME = "LORAMUX_OCI_USERNAME"
+ENV_OCI_PASSWORD = "LORAMUX_OCI_PASSWORD"
+ENV_OCI_TOKEN = "LORAMUX_OCI_TOKEN"
 _PARAM = re.compile(r'(\w+)=(?:"([^"]*)"|([^,\s]*))')
 
 
@@ -41,8 +41,8 @@ class Credentials:
 
     @classmethod
     def from_env(cls) -> Credentials:
-        return cls(os.environ.get(ENV_USERNAME) or None, os.environ.get(ENV_PASSWORD) or None,
-                   os.environ.get(ENV_TOKEN) or None)
+        return cls(os.environ.get(ENV_OCI_USERNAME) or None,
+                   os.environ.get(ENV_OCI_PASSWORD) or None, os.environ.get(ENV_OCI_TOKEN) or None)
 
     def basic(self) -> str | None:
         if self.username is None:
@@ -142,7 +142,7 @@ class OciAuth(httpx.Auth):
         scope = challenge.params.get("scope") or "the registry"
         return BlobStoreUnavailable(
             f"OCI token server {challenge.params.get('realm')} asked for {scope} for {who}: "
-            f"{what} (set {ENV_USERNAME} and {ENV_PASSWORD}, or {ENV_TOKEN})")
+            f"{what} (set {ENV_OCI_USERNAME} and {ENV_OCI_PASSWORD}, or {ENV_OCI_TOKEN})")
 
 
 def _detail(response: httpx.Response) -> str:

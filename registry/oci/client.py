@@ -56,8 +56,9 @@ class ManifestInfo:
 
 
 @dataclass(frozen=True)
-class Manifest:
-    """A manifest's exact bytes (its digest is over them) and how the registry typed them."""
+class OciManifestBytes:
+    """An OCI manifest's exact bytes (its digest is over them) and how the registry typed them;
+    parsed, it is ``artifact.OciManifest``. (An adapter's manifest is ``registry.Manifest``.)"""
 
     body: bytes
     media_type: str
@@ -259,7 +260,8 @@ class OciClient:
                                  f"not {digest}")
         return digest
 
-    def get_manifest(self, reference: str, accept: tuple[str, ...] = MANIFEST_TYPES) -> Manifest:
+    def get_manifest(self, reference: str,
+                     accept: tuple[str, ...] = MANIFEST_TYPES) -> OciManifestBytes:
         """A manifest by tag or digest; its bytes are checked against the digest asked for
         (or, by tag, the one the registry names)."""
         response = self._send("GET", self._manifest_url(reference), what=f"manifest {reference}",
@@ -272,7 +274,7 @@ class OciClient:
             raise IntegrityError(f"manifest {reference} from {self.location} is corrupt: "
                                  f"its bytes hash to {digest}, not {claimed}")
         media_type = response.headers.get("content-type", "").split(";")[0].strip()
-        return Manifest(body, media_type, digest)
+        return OciManifestBytes(body, media_type, digest)
 
     def head_manifest(self, reference: str,
                       accept: tuple[str, ...] = MANIFEST_TYPES) -> ManifestInfo | None:

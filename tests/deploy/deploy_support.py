@@ -56,14 +56,14 @@ def cli_problem(argv: list[str]) -> str | None:
 def known_env() -> set[str]:
     """Every LORAMUX_* variable the server, the registry and the registry client read."""
     from loramux.registry import ENV_BLOBS, ENV_INDEX, ENV_REGISTRY
-    from loramux.registry.auth import ENV_TOKENS
+    from loramux.registry.http.auth import ENV_TOKENS
     from loramux.registry.oci import auth as oci_auth
     from loramux.registry.remote import ENV_TOKEN
     from loramux.server.settings import ServerSettings, env_name
 
     names = {env_name(field) for field in ServerSettings.model_fields}
     names |= {ENV_BLOBS, ENV_INDEX, ENV_REGISTRY, ENV_TOKENS, ENV_TOKEN}
-    names |= {oci_auth.ENV_USERNAME, oci_auth.ENV_PASSWORD, oci_auth.ENV_TOKEN}
+    names |= {oci_auth.ENV_OCI_USERNAME, oci_auth.ENV_OCI_PASSWORD, oci_auth.ENV_OCI_TOKEN}
     return names
 
 

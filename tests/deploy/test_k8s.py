@@ -282,9 +282,9 @@ def test_postgres_oci_component_makes_the_registry_stateless(rendered) -> None:
     registry = _one(objects, "Deployment", "loramux-registry")
     env = {e["name"] for e in _container(registry)["env"]}
     from loramux.registry import ENV_BLOBS, ENV_INDEX
-    from loramux.registry.oci.auth import ENV_PASSWORD, ENV_USERNAME
+    from loramux.registry.oci.auth import ENV_OCI_PASSWORD, ENV_OCI_USERNAME
 
-    assert {ENV_INDEX, ENV_BLOBS, ENV_USERNAME, ENV_PASSWORD} <= env
+    assert {ENV_INDEX, ENV_BLOBS, ENV_OCI_USERNAME, ENV_OCI_PASSWORD} <= env
     assert registry["spec"]["replicas"] >= 2
     assert not any("persistentVolumeClaim" in v
                    for v in registry["spec"]["template"]["spec"]["volumes"])

@@ -29,7 +29,7 @@ from loramux.registry.cli import app
 from loramux.registry.errors import BlobStoreUnavailable, NotFound
 from loramux.registry.oci import Credentials, OciClient
 from loramux.registry.oci.artifact import version_tag
-from loramux.registry.oci.auth import ENV_PASSWORD, ENV_TOKEN, ENV_USERNAME
+from loramux.registry.oci.auth import ENV_OCI_PASSWORD, ENV_OCI_TOKEN, ENV_OCI_USERNAME
 from loramux.registry.store import LocalRegistry
 from loramux.support.oci_registry import OciRegistry
 
@@ -75,9 +75,9 @@ def as_user(monkeypatch: pytest.MonkeyPatch):
     """Set the store's OCI credentials the way an operator does: the environment."""
 
     def use(credentials: Credentials) -> None:
-        monkeypatch.delenv(ENV_TOKEN, raising=False)
-        monkeypatch.setenv(ENV_USERNAME, credentials.username or "")
-        monkeypatch.setenv(ENV_PASSWORD, credentials.password or "")
+        monkeypatch.delenv(ENV_OCI_TOKEN, raising=False)
+        monkeypatch.setenv(ENV_OCI_USERNAME, credentials.username or "")
+        monkeypatch.setenv(ENV_OCI_PASSWORD, credentials.password or "")
 
     return use
 
