@@ -28,9 +28,9 @@ from loramux.registry.errors import IntegrityError, RegistryError
 from loramux.registry.http.auth import TOKENS_FORMAT
 from loramux.registry.index import INDEX_HELP
 from loramux.registry.manifest import parse_labels
-from loramux.wire import ENV_TOKEN
+from loramux.wire import ENV_REGISTRY, ENV_TOKEN
 
-REGISTRY_HELP = "Folder or http(s):// URL (env LORAMUX_REGISTRY, else ~/.loramux/registry)."
+REGISTRY_HELP = f"Folder or http(s):// URL (env {ENV_REGISTRY}, else ~/.loramux/registry)."
 TOKEN_HELP = f"Bearer token for a remote registry (env {ENV_TOKEN})."
 
 
@@ -87,7 +87,7 @@ class _State:
 @app.callback()
 def main(
     ctx: typer.Context,
-    registry: str | None = typer.Option(None, "--registry", envvar=reg.ENV_REGISTRY,
+    registry: str | None = typer.Option(None, "--registry", envvar=ENV_REGISTRY,
                                         metavar="PATH|URL", help=REGISTRY_HELP),
     token: str | None = typer.Option(None, "--token", envvar=ENV_TOKEN, help=TOKEN_HELP),
 ) -> None:

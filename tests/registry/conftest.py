@@ -9,18 +9,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "support"))
 
-from registry_fixtures import (  # noqa: F401  (fixtures and names the tests import, registered here)
+from registry_fixtures import (  # noqa: F401  (fixtures, registered here; names tests import)
     COMBOS,
-    OCI_REPOSITORY,
-    TOKENS,
     Backend,
-    Combo,
-    ServerHandle,
     adapters,
     backend,
     http_server,
     make_adapter,
-    make_store,
     postgres_dsn,
     postgres_server,
 )
