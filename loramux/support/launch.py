@@ -9,8 +9,10 @@ socket (see ports.py), so two servers never race for a port and we never talk to
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -50,6 +52,7 @@ class ChildServer:
         return f"http://{HOST}:{self.port}"
 
     def start(self) -> str:
+        _unwind_on_sigterm()
         self.log.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         wanted = self.port
@@ -105,6 +108,23 @@ class ChildServer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def _unwind_on_sigterm() -> None:
+    """Make SIGTERM a KeyboardInterrupt in a process that starts servers (a benchmark, the demo,
+    a test session). Its default action ends Python without unwinding, so no `with ChildServer`
+    would stop its server, and vLLM's engine processes would live on holding GBs; as an
+    interrupt it unwinds like Ctrl-C (pytest ends the session and tears its fixtures down,
+    rather than failing one test and going on, as it would on a SystemExit). Only where SIGTERM
+    still has its default action and on the main thread (signal handlers live there): a process
+    with its own handler keeps it."""
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 class ServerProcess(ChildServer):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +60,36 @@ def test_a_port_held_by_someone_else_is_never_taken_for_the_child(tmp_path: Path
             child.start()
     finally:
         stranger.shutdown()
+
+
+_PARENT = """
+import sys, time
+from pathlib import Path
+from loramux.support.launch import ChildServer
+child = ChildServer([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "0"],
+                    Path(sys.argv[1]), ready_path="/", timeout_s=60)
+with child:
+    print(child.proc.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_sigterm_to_the_parent_stops_its_servers(tmp_path: Path) -> None:
+    """A benchmark or demo ended by SIGTERM (a CI timeout, `kill PID`) stops the servers it
+    started instead of leaving them running (it used to: SIGTERM's default skips every `with`)."""
+    import psutil
+
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(tmp_path / "child.log")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        server = psutil.Process(int(parent.stdout.readline()))
+        assert server.is_running()
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(30) != 0
+        psutil.wait_procs([server], timeout=30)
+        assert not server.is_running(), "the server outlived the process that started it"
+    finally:
+        parent.kill()
 
 
 def test_child_that_never_listens_times_out(tmp_path: Path) -> None:
