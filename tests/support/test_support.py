@@ -81,6 +81,7 @@ def test_sigterm_to_the_parent_stops_its_servers(tmp_path: Path) -> None:
 
     parent = subprocess.Popen([sys.executable, "-c", _PARENT, str(tmp_path / "child.log")],
                               stdout=subprocess.PIPE, text=True)
+    server = None
     try:
         server = psutil.Process(int(parent.stdout.readline()))
         assert server.is_running()
@@ -90,6 +91,8 @@ def test_sigterm_to_the_parent_stops_its_servers(tmp_path: Path) -> None:
         assert not server.is_running(), "the server outlived the process that started it"
     finally:
         parent.kill()
+        if server is not None and server.is_running():
+            server.kill()
 
 
 def test_child_that_never_listens_times_out(tmp_path: Path) -> None:
