@@ -164,7 +164,8 @@ class Handlers:
                 f"{prompt_len} tokens and {max_tokens} were requested for the completion",
                 param="max_tokens", code="context_length_exceeded")
         # The request's own values, else the model's generation config, else OpenAI's.
-        chosen = self.defaults.resolve(temperature=req.temperature, top_p=req.top_p)
+        chosen = self.defaults.resolve(temperature=req.temperature, top_p=req.top_p,
+                                       repetition_penalty=req.repetition_penalty)
         return Sampling(max_tokens=max_tokens, n=req.n, seed=req.seed, stop=req.stop_list(),
                         logprobs=logprobs, ignore_eos=req.ignore_eos, **chosen, **extra)
 

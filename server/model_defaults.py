@@ -10,9 +10,10 @@ processor, with `generation_config="auto"`, its default), the reference engine i
 
 The sampling defaults apply only to what a request leaves unset, then OpenAI's defaults, as vLLM's
 own OpenAI server does with `--generation-config auto`: a request's own value always wins. They
-are read once at start, here, and applied in one place (`Handlers._sampling`). `top_k`, `min_p`
-and `repetition_penalty` are model defaults only (the API refuses them as request fields); both
-engines apply them. The penalties vLLM also reads (presence, frequency) are left out, since the
+are read once at start, here, and applied in one place (`Handlers._sampling`). `top_k` and
+`min_p` are model defaults only (the API refuses them as request fields); `repetition_penalty`
+is both, like vLLM's extension of the API; both engines apply all three. The penalties vLLM also
+reads (presence, frequency) are left out, since the
 reference engine has no such processors, and so is `do_sample`, which vLLM ignores as well: a
 model that wants greedy answers by default says `temperature: 0`.
 """

@@ -104,6 +104,12 @@ class _Request(BaseModel):
     user: str | None = Field(default=None, max_length=512)
     # vLLM's extension, used by benchmarks so every server generates the same number of tokens.
     ignore_eos: bool = False
+    # vLLM's extension, which both engines apply; its load generator (vllm.benchmarks.serve)
+    # sends 1.0 on every completion request.
+    repetition_penalty: float | None = Field(
+        default=None, gt=0.0, le=2.0, description="vLLM's extension: above 1 penalises tokens "
+        "already in the prompt or the output. Default: the base model's generation config "
+        "(`repetition_penalty`), else 1 (none).")
 
     frequency_penalty: Penalty = _unsupported(None, 0)
     presence_penalty: Penalty = _unsupported(None, 0)
@@ -112,7 +118,6 @@ class _Request(BaseModel):
     # vLLM's sampling extensions that loramux's engines do not apply.
     top_k: NotNull = _unsupported(None)
     min_p: NotNull = _unsupported(None)
-    repetition_penalty: NotNull = _unsupported(None)
     min_tokens: NotNull = _unsupported(None)
     best_of: Annotated[int | None, _neutral(None, 1)] = _unsupported(None, 1)
 

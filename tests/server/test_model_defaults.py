@@ -113,3 +113,18 @@ def test_the_engine_gets_the_models_defaults_only_where_the_request_is_silent(
     assert {"temperature": s.temperature, "top_p": s.top_p} == expected
     # Model defaults only: the API refuses these as request fields.
     assert (s.top_k, s.min_p, s.repetition_penalty) == (40, 0.0, 1.1)
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_a_requests_repetition_penalty_wins_over_the_models(live, endpoint: str) -> None:
+    """vLLM's load generator sends repetition_penalty 1.0 on every completion request: it is
+    served (it used to be a 400), and applied, as on vLLM's own server."""
+    client, engine = live
+    for sent in (1.0, 1.3):
+        extra = {"extra_body": {"repetition_penalty": sent}}
+        if endpoint == "chat":
+            client.chat.completions.create(model="fake-base", messages=HELLO, max_tokens=2,
+                                           **extra)
+        else:
+            client.completions.create(model="fake-base", prompt="Hi", max_tokens=2, **extra)
+        assert engine.sampling[-1].repetition_penalty == sent
