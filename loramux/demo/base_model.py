@@ -22,11 +22,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loramux import build_store
 from loramux.demo import corpus
 
 log = logging.getLogger(__name__)
 
 RECIPE_FILE = "loramux_demo_recipe.json"
+STORE_KIND = "demo-base"  # its entries in loramux.build_store, keyed by the recipe digest
 # Bump when the training code changes what a recipe produces; corpus and template changes are
 # caught by hashing their output. 2: pretrained in fp32 (was bf16 autocast).
 BUILDER_VERSION = 2
@@ -215,6 +217,11 @@ def build(
     out = Path(out)
     recipe = recipe or DemoRecipe()
     if not force and is_built(out, recipe):
+        build_store.keep(STORE_KIND, recipe.digest()[:32], out)  # a no-op once it is there
+        meta = json.loads((out / RECIPE_FILE).read_text())
+        return BuildResult(out, True, 0.0, meta["parameters"], _disk_bytes(out), meta.get("loss"))
+    if not force and build_store.restore(STORE_KIND, recipe.digest()[:32], out) \
+            and is_built(out, recipe):
         meta = json.loads((out / RECIPE_FILE).read_text())
         return BuildResult(out, True, 0.0, meta["parameters"], _disk_bytes(out), meta.get("loss"))
 
@@ -261,6 +268,7 @@ def build(
             raise
     finally:
         torch.set_num_threads(threads_before)
+    build_store.keep(STORE_KIND, recipe.digest()[:32], out)
     seconds = time.perf_counter() - started
     log.info("built demo base model in %.1fs at %s (loss %.3f)", seconds, out, loss)
     return BuildResult(out, False, seconds, n_params, _disk_bytes(out), loss)

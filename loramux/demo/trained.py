@@ -20,6 +20,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from loramux import build_store
+
+STORE_KIND = "adapters"  # their entries in loramux.build_store: "<cache key>-<task>"
 # What identifies a base's weights: the demo base's recipe, or an imported base's provenance.
 BASE_IDENTITY_FILES = ("loramux_demo_recipe.json", "loramux_base.json")
 
@@ -74,6 +77,9 @@ def cached_adapters(base: Path | str, data: dict[str, Path], cache: Path | str,
                if not (folder / "training_report.json").is_file()]
     for task in missing:
         shutil.rmtree(adapters[task], ignore_errors=True)
+    missing = [t for t in missing
+               if not (build_store.restore(STORE_KIND, f"{root.name}-{t}", adapters[t])
+                       and (adapters[t] / "training_report.json").is_file())]
     workers = min(len(missing), len(os.sched_getaffinity(0))) if recipe.get("threads") == 1 else 1
     if workers > 1:
         import multiprocessing
@@ -89,6 +95,8 @@ def cached_adapters(base: Path | str, data: dict[str, Path], cache: Path | str,
     else:
         for task in missing:
             _train_and_tidy(base, data[task], adapters[task], recipe, progress)
+    for task in adapters:  # a no-op for those already stored
+        build_store.keep(STORE_KIND, f"{root.name}-{task}", adapters[task])
     return adapters
 
 

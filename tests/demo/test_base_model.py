@@ -81,11 +81,29 @@ def test_loads_in_peft_and_lora_changes_output(demo_base: Path, tmp_path: Path) 
     assert not torch.allclose(before, after)
 
 
-def test_build_is_deterministic(tmp_path: Path) -> None:
-    tiny = DemoRecipe(vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                      num_attention_heads=1, num_key_value_heads=1, corpus_dialogues=300,
-                      seq_len=64, batch_size=4, steps=3, warmup=1)
+TINY = dict(vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+            num_attention_heads=1, num_key_value_heads=1, corpus_dialogues=300, seq_len=64,
+            batch_size=4, steps=3, warmup=1)
+
+
+def test_build_is_deterministic(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("LORAMUX_BUILD_STORE", "off")  # both builds must run
+    tiny = DemoRecipe(**TINY)
     first, second = build(tmp_path / "a", tiny), build(tmp_path / "b", tiny)
     assert not first.cached and not second.cached
     for name in ("model.safetensors", "tokenizer.json"):
         assert (first.path / name).read_bytes() == (second.path / name).read_bytes(), name
+
+
+def test_a_stored_build_is_reused_by_a_fresh_checkout(tmp_path: Path, monkeypatch) -> None:
+    """A second clone's empty .cache gets the base this machine built, not a rebuild."""
+    monkeypatch.setenv("LORAMUX_BUILD_STORE", str(tmp_path / "store"))
+    tiny = DemoRecipe(**TINY, seed=99)
+    first = build(tmp_path / "clone1" / "demo-base", tiny)
+    second = build(tmp_path / "clone2" / "demo-base", tiny)
+    assert not first.cached and second.cached
+    for name in ("model.safetensors", "tokenizer.json", "loramux_demo_recipe.json"):
+        assert (first.path / name).read_bytes() == (second.path / name).read_bytes(), name
+    assert is_built(second.path, tiny)
+    other = build(tmp_path / "clone3" / "demo-base", replace(tiny, steps=4))
+    assert not other.cached  # another recipe is another key
