@@ -6,9 +6,16 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip
 
-.PHONY: install system-deps demo test bench bench-quick bench-soak lint clean
+.PHONY: install native-ops system-deps demo test bench bench-quick bench-soak lint clean
 
-install: $(STAMP)
+install: $(STAMP) native-ops
+
+# The native LoRA op (server/engines/native/, C++ through torch's extension builder and ninja):
+# a no-op when the build for these sources and this torch exists. A failed build does not fail
+# the install: the server says so in one line at start and runs the Python LoRA ops.
+native-ops: $(STAMP)
+	MAX_JOBS=$${MAX_JOBS:-2} $(BIN)/python -m loramux.server.engines.native.build \
+		|| echo "native LoRA op not built; continuing without it"
 
 # Re-runs only when the project's requirements change (idempotent otherwise).
 $(STAMP): pyproject.toml constraints.txt

@@ -48,6 +48,11 @@ class ServerSettings(BaseModel):
                                       description="Context length (default: the model's).")
     max_num_seqs: int = Field(default=64, ge=1, description="Sequences in one engine step.")
     kv_cache_gib: float = Field(default=1.0, gt=0, description="KV cache size on CPU, GiB.")
+    lora_ops: str = Field(
+        default="auto", pattern="^(auto|native|python)$",
+        description="CPU LoRA ops: native (the C++ op `make install` builds; refuse to start "
+        "without it), python (the torch ops), or auto: native where it loads, else python with "
+        "one log line.")
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port (0: any free one).")
     api_keys: FilePath | None = Field(

@@ -43,6 +43,7 @@ class VllmOptions:
     gpu_memory_utilization: float | None = None
     kv_cache_gib: float = 1.0
     enforce_eager: bool = False
+    lora_ops: str = "auto"  # auto, native or python (vllm_patches.choose_lora_ops)
 
 
 def slot_count(options: VllmOptions) -> int:
@@ -80,12 +81,13 @@ def _dtype_bytes(dtype: str) -> int:
     return 4 if dtype in ("float32", "float") else 2
 
 
-def check_slot_memory(options: VllmOptions, slots: int) -> None:
+def check_slot_memory(options: VllmOptions, slots: int, laid_out: bool = True) -> None:
     """Log what the slots take, and refuse on CPU, with the numbers, a count that cannot fit.
 
     On CPU the slots are not all: vLLM keeps every loaded adapter's weights beside them (up to
-    ``max_cpu_loras``), and loramux's LoRA ops keep laid-out copies of the weights of a batch's
-    adapters (lora_linear.most_layout_bytes). Each is counted at ``max_lora_rank``, the most."""
+    ``max_cpu_loras``), and loramux's torch LoRA ops keep laid-out copies of the weights of a
+    batch's adapters (lora_linear.most_layout_bytes; ``laid_out``: False under the native op,
+    which reads the slots in place). Each is counted at ``max_lora_rank``, the most."""
     per_slot = slot_bytes(Path(options.model), options.max_lora_rank, options.dtype)
     if per_slot is None:
         log.info("LoRA slots: %d (size unknown for this model shape)", slots)
@@ -103,7 +105,7 @@ def check_slot_memory(options: VllmOptions, slots: int) -> None:
 
     loaded = per_slot * max(options.max_cpu_loras, slots)
     layouts = most_layout_bytes(per_slot, _dtype_bytes(options.dtype),
-                                min(options.max_num_seqs, slots))
+                                min(options.max_num_seqs, slots)) if laid_out else 0
     memory = total + loaded + layouts
     besides = (f"with up to {loaded / gib:.2f} GiB of loaded adapters and {layouts / gib:.2f} "
                "GiB of laid-out copies")
@@ -136,10 +138,15 @@ class VllmEngine:
         # LoRA ops: base-model tokens in mixed batches get no adapter delta, and each op is one
         # GEMM instead of a per-token weight copy (see vllm_patches.py).
         os.environ[vllm_patches.ENV] = "1"
+        # Decided here, once: the engine core follows (one log line if auto falls back).
+        lora_ops = vllm_patches.choose_lora_ops(options.lora_ops)
+        os.environ[vllm_patches.OPS_ENV] = lora_ops
         lifetime.mark_server()  # vLLM's processes die with this one (see lifetime.py)
         quantization = None if options.quantization in (None, "none") else options.quantization
         max_loras = slot_count(options)
-        check_slot_memory(options, max_loras)
+        check_slot_memory(options, max_loras, laid_out=lora_ops == "python")
+        from vllm.config import StructuredOutputsConfig
+
         kwargs = dict(
             model=options.model,
             enable_lora=True,
@@ -156,6 +163,10 @@ class VllmEngine:
             # vLLM's default, stated because loramux relies on it: each request stops at the
             # model's generation-config eos ids too (see _sampling_params).
             generation_config="auto",
+            # JSON answers (response_format) without the whitespace JSON allows between tokens,
+            # which a model may otherwise spend its whole budget on; vLLM's own option.
+            structured_outputs_config=StructuredOutputsConfig(
+                backend="xgrammar", disable_any_whitespace=True),
         )
         if options.gpu_memory_utilization is not None:
             kwargs["gpu_memory_utilization"] = options.gpu_memory_utilization
@@ -253,7 +264,9 @@ class VllmEngine:
         # config's eos ids to every request (generation_config="auto"), as for its own server.
         return SamplingParams(
             n=s.n, max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
-            top_k=s.top_k, min_p=s.min_p, repetition_penalty=s.repetition_penalty, seed=s.seed,
+            top_k=s.top_k, min_p=s.min_p, repetition_penalty=s.repetition_penalty,
+            presence_penalty=s.presence_penalty, frequency_penalty=s.frequency_penalty,
+            seed=s.seed,
             stop=list(s.stop) or None, logprobs=s.logprobs, ignore_eos=s.ignore_eos,
             output_kind=RequestOutputKind.DELTA, **extra)
 

@@ -19,6 +19,10 @@ Why it exists:
   Each product is cut to the rank of the adapters it covers (vLLM pads every slot to
   ``max_lora_rank``), and the shrink buffer stays in the model's dtype (bf16).
 
+- **One call per layer.** Where the native op is built (native/, ``make install``), each linear
+  layer's LoRA is one C++ call over the slots' weights in place (native/lora_linear.cpp); the
+  torch ops above stay the fallback, chosen once at start (``lora_ops``, native/loader.py).
+
 How: vLLM loads ``vllm.general_plugins`` entry points in every process it spawns, which is the
 only hook that reaches the engine-core process. The plugin acts only when ``LORAMUX_VLLM_PATCHES``
 is ``1`` (VllmEngine sets it before starting the engine), so a plain ``vllm serve`` in the same
@@ -37,10 +41,17 @@ import torch
 
 from loramux.server.engines import lora_groups, lora_linear
 from loramux.server.engines.lora_groups import TokenGroups
+from loramux.server.engines.native import loader
+from loramux.server.engines.native.loader import NativeOp
 
 log = logging.getLogger(__name__)
 
 ENV = "LORAMUX_VLLM_PATCHES"
+# The server's choice of LoRA ops (``lora_ops``, resolved to native or python), inherited by the
+# engine-core process; the same name as the setting's variable, so a plain value also works.
+OPS_ENV = "LORAMUX_LORA_OPS"
+# A slot whose adapter's rank is unknown: the op clamps it to the padded rank.
+_UNKNOWN_RANK = 1 << 30
 
 
 def lora_product(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
@@ -117,6 +128,20 @@ def _slot_ranks(lora_index_to_id: list[int | None]) -> dict[int, int]:
 
 
 NO_GROUPS = TokenGroups(0, (), None)
+NO_TENSOR = torch.empty(0, dtype=torch.long)
+
+# The native op serving add_lora_linear in this process (None: the torch ops of lora_linear.py).
+_native: NativeOp | None = None
+
+
+def choose_lora_ops(mode: str) -> str:
+    """``native`` or ``python`` for the engine under ``lora_ops`` = ``mode``, decided once in the
+    server process (which logs the one line when ``auto`` falls back); CUDA keeps vLLM's."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return "python"
+    return "native" if loader.resolve(mode) is not None else "python"
 
 
 class GroupedPunica:
@@ -132,6 +157,11 @@ class GroupedPunica:
         ranks = _slot_ranks(lora_index_to_id)
         self.loramux_tokens = TokenGroups.build(self.token_lora_indices, ranks)
         self.loramux_sampler = TokenGroups.build(self.sampler_indices, ranks)
+        if _native is not None:  # the op's view of the same step: slot per token, rank per slot
+            self.loramux_indices = self.token_lora_indices.to(torch.long).contiguous()
+            self.loramux_ranks = torch.tensor(
+                [ranks.get(slot, _UNKNOWN_RANK) for slot in range(len(lora_index_to_id))],
+                dtype=torch.long)
 
     def add_shrink(self, y, x, lora_a_stacked, scale: float, **kwargs) -> None:
         x = x.view(-1, x.shape[-1])
@@ -151,9 +181,14 @@ class GroupedPunica:
                         output_slices, *, buffer=None, **kwargs) -> None:
         if self.loramux_tokens.empty:
             return
-        lora_linear.add_linear(y.view(-1, y.shape[-1]), x.view(-1, x.shape[-1]),
-                               list(lora_a_stacked), list(lora_b_stacked), scale, output_slices,
-                               self.loramux_tokens)
+        y, x = y.view(-1, y.shape[-1]), x.view(-1, x.shape[-1])
+        native = _native
+        if native is not None and native.takes(y, x, lora_a_stacked, self.loramux_indices):
+            native.add_linear(y, x, lora_a_stacked, lora_b_stacked, self.loramux_indices,
+                              self.loramux_ranks, scale, output_slices)
+            return
+        lora_linear.add_linear(y, x, list(lora_a_stacked), list(lora_b_stacked), scale,
+                               output_slices, self.loramux_tokens)
 
     def add_lora_logits(self, y, x, lora_a_stacked, lora_b_stacked, scale, *, buffer=None,
                         **kwargs) -> None:
@@ -171,8 +206,12 @@ GROUPED = ("update_metadata", "add_shrink", "add_expand", "add_lora_linear", "ad
 STOCK_METHODS: dict = {}
 
 
-def apply() -> list[str]:
-    """Install the ops in this process; returns their names (idempotent)."""
+def apply(mode: str = "auto") -> list[str]:
+    """Install the ops in this process, add_lora_linear on the native op or not as ``mode`` (the
+    ``lora_ops`` setting: auto, native, python; see loader.resolve) says; returns their names
+    (idempotent)."""
+    global _native
+    _native = loader.resolve(mode)
     import vllm.lora.ops.torch_ops as torch_ops
     import vllm.lora.ops.torch_ops.lora_ops as lora_ops
     import vllm.lora.punica_wrapper.punica_cpu as punica_cpu
@@ -189,6 +228,8 @@ def apply() -> list[str]:
         setattr(wrapper, name, getattr(GroupedPunica, name))
     for name in ("loramux_tokens", "loramux_sampler"):
         setattr(wrapper, name, NO_GROUPS)
+    for name in ("loramux_indices", "loramux_ranks"):
+        setattr(wrapper, name, NO_TENSOR)
     _wrap_activation()
     return [*OPS, *(f"PunicaWrapperCPU.{name}" for name in GROUPED)]
 
@@ -226,6 +267,7 @@ def register() -> None:
 
     if not current_platform.is_cpu():
         return  # the CUDA kernels skip -1 and batch by adapter already
-    names = apply()
-    log.info("loramux: vLLM CPU LoRA ops replaced (%s): base tokens skip adapters, one GEMM "
-             "per adapter present", ", ".join(names))
+    names = apply(os.environ.get(OPS_ENV, "auto"))
+    how = f"the native op ({_native.isa})" if _native is not None else "the torch ops"
+    log.info("loramux: vLLM CPU LoRA ops replaced (%s): base tokens skip adapters, each linear "
+             "layer's LoRA on %s", ", ".join(names), how)
