@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from loramux.bench import loadgen, workload
 from loramux.bench.affinity_router import WEIGHTS, AffinityRouter, RoundRobinRouter
 from loramux.bench.servers import EngineLimits, bench_env
 from loramux.support.launch import ServerProcess
+from loramux.support.scrape import metric_sum
 
 TARGET = 3.0  # round-robin loads / affinity loads
 ROUTINGS = ("round_robin", "affinity")
@@ -72,14 +72,9 @@ def replica(model_dir: Path, registry: Path, cache: Path, cfg: AffinityConfig,
 def counters(url: str) -> dict[str, float]:
     """A replica's adapter loads, cache hits and misses, from its `/metrics`."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    out = {"loads": 0.0, "hits": 0.0, "misses": 0.0}
-    names = {"loramux_adapter_loads_total": "loads", "loramux_adapter_cache_hits_total": "hits",
-             "loramux_adapter_cache_misses_total": "misses"}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in names:
-                out[names[sample.name]] += sample.value
-    return out
+    names = {"loads": "loramux_adapter_loads_total", "hits": "loramux_adapter_cache_hits_total",
+             "misses": "loramux_adapter_cache_misses_total"}
+    return {key: metric_sum(text, name) for key, name in names.items()}
 
 
 async def drive(router: AffinityRouter | RoundRobinRouter, requests: list[workload.Request],

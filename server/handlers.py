@@ -27,7 +27,7 @@ from loramux.server.engines.base import Delta, Engine, GenerationRequest, Sampli
 from loramux.server.errors import InvalidRequest, ServerError, to_server_error
 from loramux.server.gateway_metrics import Ticket
 from loramux.server.metrics import NO_VERSION, Metrics
-from loramux.server.model_defaults import ModelDefaults
+from loramux.server.model_defaults import OPENAI_DEFAULTS, ModelDefaults, unapplied
 from loramux.server.models import ServingModels
 from loramux.server.protocol import (
     ChatCompletionRequest,
@@ -163,9 +163,13 @@ class Handlers:
                 f"This model's maximum context length is {limit} tokens; the prompt has "
                 f"{prompt_len} tokens and {max_tokens} were requested for the completion",
                 param="max_tokens", code="context_length_exceeded")
+        refused = unapplied(self.engine.info.name, req)
+        if refused is not None:
+            raise InvalidRequest(
+                f"`{refused}` is not applied by this server's {self.engine.info.name} engine; "
+                f"leave it out (or send 0)", param=refused, code="unsupported_parameter")
         # The request's own values, else the model's generation config, else OpenAI's.
-        chosen = self.defaults.resolve(temperature=req.temperature, top_p=req.top_p,
-                                       repetition_penalty=req.repetition_penalty)
+        chosen = self.defaults.resolve(**{name: getattr(req, name) for name in OPENAI_DEFAULTS})
         return Sampling(max_tokens=max_tokens, n=req.n, seed=req.seed, stop=req.stop_list(),
                         logprobs=logprobs, ignore_eos=req.ignore_eos, **chosen, **extra)
 

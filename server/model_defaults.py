@@ -10,12 +10,13 @@ processor, with `generation_config="auto"`, its default), the reference engine i
 
 The sampling defaults apply only to what a request leaves unset, then OpenAI's defaults, as vLLM's
 own OpenAI server does with `--generation-config auto`: a request's own value always wins. They
-are read once at start, here, and applied in one place (`Handlers._sampling`). `top_k` and
-`min_p` are model defaults only (the API refuses them as request fields); `repetition_penalty`
-is both, like vLLM's extension of the API; both engines apply all three. The penalties vLLM also
-reads (presence, frequency) are left out, since the
-reference engine has no such processors, and so is `do_sample`, which vLLM ignores as well: a
-model that wants greedy answers by default says `temperature: 0`.
+are read once at start, here, and applied in one place (`Handlers._sampling`). `top_k`, `min_p`
+and `repetition_penalty` are model defaults and request fields (vLLM's extensions of the API);
+both engines apply them. The OpenAI penalties (presence, frequency) are request fields only:
+the vLLM engine applies them, the reference engine has no such processors, so there a request
+may send only their neutral value (`unapplied`), and a model's values for them are not read.
+`do_sample` is left out, as vLLM ignores it too: a model that wants greedy answers by default
+says `temperature: 0`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,12 @@ log = logging.getLogger(__name__)
 
 # OpenAI's defaults (and vLLM's neutral values), for what neither the request nor the model sets.
 OPENAI_DEFAULTS: Mapping[str, float] = {
-    "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
+    "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
+    "presence_penalty": 0.0, "frequency_penalty": 0.0}
+# OpenAI's penalties: request fields only, applied by the engines named here (`EngineInfo.name`);
+# on any other engine a request may send only their neutral value, 0.
+PENALTIES = ("presence_penalty", "frequency_penalty")
+PENALTY_ENGINES: frozenset[str] = frozenset({"vllm"})
 # Per field, what a model value must satisfy to be used (the engines refuse anything else).
 _VALID = {
     "temperature": lambda v: v >= 0,
@@ -58,6 +64,13 @@ class ModelDefaults:
                   for name, default in OPENAI_DEFAULTS.items()}
         values["top_k"] = max(int(values["top_k"]), 0)
         return values
+
+
+def unapplied(engine: str, request: Any) -> str | None:
+    """The first penalty `request` asks for that `engine` does not apply, if any."""
+    if engine in PENALTY_ENGINES:
+        return None
+    return next((name for name in PENALTIES if getattr(request, name) not in (None, 0)), None)
 
 
 def read_model_defaults(model_dir: Path | str, eos_token_id: int | None) -> ModelDefaults:

@@ -57,7 +57,6 @@ def _unsupported(*allowed: Any) -> Any:
                  + " or ".join(map(_json, allowed)) + "; any other value is a 400.")
 
 
-Penalty = Annotated[float | None, _neutral(None, 0, 0.0)]
 NotNull = Annotated[Any, _neutral(None)]
 EmptyList = Annotated[list[Any] | None, _neutral(None, [])]
 NoneOrNull = Annotated[str | dict[str, Any] | None, _neutral(None, "none")]
@@ -104,20 +103,31 @@ class _Request(BaseModel):
     user: str | None = Field(default=None, max_length=512)
     # vLLM's extension, used by benchmarks so every server generates the same number of tokens.
     ignore_eos: bool = False
-    # vLLM's extension, which both engines apply; its load generator (vllm.benchmarks.serve)
-    # sends 1.0 on every completion request.
+    # Sampling fields vLLM's engine applies, as on vLLM's server (its load generator,
+    # vllm.benchmarks.serve, sends repetition_penalty 1.0 on every completion request; many
+    # clients send top_k -1, min_p 0 and the penalties 0). Unset: the base model's generation
+    # config, else the neutral value (model_defaults.py). The reference engine has no processors
+    # for the OpenAI penalties: there a value other than 0 is a 400 (`Handlers._sampling`).
+    top_k: int | None = Field(
+        default=None, ge=-1, description="vLLM's extension: sample from the k most likely "
+        "tokens; -1 or 0: all. Default: the base model's generation config, else all.")
+    min_p: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="vLLM's extension: drop tokens less likely "
+        "than min_p times the most likely one. Default: the base model's generation config, "
+        "else 0 (none).")
     repetition_penalty: float | None = Field(
         default=None, gt=0.0, le=2.0, description="vLLM's extension: above 1 penalises tokens "
         "already in the prompt or the output. Default: the base model's generation config "
         "(`repetition_penalty`), else 1 (none).")
-
-    frequency_penalty: Penalty = _unsupported(None, 0)
-    presence_penalty: Penalty = _unsupported(None, 0)
+    presence_penalty: float | None = Field(
+        default=None, ge=-2.0, le=2.0, description="Default 0. The vLLM engine applies it; the "
+        "reference engine (transformers) accepts only 0.")
+    frequency_penalty: float | None = Field(
+        default=None, ge=-2.0, le=2.0, description="Default 0. The vLLM engine applies it; the "
+        "reference engine (transformers) accepts only 0.")
     logit_bias: LogitBias = Field(default=None, description="Not supported by loramux: keys "
                                   "must be integer token ids, and only null or {} is accepted.")
-    # vLLM's sampling extensions that loramux's engines do not apply.
-    top_k: NotNull = _unsupported(None)
-    min_p: NotNull = _unsupported(None)
+    # vLLM's sampling extension that loramux's engines do not apply.
     min_tokens: NotNull = _unsupported(None)
     best_of: Annotated[int | None, _neutral(None, 1)] = _unsupported(None, 1)
 

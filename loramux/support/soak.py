@@ -24,6 +24,7 @@ import httpx
 from loramux.server.engines.lifetime import tree_rss
 from loramux.support.adapters import llama_shapes, write_adapter
 from loramux.support.launch import ServerProcess
+from loramux.support.scrape import metric_sum
 
 HELLO = [{"role": "user", "content": "Hello!"}]
 
@@ -71,12 +72,8 @@ class SoakResult:
         return "\n".join(lines)
 
 
-def metric(url: str, name: str, headers: dict[str, str] | None = None) -> float | None:
-    text = httpx.get(f"{url}/metrics", headers=headers, timeout=30).text
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return None
+def metric(url: str, name: str, headers: dict[str, str] | None = None) -> float:
+    return metric_sum(httpx.get(f"{url}/metrics", headers=headers, timeout=30).text, name)
 
 
 async def _client(http: httpx.AsyncClient, models: list[str], index: int, deadline: float,

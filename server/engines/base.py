@@ -33,6 +33,8 @@ class Sampling:
     top_k: int = 0  # 0: off
     min_p: float = 0.0
     repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     n: int = 1
     seed: int | None = None
     stop: tuple[str, ...] = ()

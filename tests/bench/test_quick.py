@@ -30,9 +30,9 @@ def test_quick_run_writes_json_markdown_and_plot(tmp_path: Path) -> None:
     assert {"cpu_model", "cores", "memory_gib", "versions"} <= results["machine"].keys()
     assert {"torch", "peft", "transformers"} <= results["machine"]["versions"].keys()
     (gateway,) = results["gateway"].values()
-    # Every part of the harness itself ran on every side, with figures and ratios.
-    harness_errors = [e for e in results["errors"] if not e.startswith("components")]
-    assert not harness_errors, tail
+    # Every part ran on every side, with figures and ratios: the harness's and the components'
+    # (registry, trainer) alike; a peer that is not installed is a skip, never an error.
+    assert results["errors"] == [], tail
     rows = gateway["serve"]["mixes"]
     assert set(rows) == {"base", "1", "4", "zipf", "mixed", "rank16"}
     for key, row in rows.items():
@@ -69,7 +69,9 @@ def test_quick_run_writes_json_markdown_and_plot(tmp_path: Path) -> None:
         assert row["loramux"]["ok"] and row["vllm"]["ok"], (key, tail)
         assert row["ratio_loramux_over_vllm"]["median"] > 0
     assert all(r["median"] > 0 for r in real["serve"]["ratio_to_base"]["8"].values())
-    assert {"registry", "trainer"} <= results["components"].keys()
+    for key in ("registry", "trainer"):
+        component = results["components"][key]
+        assert component["ok"] and component["result"], (key, component.get("error"), tail)
 
     # Where the run's time went: both servers' load trials and starts are counted.
     spent = results["time_s"]

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from loramux.support.launch import ServerProcess
+from loramux.support.scrape import metric_sum
 
 sys.path.append(str(Path(__file__).parents[1] / "registry"))  # appended: `conftest` stays ours
 from registry_fixtures import (  # noqa: F401  (fixtures, registered here)
@@ -61,14 +62,8 @@ class Server:
         return AsyncOpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=300)
 
     def metric(self, name: str, **labels: str) -> float:
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        total = 0.0
-        for line in text.splitlines():
-            if not line.startswith(name + "{") and not line.startswith(name + " "):
-                continue
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+        """The sum of a series' samples with `labels`; fails if /metrics has no such series."""
+        return metric_sum(httpx.get(f"{self.url}/metrics", timeout=10).text, name, **labels)
 
     def registry(self):
         import loramux.registry as reg

@@ -7,13 +7,15 @@ followed.
 Two live servers (real app, real HTTP, fake engine) on one local registry folder; the version a
 response came from is its `x-loramux-adapter-ref` header. The lag is a wrapper around the real
 registry that answers from the state it had when frozen: resolution and audit log both.
+The resolver's clock is the test's (`Clock`): a TTL runs out when the test moves the clock, so
+"within the TTL" is checked exactly, and no bound on wall-clock time can break on a busy machine.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -21,6 +23,7 @@ import pytest
 import loramux.registry as reg
 from loramux.registry.canary import Split
 from loramux.registry.refs import AdapterRef
+from loramux.server import resolver
 from loramux.server.settings import ServerSettings
 from loramux.support.adapters import write_adapter
 
@@ -70,8 +73,26 @@ class LaggingRegistry:
         return getattr(self.registry, name)
 
 
+class Clock:
+    """What the resolvers read as `time.monotonic()`; it moves only when the test says."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def past_ttl(self) -> None:
+        """Just past one TTL: every answer looked up before now has expired."""
+        self.now += TTL + 0.001
+
+
 @pytest.fixture
-def fleet(tmp_path: Path):
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(resolver, "time", SimpleNamespace(monotonic=lambda: clock.now))
+    return clock
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, clock: Clock):
     """(registry, [url_a, url_b], replica b's view of it, a folder) with `sql` v1 and v2 and
     prod → 1."""
     registry = reg.open(tmp_path / "registry")
@@ -98,63 +119,58 @@ def served(url: str, model: str) -> str:
     return response.headers["x-loramux-adapter-ref"]
 
 
-def until_both(urls: list[str], model: str, ref: str) -> float:
-    """Seconds until every replica serves `ref` for `model`; each answer on the way is `ref`
-    or the one before."""
-    started = time.monotonic()
-    pending = set(urls)
-    while pending:
-        for url in list(pending):
-            if served(url, model) == ref:
-                pending.discard(url)
-        assert time.monotonic() - started < TTL + 5, f"{pending} never served {ref}"
-        time.sleep(0.02)
-    return time.monotonic() - started
+def both(urls: list[str], model: str) -> list[str]:
+    return [served(url, model) for url in urls]
 
 
-def test_replicas_serve_a_moved_alias_within_the_ttl(fleet) -> None:
+def test_replicas_serve_a_moved_alias_within_the_ttl(fleet, clock: Clock) -> None:
     registry, urls, _, _ = fleet
-    assert [served(url, "sql:prod") for url in urls] == ["sql@1", "sql@1"]
+    assert both(urls, "sql:prod") == ["sql@1", "sql@1"]
     registry.alias_set("sql", "prod", 2)
-    assert until_both(urls, "sql:prod", "sql@2") < TTL + 1.0
+    assert both(urls, "sql:prod") == ["sql@1", "sql@1"], "the TTL holds the answer"
+    clock.past_ttl()
+    assert both(urls, "sql:prod") == ["sql@2", "sql@2"]
     registry.alias_set("sql", "prod", 1)  # a rollback is a move like any other
-    assert until_both(urls, "sql:prod", "sql@1") < TTL + 1.0
+    clock.past_ttl()
+    assert both(urls, "sql:prod") == ["sql@1", "sql@1"]
 
 
-def test_a_lagging_registry_never_takes_a_replica_back(fleet) -> None:
+def test_a_lagging_registry_never_takes_a_replica_back(fleet, clock: Clock) -> None:
     registry, urls, lagging, _ = fleet
     lagging.freeze(["sql:prod"])  # replica b's index stops here: prod → 1
     assert served(urls[1], "sql:prod") == "sql@1"
     registry.alias_set("sql", "prod", 2)
     lagging.frozen = False  # b catches up for a moment, and serves the move
-    until_both(urls, "sql:prod", "sql@2")
+    clock.past_ttl()
+    assert both(urls, "sql:prod") == ["sql@2", "sql@2"]
     lagging.frozen = True  # then falls behind the move again
     assert lagging.resolve(AdapterRef.parse("sql:prod")).ref == "sql@1"
-    deadline = time.monotonic() + 3 * TTL
-    while time.monotonic() < deadline:  # several TTLs: b looks the alias up again each time
+    for _ in range(3):  # several TTLs: b looks the alias up again each time
+        clock.past_ttl()
         assert served(urls[1], "sql:prod") == "sql@2", "served an older version than before"
-        time.sleep(0.05)
     assert served(urls[0], "sql:prod") == "sql@2"
 
 
-def test_a_rollback_the_registry_logged_is_followed_even_when_lagging(fleet) -> None:
+def test_a_rollback_the_registry_logged_is_followed_even_when_lagging(fleet, clock) -> None:
     registry, urls, lagging, _ = fleet
     registry.alias_set("sql", "prod", 2)
-    until_both(urls, "sql:prod", "sql@2")
+    assert both(urls, "sql:prod") == ["sql@2", "sql@2"]
     registry.alias_set("sql", "prod", 1)  # rolled back, and logged
     lagging.freeze(["sql:prod"])  # b's view has the rollback and nothing after it
-    assert until_both(urls, "sql:prod", "sql@1") < TTL + 1.0
+    clock.past_ttl()
+    assert both(urls, "sql:prod") == ["sql@1", "sql@1"]
 
 
-def test_the_latest_version_goes_back_only_when_deleted(fleet) -> None:
+def test_the_latest_version_goes_back_only_when_deleted(fleet, clock: Clock) -> None:
     registry, urls, lagging, tmp = fleet
     lagging.freeze(["sql"])  # b's index stops before v3: latest is 2
     registry.push(write_adapter(tmp / "sql3", SHAPES, rank=2, seed=3), "sql")
     lagging.frozen = False
-    until_both(urls, "sql", "sql@3")
+    assert both(urls, "sql") == ["sql@3", "sql@3"]
     lagging.frozen = True
-    time.sleep(TTL * 1.5)
+    clock.past_ttl()
     assert served(urls[1], "sql") == "sql@3", "a lagging `latest` took the replica back"
     registry.delete("sql@3")
     lagging.frozen = False
-    assert until_both(urls, "sql", "sql@2") < TTL + 1.0
+    clock.past_ttl()
+    assert both(urls, "sql") == ["sql@2", "sql@2"]

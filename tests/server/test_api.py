@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
+import jsonschema
 import openai
 import pytest
 
@@ -292,13 +294,14 @@ def test_client_disconnect_aborts(server) -> None:
 def test_response_format_json_schema(server) -> None:
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
     r = server.openai().chat.completions.create(
-        model="demo-base", messages=HELLO, max_tokens=40, temperature=0,
+        model="demo-base", messages=HELLO, max_tokens=200, temperature=0,
         response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema}})
     text = r.choices[0].message.content
-    # The grammar holds the model to the schema's JSON; the demo base may spend its 40 tokens
-    # on the whitespace JSON allows after "{" (unconstrained it answers in words).
-    assert text.lstrip().startswith("{"), text
-    assert set(text.strip()[1:]) <= set(' \n\t\r"n:-0123456789}'), text
+    # The grammar holds the model to the schema's JSON, compact (the engine allows no run of
+    # whitespace for the demo base to spend its budget on): a whole answer, whatever the reason
+    # given, and well within the budget (unconstrained the demo base answers in words).
+    jsonschema.validate(json.loads(text), schema)
+    assert r.choices[0].finish_reason == "stop", (r.choices[0].finish_reason, text)
     bad = _post(server, {"model": "demo-base", "messages": HELLO,
                          "response_format": {"type": "xml"}})
     assert bad.status_code == 400

@@ -26,8 +26,8 @@ def restartable(demo_base: Path, make_adapter, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("restart")
     registry = reg.open(root / "registry")
-    for name, seed in (("one", 1), ("two", 2)):
-        registry.push(make_adapter(demo_base, root / name, seed=seed), name,
+    for name, seed, folder in (("one", 1, "one"), ("two", 2, "two"), ("one", 3, "one-v2")):
+        registry.push(make_adapter(demo_base, root / folder, seed=seed), name,
                       base_model=demo_base)
     registry.alias_set("one", "prod", 1)
     registry.close()
@@ -60,12 +60,16 @@ def test_swaps_keep_the_base_and_a_restart_shows_on_every_witness(
     start = read_base_loads(url, log)
     assert start.counter == 1 and start.engine_pid is not None and start.log_lines >= 1, start
 
-    before = {m: _ask(url, m) for m in (base_name, "one", "two", "one:prod")}
+    before = {m: _ask(url, m) for m in (base_name, "one@1", "one@2", "two", "one:prod")}
+    # Each served its own weights: the comparisons below tell the versions apart.
+    assert len({before[m] for m in (base_name, "one@1", "one@2", "two")}) == 4, before
+    assert before["one:prod"] == before["one@1"], before
     registry = reg.open(root / "registry")
-    registry.alias_set("one", "prod", 1)  # an alias move, as a deploy would do
+    registry.alias_set("one", "prod", 2)  # an alias move, as a deploy would do
     registry.close()
-    assert _ask(url, "one:prod") == before["one"]
+    assert _ask(url, "one:prod") == before["one@2"]
     assert read_base_loads(url, log) == start, "swaps and alias moves reloaded the base"
+    before["one:prod"] = before["one@2"]
 
     r = httpx.post(f"{url}/v1/admin/engine/restart", timeout=600,
                    headers={"Authorization": f"Bearer {ADMIN_KEY}"})

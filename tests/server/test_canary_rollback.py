@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from loramux.release.rollout import Watcher, eval_scorer
+from loramux.server.resolver import sticky_point
+from loramux.server.settings import ServerSettings
 
 pytestmark = pytest.mark.slow
 NAME = "canary-codeword"
@@ -63,6 +66,17 @@ def test_a_wrong_answering_canary_is_rolled_back_with_no_request_lost(
     [row] = [e for e in registry.log(name=NAME, limit=1) if e.action == "canary"]
     assert row.detail["reason"].startswith("auto-rollback: canary @")
     assert {f"{NAME}@{good.version}", f"{NAME}@{broken.version}"} <= set(answered)
+
+    # Once the server has looked the alias up again, every caller gets the stable version.
+    time.sleep(ServerSettings.model_fields["resolve_ttl_s"].default + 1)
+    client = server.openai()
+    after = {client.chat.completions.with_raw_response.create(
+        model=f"{NAME}:prod", messages=[{"role": "user", "content": "cat code word?"}],
+        max_tokens=1, temperature=0, user=f"after-{i}").headers["x-loramux-adapter-ref"]
+        for i in range(16)}
+    assert after == {f"{NAME}@{good.version}"}, after
+    # ... callers of whom half fell on the canary's side before the rollback.
+    assert sum(sticky_point(f"{NAME}:prod", f"after-{i}") < 0.5 for i in range(16)) >= 4
 
 
 def _run(coro, errors: list[BaseException]) -> None:

@@ -28,6 +28,7 @@ import loramux.registry as reg
 from loramux.server.adapter_files import folder_damage
 from loramux.support.adapters import llama_shapes, write_adapter
 from loramux.support.launch import RegistryProcess, ServerProcess
+from loramux.support.scrape import metric_sum
 
 ADMIN = "sk-faults-admin"
 USER_KEY = "sk-user-test"  # the session server's user key (tests/server/conftest.py)
@@ -81,10 +82,7 @@ class Faulty:
             "model": model, "messages": HELLO, "max_tokens": 6, "temperature": 0, **extra})
 
     def metric(self, name: str) -> float:
-        for line in self.http.get("/metrics").text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.rsplit(" ", 1)[1])
-        raise AssertionError(f"{name} not in /metrics")
+        return metric_sum(self.http.get("/metrics").text, name)
 
     def manifest(self, name: str):
         with reg.open(self.root / "registry") as store:

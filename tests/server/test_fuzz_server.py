@@ -33,6 +33,7 @@ from schemathesis.specs.openapi.checks import (
 
 from loramux.server.app import create_app
 from loramux.server.settings import ServerSettings
+from loramux.support.scrape import metric_sum
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_engine import WORD, FakeEngine, LiveServer, build_runtime
@@ -119,6 +120,7 @@ def test_fuzz_against_a_fake_engine(fake_server, path: str, method: str, example
     assert sent >= planned, (sent, planned)
     assert answers_correctly(url) == WORD * 3, "the server still answers afterwards"
     assert runtime.handlers.admission.count == 0, "nothing left in flight"
+    assert metric_sum(httpx.get(f"{url}/metrics").text, "loramux_requests_in_flight") == 0
 
 
 def _cheap(case) -> None:
@@ -144,4 +146,4 @@ def test_fuzz_against_the_real_vllm_engine(server) -> None:
                                    ("/v1/adapters/load", "POST", 3)]:
         fuzz(schema, path, method, examples, server.url, headers=auth, adjust=_cheap)
     assert answers_correctly(server.url, auth, model="demo-base") == before, "same answer after"
-    assert server.metric("loramux_in_flight_requests") == 0
+    assert server.metric("loramux_requests_in_flight") == 0

@@ -158,9 +158,10 @@ def test_framework_errors_have_openai_shape(serve) -> None:
     ("functions", [{"name": "f"}], "unsupported_parameter"),
     ("function_call", "auto", "unsupported_parameter"),
     ("parallel_tool_calls", True, "unsupported_parameter"),
-    ("frequency_penalty", 0.5, "unsupported_parameter"),
-    ("presence_penalty", -1, "unsupported_parameter"),
-    ("top_k", 5, "unsupported_parameter"),
+    ("top_k", -2, None),  # -1 and 0 are "off"; below is no value
+    ("min_p", 1.5, None),
+    ("presence_penalty", 2.5, None),  # OpenAI's range is [-2, 2]
+    ("repetition_penalty", 0, None),
     ("audio", {"voice": "alloy", "format": "wav"}, "unsupported_parameter"),
     ("modalities", ["text", "audio"], "unsupported_parameter"),
     ("store", True, "unsupported_parameter"),
@@ -180,7 +181,8 @@ def test_neutral_values_of_unsupported_fields_pass(serve) -> None:
     """What OpenAI clients send by default (null, 0, [], "none") asks for nothing: accepted."""
     url, _ = serve()
     neutral = dict(tools=[], tool_choice="none", logit_bias={}, frequency_penalty=0,
-                   presence_penalty=0.0, parallel_tool_calls=None, store=False,
+                   presence_penalty=0.0, top_k=-1, min_p=0, repetition_penalty=1.0,
+                   parallel_tool_calls=None, store=False,
                    service_tier="auto", modalities=["text"], seed=2**63 - 1,
                    some_vendor_extension={"ignored": True})
     r = httpx.post(f"{url}/v1/chat/completions", json=_chat(**neutral), timeout=10)

@@ -111,7 +111,7 @@ def test_the_engine_gets_the_models_defaults_only_where_the_request_is_silent(
         client.completions.create(model="fake-base", prompt="Hi", max_tokens=2, **sent)
     s = engine.sampling[-1]
     assert {"temperature": s.temperature, "top_p": s.top_p} == expected
-    # Model defaults only: the API refuses these as request fields.
+    # The request sets none of these: the model's values, else the neutral ones.
     assert (s.top_k, s.min_p, s.repetition_penalty) == (40, 0.0, 1.1)
 
 
@@ -128,3 +128,43 @@ def test_a_requests_repetition_penalty_wins_over_the_models(live, endpoint: str)
         else:
             client.completions.create(model="fake-base", prompt="Hi", max_tokens=2, **extra)
         assert engine.sampling[-1].repetition_penalty == sent
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_a_requests_top_k_and_min_p_win_over_the_models(live, endpoint: str) -> None:
+    """What vLLM's server takes (and its load generator and many clients send): both engines
+    apply them; -1 and 0 both mean every token."""
+    client, engine = live
+    for sent, top_k in (({"top_k": -1, "min_p": 0}, 0), ({"top_k": 5, "min_p": 0.25}, 5)):
+        extra = {"extra_body": sent}
+        if endpoint == "chat":
+            client.chat.completions.create(model="fake-base", messages=HELLO, max_tokens=2,
+                                           **extra)
+        else:
+            client.completions.create(model="fake-base", prompt="Hi", max_tokens=2, **extra)
+        assert (engine.sampling[-1].top_k, engine.sampling[-1].min_p) == (top_k, sent["min_p"])
+
+
+@pytest.mark.parametrize("field", ["presence_penalty", "frequency_penalty"])
+def test_the_reference_engine_refuses_a_penalty_it_does_not_apply_by_name(
+        live, field: str) -> None:
+    """OpenAI's penalties have no processor in transformers: 0 passes, anything else is an
+    OpenAI-shaped 400 that names the field and the engine, and reaches no engine."""
+    import openai
+
+    client, engine = live
+    name = engine.info.name
+    engine.info.name = "transformers"
+    try:
+        client.completions.create(model="fake-base", prompt="Hi", max_tokens=2,
+                                  extra_body={field: 0})
+        served = len(engine.sampling)
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(model="fake-base", messages=HELLO, max_tokens=2,
+                                           extra_body={field: 0.5})
+    finally:
+        engine.info.name = name
+    error = refused.value.body
+    assert (error["param"], error["code"]) == (field, "unsupported_parameter"), error
+    assert "transformers engine" in error["message"], error
+    assert len(engine.sampling) == served, "the refused request reached the engine"

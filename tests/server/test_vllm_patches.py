@@ -53,13 +53,20 @@ def test_same_as_vllm_for_adapter_tokens_and_nothing_for_base_tokens(dtype, stac
 
 
 def test_stock_vllm_still_gives_base_tokens_the_last_slot() -> None:
-    """Why the replacement exists; once vLLM fixes its ops, this says so instead of failing."""
+    """Why the replacement exists; once vLLM fixes its ops, this says so instead of failing.
+    The session server's two slots rely on it being the last slot (tests/server/conftest.py)."""
+    assert all(op.__module__.startswith("vllm.") for op in STOCK.values()), \
+        "STOCK holds loramux's ops, not vLLM's: it was read after the plugin replaced them"
     indices = torch.tensor([-1, 0, 2, 1, -1, 2])
     _, out, _, _ = _lora_pass(STOCK, indices, torch.float32, 4)
     base = indices < 0
     if torch.equal(out[base], torch.ones_like(out[base])):
         pytest.skip("stock vLLM no longer adds an adapter to base-model tokens (PR #48421 "
                     "landed?): the -1 half of loramux's CPU ops is redundant, the speed half stays")
+    # The same tokens marked as the last slot's: stock vLLM computes exactly that for -1.
+    _, last, _, _ = _lora_pass(STOCK, torch.where(base, SLOTS - 1, indices), torch.float32, 4)
+    assert torch.equal(out, last)
+    assert not torch.equal(last[base], torch.ones_like(last[base]))  # the last slot adds a delta
 
 
 def test_prefill_ops_route_through_the_replacements(monkeypatch: pytest.MonkeyPatch) -> None:
