@@ -216,12 +216,10 @@ def build(
     """Build the demo model into `out` (reusing it when its recipe hash matches)."""
     out = Path(out)
     recipe = recipe or DemoRecipe()
-    if not force and is_built(out, recipe):
-        build_store.keep(STORE_KIND, recipe.digest()[:32], out)  # a no-op once it is there
-        meta = json.loads((out / RECIPE_FILE).read_text())
-        return BuildResult(out, True, 0.0, meta["parameters"], _disk_bytes(out), meta.get("loss"))
-    if not force and build_store.restore(STORE_KIND, recipe.digest()[:32], out) \
-            and is_built(out, recipe):
+    key = recipe.digest()[:32]
+    if not force and (is_built(out, recipe)
+                      or (build_store.restore(STORE_KIND, key, out) and is_built(out, recipe))):
+        build_store.keep(STORE_KIND, key, out)  # a no-op once it is there
         meta = json.loads((out / RECIPE_FILE).read_text())
         return BuildResult(out, True, 0.0, meta["parameters"], _disk_bytes(out), meta.get("loss"))
 
@@ -268,7 +266,7 @@ def build(
             raise
     finally:
         torch.set_num_threads(threads_before)
-    build_store.keep(STORE_KIND, recipe.digest()[:32], out)
+    build_store.keep(STORE_KIND, key, out)
     seconds = time.perf_counter() - started
     log.info("built demo base model in %.1fs at %s (loss %.3f)", seconds, out, loss)
     return BuildResult(out, False, seconds, n_params, _disk_bytes(out), loss)
