@@ -49,3 +49,13 @@ def is_error(status: str) -> bool:
     """An error, by the one rule the rollout watcher and the playground share: a counted
     answer other than 2xx."""
     return counted(status) and not status.startswith("2")
+
+# -- HTTP connections --------------------------------------------------------------------------
+
+# Seconds `loramux serve` and `loramux registry serve` keep an idle client connection open.
+# Longer than clients' own idle-pool expiry (httpx 5 s, which the openai client and loramux's
+# registry client use; aiohttp 15 s) and a load balancer's idle timeout (60 s): then the client
+# closes idle connections, and never sends a request on one that the server is closing at that
+# instant, which it would see as "Server disconnected without sending a response" (uvicorn's
+# default is 5 s, exactly httpx's expiry). 75 s is nginx's default.
+KEEP_ALIVE_S = 75

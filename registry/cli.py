@@ -28,7 +28,7 @@ from loramux.registry.errors import IntegrityError, RegistryError
 from loramux.registry.http.auth import TOKENS_FORMAT
 from loramux.registry.index import INDEX_HELP
 from loramux.registry.manifest import parse_labels
-from loramux.wire import ENV_REGISTRY, ENV_TOKEN
+from loramux.wire import ENV_REGISTRY, ENV_TOKEN, KEEP_ALIVE_S
 
 REGISTRY_HELP = f"Folder or http(s):// URL (env {ENV_REGISTRY}, else ~/.loramux/registry)."
 TOKEN_HELP = f"Bearer token for a remote registry (env {ENV_TOKEN})."
@@ -361,6 +361,9 @@ def serve(
                                      metavar="postgresql://…", help=INDEX_HELP),
     blobs: str | None = typer.Option(None, "--blobs", envvar=ENV_BLOBS, metavar="oci://…",
                                      help=BLOBS_HELP),
+    keep_alive: int = typer.Option(KEEP_ALIVE_S, "--keep-alive-s", min=1,
+                                   help="Seconds an idle client connection is kept open (past "
+                                   "clients' own pool expiry)."),
 ) -> None:
     """Serve a local store over HTTP (FastAPI; OpenAPI at /docs)."""
     from loramux.registry.http.app import serve as run
@@ -380,7 +383,7 @@ def serve(
         )
     run(str(root), host=host, port=port, auth=auth,
         limits=reg.Limits(max_total_bytes=max_bytes), log_level=log_level, index=index,
-        blobs=blobs)
+        blobs=blobs, keep_alive_s=keep_alive)
 
 if __name__ == "__main__":
     app()

@@ -72,6 +72,7 @@ def serve_command(ctx: typer.Context, **values: Any) -> None:
     app = create_app(runtime)  # its lifespan pins adapters at start and closes the engine at exit
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_level=settings.log_level, timeout_graceful_shutdown=5,
+                            timeout_keep_alive=settings.keep_alive_s,
                             log_config=None)
     asyncio.run(uvicorn.Server(config).serve())
 

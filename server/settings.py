@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field, FilePath, ValidationError, model_validator
 
 from loramux.server.errors import SettingsError
+from loramux.wire import KEEP_ALIVE_S
 
 if TYPE_CHECKING:
     from loramux.server.engines.vllm_engine import VllmOptions
@@ -55,6 +56,9 @@ class ServerSettings(BaseModel):
         "one log line.")
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port (0: any free one).")
+    # Why longer than uvicorn's 5 s: see loramux.wire.KEEP_ALIVE_S.
+    keep_alive_s: int = Field(default=KEEP_ALIVE_S, ge=1,
+                                description="Seconds an idle client connection is kept open.")
     api_keys: FilePath | None = Field(
         default=None, description="File of API keys, one a line: KEY, then optionally "
         "admin, adapters=a-*,b, rpm=N, tpm=N, concurrency=N; re-read when it changes. "

@@ -44,6 +44,7 @@ class ChildServer:
         self.proc: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
         self.strict_children = False  # raise when children had to be killed
+        self.stopped = False
 
     @property
     def url(self) -> str:
@@ -56,6 +57,7 @@ class ChildServer:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         wanted = self.port
+        self.stopped = False
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT,
                                          env=os.environ | {"PYTHONUNBUFFERED": "1"} | self.env)
@@ -85,7 +87,13 @@ class ChildServer:
     def stop(self) -> None:
         """Stop the server and reap its children; with `strict_children`, raise if any of them
         outlived it (loramux promises that SIGTERM leaves nothing behind)."""
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None or self.stopped:
+            return
+        self.stopped = True
+        if self.proc.poll() is not None:  # it went by itself: say so where a failure shows it
+            tail = self.log.read_text(errors="replace")[-3000:] if self.log.is_file() else ""
+            print(f"{self.name} had exited ({self.proc.returncode}) before it was stopped; "
+                  f"its log ends:\n{tail}", file=sys.stderr)
             return
         import psutil
 

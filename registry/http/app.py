@@ -51,6 +51,7 @@ from loramux.registry.manifest import (
 from loramux.registry.refs import AdapterRef
 from loramux.registry.store import LocalRegistry
 from loramux.registry.validate import Limits
+from loramux.wire import KEEP_ALIVE_S
 
 log = logging.getLogger(__name__)
 router = APIRouter(responses=responses(400, 401, 403))  # every route but /health needs a token
@@ -355,6 +356,7 @@ def serve(
     log_level: str = "info",
     index: str | None = None,
     blobs: str | None = None,
+    keep_alive_s: int = KEEP_ALIVE_S,
 ) -> None:
     """Run the server in the foreground (what ``loramux registry serve`` does).
 
@@ -364,4 +366,5 @@ def serve(
     import uvicorn
 
     registry = LocalRegistry(root, limits=limits, index=index, blobs=blobs)
-    uvicorn.run(create_app(registry, auth), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(registry, auth), host=host, port=port, log_level=log_level,
+                timeout_keep_alive=keep_alive_s)
