@@ -23,7 +23,8 @@ from typing import Any, BinaryIO
 from pydantic import ValidationError
 
 from loramux.registry.canary import CanaryState, Split
-from loramux.registry.errors import InvalidBaseModel, InvalidName, InvalidRequest
+from loramux.registry.digests import adapter_digest
+from loramux.registry.errors import IntegrityError, InvalidBaseModel, InvalidName, InvalidRequest
 from loramux.registry.evaluations import Evaluation, EvaluationEntry
 from loramux.registry.fingerprint import base_components, fingerprint_of
 from loramux.registry.manifest import (
@@ -103,15 +104,21 @@ class Registry(ABC):
         """Store the folder's files, then commit ``request`` as ``name``'s next version."""
         ...
 
-    @abstractmethod
     def resolve(self, ref: str | AdapterRef) -> Manifest:
         """The manifest ``ref`` names now: ``name`` (latest), ``name@7``, ``name:prod`` or
         ``name@sha256:<12+ hex>``.
 
         Raises ``InvalidName`` for a malformed reference, ``NotFound`` (saying whether the
         name, alias or version is missing, or when the version was deleted), ``Conflict`` when
-        a digest prefix matches several versions.
+        a digest prefix matches several versions, ``IntegrityError`` when the store's answer is
+        not what ``ref`` names (see :func:`check_answer`).
         """
+        r = AdapterRef.parse(ref)
+        return check_answer(r, self._resolve(r))
+
+    @abstractmethod
+    def _resolve(self, ref: AdapterRef) -> Manifest:
+        """The store's own answer for ``ref``; :meth:`resolve` checks it before anyone uses it."""
         ...
 
     def show(self, ref: str | AdapterRef) -> Manifest:
@@ -186,8 +193,18 @@ class Registry(ABC):
 
     def resolve_split(self, ref: str | AdapterRef) -> Split:
         """As :meth:`resolve`, and for an alias with a live canary also the canary's manifest
-        and share, so that a server can split requests between the two."""
-        return Split(stable=self.resolve(ref))
+        and share, so that a server can split requests between the two. Both are checked as
+        :meth:`resolve` checks its answer (the canary is another version of the same name)."""
+        r = AdapterRef.parse(ref)
+        split = self._resolve_split(r)
+        check_answer(r, split.stable)
+        if split.canary is not None:
+            check_answer(AdapterRef(r.name), split.canary)
+        return split
+
+    def _resolve_split(self, ref: AdapterRef) -> Split:
+        """The store's own split for ``ref``; without canaries, its one manifest."""
+        return Split(stable=self._resolve(ref))
 
     @abstractmethod
     def delete(self, ref: str | AdapterRef, *, force: bool = False) -> VersionInfo:
@@ -397,3 +414,27 @@ def require_pinned(ref: AdapterRef) -> AdapterRef:
     if not ref.pins_version:
         raise InvalidName(f"delete needs an exact version ({ref.name}@N or @sha256:…), not {ref}")
     return ref
+
+
+def check_answer(ref: AdapterRef, manifest: Manifest) -> Manifest:
+    """``manifest`` if it is what ``ref`` names, else ``IntegrityError``.
+
+    Every client of every store goes through here (the server, the vLLM resolver, the CLI, the
+    trainer), so a registry, a proxy or a cache in front of it that answers another version is
+    refused in one place, not trusted by whoever forgot to look: the name must be ``ref``'s, a
+    pinned number that number, a pinned digest that digest, and the digest must be the one the
+    manifest's own files give (the blobs are then checked against those files as they arrive),
+    so no answer can claim a pinned digest for other bytes. A moving reference (a name, an
+    alias) can only be checked for its name: which version it points at is the store's to say.
+    """
+    wrong = (manifest.name != ref.name
+             or (ref.version is not None and manifest.version != ref.version)
+             or (ref.digest is not None and not manifest.digest.startswith(ref.digest)))
+    if wrong:
+        raise IntegrityError(f"the registry answered {manifest.ref} ({manifest.digest[:19]}…) "
+                             f"for `{ref}`")
+    actual = adapter_digest(manifest.files)
+    if manifest.digest != actual:
+        raise IntegrityError(f"the registry's manifest of {manifest.ref} says digest "
+                             f"{manifest.digest[:19]}… but its files give {actual[:19]}…")
+    return manifest

@@ -151,10 +151,9 @@ class LocalCanaries:
             raise self._not_found(AdapterRef(name, alias=alias))
         return state_of(name, alias, row)
 
-    def resolve_split(self: LocalRegistry, ref: str | AdapterRef) -> Split:
-        r = AdapterRef.parse(ref)
+    def _resolve_split(self: LocalRegistry, r: AdapterRef) -> Split:
         if r.alias is None:
-            return Split(stable=self.resolve(r))
+            return Split(stable=self._resolve(r))
         found = sql.read_split(self.index, r.name, r.alias)
         if found is None:
             raise self._not_found(r)

@@ -174,10 +174,9 @@ class RemoteRegistry(Registry):
 
     # -- reads -------------------------------------------------------------------------------
 
-    def resolve(self, ref: str | AdapterRef) -> records.Manifest:
-        ref = str(AdapterRef.parse(ref))
+    def _resolve(self, ref: AdapterRef) -> records.Manifest:
         return records.Manifest.model_validate_json(
-            self._request("GET", "/v2/resolve", params={"ref": ref}).content
+            self._request("GET", "/v2/resolve", params={"ref": str(ref)}).content
         )
 
     def _list(self, name: str | None, base_fingerprint: str | None, labels: dict[str, str],
@@ -227,10 +226,9 @@ class RemoteRegistry(Registry):
         response = self._request("GET", f"/v2/adapters/{name}/aliases/{alias}/canary")
         return CanaryState.model_validate_json(response.content)
 
-    def resolve_split(self, ref: str | AdapterRef) -> Split:
-        ref = str(AdapterRef.parse(ref))
+    def _resolve_split(self, ref: AdapterRef) -> Split:
         return Split.model_validate_json(
-            self._request("GET", "/v2/resolve/split", params={"ref": ref}).content)
+            self._request("GET", "/v2/resolve/split", params={"ref": str(ref)}).content)
 
     def alias_rm(self, name: str, alias: str) -> None:
         validate_name(name)

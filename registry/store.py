@@ -182,8 +182,7 @@ class LocalRegistry(LocalCanaries, LocalPromotions, Registry):
 
     # -- reads -------------------------------------------------------------------------------
 
-    def resolve(self, ref: str | AdapterRef) -> Manifest:
-        r = AdapterRef.parse(ref)
+    def _resolve(self, r: AdapterRef) -> Manifest:
         manifest = self.index.find(r)
         if manifest is None:
             raise self._not_found(r)

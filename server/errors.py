@@ -15,7 +15,7 @@ import uuid
 from typing import Any, ClassVar
 
 from loramux.errors import LoramuxError
-from loramux.registry.errors import Conflict, InvalidName, NotFound
+from loramux.registry.errors import Conflict, IntegrityError, InvalidName, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,12 @@ class RegistryUnavailable(ServiceUnavailable, code="registry_unavailable"):
     fault, so 503 rather than a 4xx that would tell the client its request was wrong."""
 
 
+class RegistryAnswerRefused(ServerError, status=502, type="bad_gateway",
+                            code="registry_answer_refused"):
+    """The registry (or something in front of it) answered another version than the one the
+    reference pins, or a manifest whose digest its files do not give: nothing is served."""
+
+
 class CacheFull(ServiceUnavailable, code="adapter_cache_full"):
     """The adapter cache's disk is full: the server's condition, not the adapter's (503)."""
 
@@ -189,5 +195,8 @@ def registry_failure(exc: Exception, model: str | None, served_name: str) -> Ser
     if model is not None and isinstance(exc, Conflict):
         return InvalidRequest(f"The model `{model}` is ambiguous: {exc}", param="model")
     about = f" for `{model}`" if model is not None else ""
+    if isinstance(exc, IntegrityError):
+        log.warning("registry answer%s refused: %s", about, exc)
+        return RegistryAnswerRefused(f"the adapter registry's answer{about} was refused: {exc}")
     log.warning("registry call%s failed: %s: %s", about, type(exc).__name__, exc)
     return RegistryUnavailable(f"the adapter registry cannot answer{about}; retry shortly")

@@ -51,7 +51,7 @@ from loramux.registry.manifest import Manifest
 from loramux.registry.refs import AdapterRef, validate_digest
 from loramux.server.adapter_cache import AdapterCache
 from loramux.server.compat import check_base
-from loramux.server.errors import RegistryUnavailable, SettingsError
+from loramux.server.errors import RegistryAnswerRefused, RegistryUnavailable, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,8 @@ class RegistryResolver:
 
         Returns None when ``lora_name`` is not a loramux reference. Raises ``NotFound`` (no such
         adapter), ``Conflict`` (ambiguous digest prefix), ``IncompatibleAdapter`` (another
-        base), ``IntegrityError`` (bytes or answer not matching the digest),
+        base), ``IntegrityError`` (bytes not matching the digest), ``RegistryAnswerRefused``
+        (the registry answered another version than the reference pins),
         ``RegistryUnavailable`` and ``BaseUnknown``; each is logged with its reason.
         """
         try:
@@ -203,10 +204,12 @@ class RegistryResolver:
             raise NotFound(f"adapter `{ref}` is not in the loramux registry: {exc}") from exc
         except Conflict as exc:
             raise Conflict(f"adapter reference `{ref}` is ambiguous: {exc}") from exc
+        except IntegrityError as exc:  # it answered another version (Registry.resolve checks)
+            raise RegistryAnswerRefused(f"the loramux registry's answer for `{ref}` was "
+                                        f"refused: {exc}") from exc
         except REGISTRY_FAILURES as exc:
             raise unavailable(f"the loramux registry cannot answer for `{ref}`", exc) from exc
-        check_answer(ref, manifest)
-        return manifest
+        return manifest  # checked against `ref` by the registry client (check_answer)
 
     def _fetch(self, manifest: Manifest) -> Path:
         """The verified cache folder, held for the life of the process: vLLM may read it again
@@ -238,17 +241,6 @@ def unavailable(what: str, exc: BaseException) -> RegistryUnavailable:
     """A 503 whose message says what failed; the cause's full text goes to the log only."""
     log.warning("loramux resolver: %s: %s: %s", what, type(exc).__name__, exc)
     return RegistryUnavailable(f"{what} ({type(exc).__name__}); retry shortly")
-
-
-def check_answer(ref: AdapterRef, manifest: Manifest) -> None:
-    """The registry's manifest must be what the reference pins: a registry (or a proxy in
-    front of it) answering another version for ``name@sha256:…`` is caught here."""
-    wrong = (manifest.name != ref.name
-             or (ref.version is not None and manifest.version != ref.version)
-             or (ref.digest is not None and not manifest.digest.startswith(ref.digest)))
-    if wrong:
-        raise IntegrityError(f"the registry answered {manifest.ref} ({manifest.digest[:19]}…) "
-                             f"for `{ref}`")
 
 
 def base_folder(base_model_name: str) -> Path:

@@ -50,8 +50,7 @@ class OciReadOnlyRegistry(Registry):
 
     # -- reads -------------------------------------------------------------------------------
 
-    def resolve(self, ref: str | AdapterRef) -> Manifest:
-        r = AdapterRef.parse(ref)
+    def _resolve(self, r: AdapterRef) -> Manifest:
         if r.alias is not None:
             raise NotFound(f"{r}: aliases live in the loramux index, not in OCI tags; pin a "
                            f"version (NAME@N) to read from {self.location}")

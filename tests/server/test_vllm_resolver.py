@@ -15,10 +15,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from lying_registry import LyingRegistry
 from registry_support import flip_byte, make_base, write_adapter
 
+import loramux.registry as reg
 from loramux.registry import IntegrityError, InvalidName, NotFound, base_fingerprint
-from loramux.server.errors import IncompatibleAdapter, RegistryUnavailable
+from loramux.server.errors import IncompatibleAdapter, RegistryAnswerRefused, RegistryUnavailable
 from loramux.server.vllm_resolver import (
     ENV_VLLM_BASE_FINGERPRINT,
     ENV_VLLM_CACHE_DIR,
@@ -28,6 +30,7 @@ from loramux.server.vllm_resolver import (
     ResolverSettings,
     lora_int_id,
 )
+from loramux.support.launch import RegistryProcess
 
 
 @pytest.fixture(scope="module")
@@ -117,23 +120,27 @@ def test_damaged_cache_folder_is_fetched_again(backend, pushed, bases, tmp_path)
     assert again.path == first.path and weights.read_bytes() == good
 
 
-def test_registry_answering_another_version_is_caught(backend, pushed, bases, tmp_path) -> None:
-    v1, v2, _ = pushed
-
-    class Lying:
-        """A registry (or a proxy in front of one) answering version 2 whatever is asked."""
-
-        def resolve(self, ref):
-            return v2
-
-        def __getattr__(self, name):
-            return getattr(backend.registry, name)
-
-    core = RegistryResolver(ResolverSettings("unused", cache_dir=tmp_path / "c"), Lying())
-    assert core.resolve(str(bases[0]), "pets").manifest == v2
-    for ref in ("pets@1", f"pets@{v1.digest[:19]}"):
-        with pytest.raises(IntegrityError, match="the registry answered pets@2"):
-            core.resolve(str(bases[0]), ref)
+def test_registry_answering_another_version_is_502(adapters, bases, tmp_path) -> None:
+    """A real registry server behind a proxy that asks it for pets@2 whatever the client asked
+    (tests/registry/lying_registry.py): the resolver's registry client refuses the answer for a
+    pinned reference (Registry.resolve), and the plugin says so as a 502, never serving it."""
+    served, _ = bases
+    with reg.open(tmp_path / "store") as store:
+        v1 = store.push(adapters["a"], "pets", base_model=served)
+        v2 = store.push(adapters["b"], "pets", base_model=served)
+    with RegistryProcess(tmp_path / "store", tmp_path / "registry.log",
+                         ["--anonymous-read"]) as upstream:
+        proxy = LyingRegistry(upstream)
+        with proxy:
+            proxy.ask_instead = lambda ref: "pets@2"
+            core = RegistryResolver(ResolverSettings(proxy.url, cache_dir=tmp_path / "c"))
+            assert core.resolve(str(served), "pets").manifest == v2  # a moving reference
+            for ref in ("pets@1", f"pets@{v1.digest[:19]}"):
+                with pytest.raises(RegistryAnswerRefused, match="answered pets@2") as refused:
+                    core.resolve(str(served), ref)
+                assert refused.value.status == 502
+    fetched = [p.name for p in (tmp_path / "c" / "sha256").iterdir()]
+    assert fetched == [v2.digest.removeprefix("sha256:")], "only the moving reference's answer"
 
 
 def test_registry_down_or_token_refused_is_503(backend, pushed, bases, tmp_path) -> None:
