@@ -18,6 +18,7 @@ from loramux.support.launch import ServerProcess
 from loramux.support.scrape import metric_sum
 
 sys.path.append(str(Path(__file__).parents[1] / "registry"))  # appended: `conftest` stays ours
+sys.path.append(str(Path(__file__).parent))  # this folder's helpers (loramux_ops, fake_engine)
 from registry_fixtures import (  # noqa: F401  (fixtures, registered here)
     adapters,
     backend,

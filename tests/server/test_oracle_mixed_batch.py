@@ -12,6 +12,7 @@ import gc
 from pathlib import Path
 
 import pytest
+from loramux_ops import install_loramux_ops
 
 from loramux.server.engines.base import AdapterHandle, GenerationRequest, Sampling
 
@@ -28,7 +29,6 @@ def test_mixed_batch_of_base_and_mixed_rank_adapters_matches_reference(
     from vllm.lora.request import LoRARequest
 
     from loramux.demo.smoke import make_llm
-    from loramux.server.engines import vllm_patches
     from loramux.server.engines.transformers_engine import TransformersEngine
 
     tok = AutoTokenizer.from_pretrained(demo_base)
@@ -59,29 +59,9 @@ def test_mixed_batch_of_base_and_mixed_rank_adapters_matches_reference(
     expected = asyncio.run(run_reference())
     reference.shutdown()
 
-    # The engine in this process, so the test can see which ops it ran. vLLM loads plugins once
-    # per process, and an earlier test's engine may have loaded ours switched off: install the
-    # ops here as the plugin would (monkeypatch puts vLLM's back afterwards).
-    import vllm.lora.ops.torch_ops as torch_ops
-    import vllm.lora.ops.torch_ops.lora_ops as lora_ops
-    import vllm.lora.punica_wrapper.punica_cpu as punica_cpu
-    from vllm.lora.model_manager import LoRAModelManager
-
-    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    monkeypatch.setenv(vllm_patches.ENV, "1")
-    for name in vllm_patches.GROUPED:
-        monkeypatch.setattr(punica_cpu.PunicaWrapperCPU, name,
-                            getattr(punica_cpu.PunicaWrapperCPU, name))
-    monkeypatch.setattr(LoRAModelManager, "activate_adapter", LoRAModelManager.activate_adapter)
-    for module in (lora_ops, torch_ops, punica_cpu):
-        for name in vllm_patches.OPS:
-            if hasattr(module, name):
-                monkeypatch.setattr(module, name, getattr(module, name))
-    vllm_patches.apply()
+    install_loramux_ops(monkeypatch)  # the op the server would choose (auto)
     llm = make_llm(demo_base, "none", dtype="float32", max_loras=len(adapters),
                    max_num_seqs=len(jobs))
-    assert punica_cpu.PunicaWrapperCPU.add_lora_linear is \
-        vllm_patches.GroupedPunica.add_lora_linear
     outs = llm.generate(
         [TokensPrompt(prompt_token_ids=list(ids)) for _, ids in jobs],
         SamplingParams(temperature=0.0, max_tokens=10),

@@ -1,7 +1,12 @@
 """The reference engine (transformers + peft) is the oracle for the vLLM engine: in float32 on
 both sides, the same base and adapters (two random ones and the two trained demo adapters) give
 the same greedy tokens. float32 because bf16/NF4 kernels differ between the two engines enough
-to flip a near-tie argmax; in float32 both are exact enough to compare token for token."""
+to flip a near-tie argmax; in float32 both are exact enough to compare token for token.
+
+Run twice: on loramux's CPU LoRA ops (what `loramux serve` runs: the plugin's ops, native where
+built), and on stock vLLM's (what `vllm serve --enable-lora`, the benchmarks' peer, runs), so a
+disagreement says whose ops it is. Mixed batches and reused slots: test_oracle_mixed_batch.py
+and test_slot_reuse_oracle.py."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from loramux_ops import install_loramux_ops
 
 from loramux.server.engines.base import AdapterHandle, GenerationRequest, Sampling
 
@@ -19,14 +25,17 @@ PROMPTS = ["Hello!", "What is 2 + 3?", "Tell me about Alice.",
            "What is the code word for the fox?", "Write lamp in capital letters."]
 
 
-def test_vllm_matches_reference_engine_greedy(demo_base: Path, tmp_path: Path, make_adapter,
-                                              demo_adapters: dict[str, Path]) -> None:
+@pytest.mark.parametrize("ops", ["loramux", "stock"])
+def test_vllm_matches_reference_engine_greedy(ops: str, demo_base: Path, tmp_path: Path,
+                                              make_adapter, demo_adapters: dict[str, Path],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     from transformers import AutoTokenizer
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
     from vllm.lora.request import LoRARequest
 
     from loramux.demo.smoke import make_llm
+    from loramux.server.engines import vllm_patches
     from loramux.server.engines.transformers_engine import TransformersEngine
 
     tok = AutoTokenizer.from_pretrained(demo_base)
@@ -56,6 +65,10 @@ def test_vllm_matches_reference_engine_greedy(demo_base: Path, tmp_path: Path, m
 
     expected = asyncio.run(run_reference())
 
+    if ops == "loramux":
+        install_loramux_ops(monkeypatch)  # auto: the native op where it is built
+    else:  # vLLM's own ops, in an engine process of its own that loads the plugin switched off
+        monkeypatch.delenv(vllm_patches.ENV, raising=False)
     llm = make_llm(demo_base, "none", dtype="float32")
     params = SamplingParams(temperature=0.0, max_tokens=12)
     got = []

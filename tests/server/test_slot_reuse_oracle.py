@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from loramux_ops import keep_vllm_ops
 
 from loramux.server.engines.base import AdapterHandle, GenerationRequest, Sampling
 
@@ -83,7 +84,7 @@ def test_every_answer_is_its_own_adapters_after_slots_are_reused(
     from loramux.server.engines.native import build, loader
 
     prompts, rounds, expected = oracle
-    _install_ops_for_this_test(monkeypatch, vllm_patches)
+    keep_vllm_ops(monkeypatch)
     loader.load.cache_clear()
     if lora_ops == "python":  # a machine where the op was not built
         monkeypatch.setattr(build, "library_path", lambda: tmp_path / "loramux_lora_none.so")
@@ -134,31 +135,6 @@ def test_every_answer_is_its_own_adapters_after_slots_are_reused(
     wrong = [(n, a.name if a else "base", p) for (n, a, p), tokens in got.items()
              if tokens != expected[a, p]]
     assert not wrong, wrong
-
-
-def _install_ops_for_this_test(monkeypatch: pytest.MonkeyPatch, vllm_patches) -> None:
-    """The engine runs in this process (so the test sees the ops it ran), and vLLM loads
-    plugins once per process: the ops are installed here as the plugin would, and monkeypatch
-    puts vLLM's own back afterwards."""
-    import vllm.lora.ops.torch_ops as torch_ops
-    import vllm.lora.ops.torch_ops.lora_ops as lora_ops
-    import vllm.lora.punica_wrapper.punica_cpu as punica_cpu
-    from vllm.lora.model_manager import LoRAModelManager
-
-    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    monkeypatch.setenv(vllm_patches.ENV, "1")
-    wrapper = punica_cpu.PunicaWrapperCPU
-    for name in vllm_patches.GROUPED:
-        monkeypatch.setattr(wrapper, name, getattr(wrapper, name))
-    for name in ("loramux_tokens", "loramux_sampler", "loramux_indices", "loramux_ranks"):
-        if hasattr(wrapper, name):
-            monkeypatch.setattr(wrapper, name, getattr(wrapper, name))
-    monkeypatch.setattr(LoRAModelManager, "activate_adapter", LoRAModelManager.activate_adapter)
-    monkeypatch.setattr(vllm_patches, "_native", vllm_patches._native)
-    for module in (lora_ops, torch_ops, punica_cpu):
-        for name in vllm_patches.OPS:
-            if hasattr(module, name):
-                monkeypatch.setattr(module, name, getattr(module, name))
 
 
 def test_the_served_engine_runs_the_op_the_server_chose(server, base_loads) -> None:
