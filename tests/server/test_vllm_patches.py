@@ -4,12 +4,18 @@ gets no adapter delta, and adapter tokens get what vLLM's own ops compute."""
 from __future__ import annotations
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-lora_ops = pytest.importorskip("vllm.lora.ops.torch_ops.lora_ops")
-punica_cpu = pytest.importorskip("vllm.lora.punica_wrapper.punica_cpu")
+try:  # the modules loramux's plugin patches: gone after a vLLM upgrade is a failure, not a skip
+    from vllm.lora.ops.torch_ops import lora_ops
+    from vllm.lora.punica_wrapper import punica_cpu
+except ImportError as exc:
+    pytest.fail(f"vLLM's CPU LoRA ops cannot be imported ({exc}): loramux's plugin "
+                "(server/engines/vllm_patches.py) patches vllm.lora.ops.torch_ops.lora_ops and "
+                "vllm.lora.punica_wrapper.punica_cpu, so it breaks at run time with this vLLM; "
+                "follow the move there", pytrace=False)
 
-from loramux.server.engines import vllm_patches  # noqa: E402
+from loramux.server.engines import vllm_patches
 
 SLOTS, RANK, HIDDEN, OUT = 3, 4, 16, 24
 STOCK = {name: getattr(lora_ops, name) for name in vllm_patches.OPS}

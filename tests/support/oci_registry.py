@@ -4,8 +4,9 @@ A conftest makes it available with ``from oci_registry import oci_registry`` aft
 folder on ``sys.path``. Each test should use its own repository (``fresh_repository``), so the
 session-wide process needs no cleaning between tests.
 
-Without docker-registry installed: a non-root developer's run skips (with that reason); as root
-(CI, a fresh machine) it fails, because ``.ci/system-deps`` installs it there.
+The registry program (Debian's ``docker-registry``, or distribution's own ``registry``) is found
+by ``services``; missing, it is a skip for a developer without root and a failure with CI set or
+as root (``services.unavailable``).
 """
 
 from __future__ import annotations
@@ -15,19 +16,18 @@ import os
 from collections.abc import Iterator
 
 import pytest
+import services  # this folder is on sys.path wherever this module is importable
 
-from loramux.support.oci_registry import OciRegistry, binary
+import loramux.support.oci_registry as oci
+from loramux.support.oci_registry import OciRegistry
 
 _counter = itertools.count()
 
 
 def require_docker_registry() -> None:
-    if binary() is not None:
-        return
-    if os.geteuid() == 0:
-        pytest.fail("docker-registry (CNCF distribution) is missing: run .ci/system-deps")
-    pytest.skip("docker-registry (CNCF distribution) is not installed; only a non-root "
-                "developer may skip this (CI installs it with .ci/system-deps)")
+    """Point ``OciRegistry`` at the program ``services`` found (it runs ``oci.BINARY``, a
+    name or a path); skip or fail (``services.unavailable``) when there is none."""
+    oci.BINARY = services.require("oci-registry")
 
 
 def fresh_repository(prefix: str = "loramux/t") -> str:

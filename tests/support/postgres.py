@@ -1,29 +1,27 @@
 """PostgreSQL fixtures: one server per session, a fresh database per test.
 
 The server (``loramux.support.postgres``) runs from a temp folder on a free loopback port and is
-stopped at the end of the session; each test's database is dropped after it. Missing binaries:
-a developer without root skips (with that reason); as root (CI) that is a failure, since
-``.ci/system-deps`` installs them.
+stopped at the end of the session; each test's database is dropped after it. PostgreSQL 15 or 16
+is found by ``services`` (Debian's folders, then PATH); missing, it is a skip for a developer
+without root and a failure with CI set or as root (``services.unavailable``).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import services  # this folder is on sys.path wherever this module is importable
 
-from loramux.support.postgres import PG_BIN, PostgresServer, installed
+import loramux.support.postgres as pg
+from loramux.support.postgres import PostgresServer
 
 
 def require_postgres() -> None:
-    """Skip (no root, no PostgreSQL) or fail (root: CI must have it) when it is missing."""
-    if installed():
-        return
-    if os.geteuid() == 0:
-        pytest.fail(f"PostgreSQL 15 is missing ({PG_BIN}): run .ci/system-deps")
-    pytest.skip(f"PostgreSQL 15 is not installed ({PG_BIN}) and this is not root: "
-                ".ci/system-deps installs it")
+    """Point ``PostgresServer`` at the binaries ``services`` found (it runs ``pg.PG_BIN/…``);
+    skip or fail (``services.unavailable``) when there are none."""
+    pg.PG_BIN = Path(services.require("postgresql"))
 
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,15 @@
-"""Headless Chromium (Debian's, driven by selenium through Debian's chromedriver) and the page
-checks every browser test makes: console errors, keyboard reach, text contrast."""
+"""Headless Chromium (Debian's, or a Chrome on PATH, driven by selenium through chromedriver;
+both found by tests/support/services.py) and the page checks every browser test makes: console
+errors, keyboard reach, text contrast."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-import pytest
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
+sys.path.append(str(Path(__file__).resolve().parents[1] / "support"))
+import services
 
 # For every visible element with its own text: its colour against the first opaque background
 # behind it (white at the root), as WCAG 2 contrast ratios; returns the ones under `min`.
@@ -55,15 +55,10 @@ return [checked, bad];
 """
 
 
-def require_chromium() -> None:
-    """Skip (a developer without root) or fail (CI, as root) when the browser is missing."""
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if not missing:
-        return
-    why = f"{', '.join(missing)} missing: run .ci/system-deps (Debian chromium, chromium-driver)"
-    if os.geteuid() == 0:
-        pytest.fail(why)
-    pytest.skip(why)
+def require_chromium() -> tuple[str, str]:
+    """The browser and its driver; a skip (a developer without root) or a failure (CI set, or
+    root) when either is missing."""
+    return services.require("chromium"), services.require("chromedriver")
 
 
 def start_chromium(downloads: Path):
@@ -71,14 +66,15 @@ def start_chromium(downloads: Path):
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
+    browser, chromedriver = require_chromium()
     options = Options()
-    options.binary_location = str(CHROMIUM)
+    options.binary_location = browser
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 "--window-size=1280,1000", "--disable-extensions", "--no-first-run",
                 f"--user-data-dir={downloads / 'profile'}"):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = Service(executable_path=str(CHROMEDRIVER),
+    service = Service(executable_path=chromedriver,
                       log_output=str(downloads / "chromedriver.log"))
     driver = webdriver.Chrome(options=options, service=service)
     driver.set_page_load_timeout(60)
