@@ -19,6 +19,7 @@ the folder itself (sizes, and mtimes as last use), including what earlier runs l
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -36,6 +37,10 @@ from loramux.registry.refs import validate_digest
 from loramux.registry.transfer import materialize
 
 log = logging.getLogger(__name__)
+# A write that failed because the cache's disk cannot take it: no space, the user's quota, or a
+# file-size limit (RLIMIT_FSIZE, the file system's largest file). The server's condition, a 503
+# adapter_cache_full, never the registry's or the adapter's fault.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ have been damaged on disk since it was written; a damaged one is moved aside and
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import time
 from collections import OrderedDict
@@ -36,7 +35,7 @@ from pathlib import Path
 
 from loramux.registry.errors import REGISTRY_FAILURES, IntegrityError, Invalid, NotFound
 from loramux.registry.manifest import Manifest
-from loramux.server.adapter_cache import AdapterCache, TrimResult
+from loramux.server.adapter_cache import DISK_FULL, AdapterCache, TrimResult
 from loramux.server.adapter_files import nonfinite_tensors
 from loramux.server.engines.base import AdapterHandle, Engine
 from loramux.server.errors import (
@@ -336,7 +335,7 @@ async def _refuse_nonfinite(check: asyncio.Future[list[str]], manifest: Manifest
 def fetch_failure(manifest: Manifest, exc: Exception) -> ServerError:
     """Whose fault a failed fetch is: the adapter's own bytes (remembered), or the server's
     condition: a full cache disk or a registry that cannot answer (503, never remembered)."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
         log.error("adapter cache is full, cannot fetch %s: %s", manifest.ref, exc)
         return CacheFull(f"no space left in this server's adapter cache to fetch "
                          f"{manifest.ref}; retry later")

@@ -23,7 +23,6 @@ by this server only after ``/v1/unload_lora_adapter`` for that model string.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import threading
@@ -49,7 +48,7 @@ from loramux.registry.errors import (
 from loramux.registry.fingerprint import base_components, fingerprint_of
 from loramux.registry.manifest import Manifest
 from loramux.registry.refs import AdapterRef, validate_digest
-from loramux.server.adapter_cache import AdapterCache
+from loramux.server.adapter_cache import DISK_FULL, AdapterCache
 from loramux.server.compat import check_base
 from loramux.server.errors import RegistryAnswerRefused, RegistryUnavailable, SettingsError
 
@@ -225,7 +224,7 @@ class RegistryResolver:
             raise IntegrityError(f"adapter {manifest.ref} is incomplete in the registry: "
                                  f"{exc}") from exc
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if exc.errno in DISK_FULL:
                 raise unavailable(f"no space left in the adapter cache to fetch {manifest.ref}",
                                   exc) from exc
             raise unavailable(f"cannot fetch {manifest.ref}", exc) from exc

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -199,6 +200,33 @@ def test_full_cache_disk_is_503_leaves_nothing_half_written_and_recovers(faulty:
     assert answer.status_code == 200, f"a full disk was remembered: {answer.text}"
     digest = faulty.manifest("fa-disk").digest
     assert digest.split(":")[1] in faulty.folders()
+
+
+def test_a_file_size_limit_is_a_full_cache_not_a_registry_failure(demo_base: Path,
+                                                                  tmp_path: Path) -> None:
+    """EFBIG (the server's RLIMIT_FSIZE here; also a file system's largest file) is the cache
+    disk refusing a write, as ENOSPC and EDQUOT are: 503 adapter_cache_full, never blamed on
+    the registry (it was a 503 registry_unavailable before server.adapter_cache.DISK_FULL)."""
+    prlimit = shutil.which("prlimit")
+    assert prlimit is not None, "prlimit (util-linux) is missing"
+    registry_dir = push_adapters(tmp_path, demo_base, names=("fa-big",))
+    weights = tmp_path / "adapters" / "fa-big" / "adapter_model.safetensors"
+    limit = 256 << 10  # above the server's log and everything it writes at start
+    assert weights.stat().st_size > 2 * limit
+    (tmp_path / "keys.txt").write_text(f"{ADMIN} admin\n")
+    with RegistryProcess(registry_dir, tmp_path / "registry.log", ["--anonymous-read"]) as url:
+        server = ServerProcess(
+            ["--base", str(demo_base), "--engine", "transformers", "--quantization", "none",
+             "--registry", url, "--api-keys", str(tmp_path / "keys.txt"),
+             "--cache-dir", str(tmp_path / "cache"), "--max-model-len", "256"],
+            log=tmp_path / "server.log")
+        server.cmd = [prlimit, f"--fsize={limit}", "--", *server.cmd]
+        with server as served, httpx.Client(base_url=served, timeout=120, headers={
+                "Authorization": f"Bearer {ADMIN}"}) as http:
+            answer = http.post("/v1/chat/completions", json={
+                "model": "fa-big", "messages": HELLO, "max_tokens": 2, "temperature": 0})
+            assert_503(answer, "adapter_cache_full")
+            assert http.get("/health").status_code == 200
 
 
 def test_damaged_cache_file_is_fetched_again_never_loaded(faulty: Faulty) -> None:
