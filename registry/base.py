@@ -3,15 +3,14 @@
 The trainer, the server and release management hold a ``Registry`` and never care whether it is
 a local folder, a remote server or an OCI mirror. It is an abstract base class: ``LocalRegistry``,
 ``RemoteRegistry`` and ``OciReadOnlyRegistry`` subclass it and must implement its abstract
-methods, and the parts that must not differ between them (push's arguments turned into one
-``PushRequest``, pull, show, and what a store without canaries or evaluations answers) are
-written once, here.
+methods, and the parts that must not differ between them (push, pull, show, the check of every
+answer to ``resolve`` (answers.py), and what a store without canaries or evaluations answers)
+are written once, here; push's arguments become one ``PushRequest`` in push_args.py.
 """
 
 from __future__ import annotations
 
 import getpass
-import json
 import logging
 import os
 import socket
@@ -20,13 +19,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pydantic import ValidationError
-
+from loramux.registry.answers import check_answer
 from loramux.registry.canary import CanaryState, Split
-from loramux.registry.digests import adapter_digest
-from loramux.registry.errors import IntegrityError, InvalidBaseModel, InvalidName, InvalidRequest
+from loramux.registry.errors import InvalidName, InvalidRequest
 from loramux.registry.evaluations import Evaluation, EvaluationEntry
-from loramux.registry.fingerprint import base_components, fingerprint_of
 from loramux.registry.manifest import (
     AliasPointer,
     AuditEntry,
@@ -38,9 +34,9 @@ from loramux.registry.manifest import (
     VerifyReport,
     VersionInfo,
     check_labels,
-    check_push_fields,
 )
-from loramux.registry.refs import AdapterRef, validate_alias, validate_digest, validate_name
+from loramux.registry.push_args import push_request, with_recorded_base
+from loramux.registry.refs import AdapterRef, validate_name
 from loramux.registry.transfer import materialize
 
 log = logging.getLogger(__name__)
@@ -302,109 +298,6 @@ def default_actor() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def push_request(
-    *,
-    alias: str | None,
-    description: str,
-    labels: dict[str, str] | None,
-    base_model: Path | str | None,
-    base_fingerprint: str | None,
-    quantization: QuantizationInfo | str | dict[str, Any] | None,
-    lineage: Lineage | dict[str, Any] | None,
-    created_by: str | None,
-) -> PushRequest:
-    """A push's arguments, checked, as the request both stores commit (files added later)."""
-    fingerprint, components = base_facts(base_model, base_fingerprint)
-    return check_push_request(PushRequest(
-        files=[],
-        alias=alias,
-        description=description,
-        labels=check_labels(labels),
-        base_fingerprint=fingerprint,
-        base_components=components,
-        quantization=coerce_quantization(quantization),
-        lineage=coerce_lineage(lineage),
-        created_by=created_by,
-    ))
-
-
-def check_push_request(request: PushRequest) -> PushRequest:
-    """What a commit re-checks, since over HTTP the request comes from a client."""
-    if request.alias is not None:
-        validate_alias(request.alias)
-    if request.base_fingerprint is not None:
-        try:
-            validate_digest(request.base_fingerprint, full=True)
-        except InvalidName:
-            raise InvalidName("base_fingerprint must be sha256:<64 hex digits>") from None
-    check_push_fields(request)
-    return request
-
-
-def coerce_quantization(
-    value: QuantizationInfo | str | dict[str, Any] | None,
-) -> QuantizationInfo | None:
-    if value is None or isinstance(value, QuantizationInfo):
-        return value
-    if isinstance(value, str):
-        return QuantizationInfo.parse(value)
-    try:
-        return QuantizationInfo.model_validate(value)
-    except ValidationError as exc:
-        raise InvalidRequest(f"invalid quantization {value!r}: {_first(exc)}") from None
-
-
-def coerce_lineage(value: Lineage | dict[str, Any] | None) -> Lineage | None:
-    if value is None or isinstance(value, Lineage):
-        return value
-    try:
-        return Lineage.model_validate(value)
-    except ValidationError as exc:
-        raise InvalidRequest(f"invalid lineage: {_first(exc)}") from None
-
-
-def _first(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    return f"{'.'.join(str(p) for p in error['loc']) or 'value'}: {error['msg']}"
-
-
-def base_facts(
-    base_model: Path | str | None, base_fingerprint: str | None
-) -> tuple[str | None, dict[str, str] | None]:
-    """Fingerprint (and its components) from a base folder, or the fingerprint given."""
-    if base_fingerprint is not None:
-        validate_digest(base_fingerprint, full=True)
-    if base_model is None:
-        return base_fingerprint, None
-    components = base_components(Path(base_model))
-    fingerprint = fingerprint_of(components)
-    if base_fingerprint is not None and base_fingerprint != fingerprint:
-        raise InvalidBaseModel(
-            f"{base_model} has fingerprint {fingerprint}, not the {base_fingerprint} given"
-        )
-    return fingerprint, components
-
-
-def with_recorded_base(folder: Path, request: PushRequest) -> tuple[PushRequest, str | None]:
-    """No base given: fingerprint the base ``adapter_config.json`` records when it is a local
-    folder. Returns the request and, when there is no fingerprint, the reason why not."""
-    try:
-        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-        recorded = config.get("base_model_name_or_path")
-    except (OSError, ValueError, AttributeError):
-        return request, None  # validation reports the broken config
-    if not isinstance(recorded, str) or not recorded:
-        return request, "adapter_config.json names no base model"
-    if not Path(recorded).expanduser().is_dir():
-        return request, f"its recorded base {recorded!r} is not a local folder"
-    try:
-        fingerprint, components = base_facts(Path(recorded).expanduser(), None)
-    except InvalidBaseModel as exc:
-        return request, str(exc)
-    update = {"base_fingerprint": fingerprint, "base_components": components}
-    return request.model_copy(update=update), None
-
-
 def labels_match(have: dict[str, str], want: dict[str, str] | None) -> bool:
     return all(have.get(k) == v for k, v in (want or {}).items())
 
@@ -414,27 +307,3 @@ def require_pinned(ref: AdapterRef) -> AdapterRef:
     if not ref.pins_version:
         raise InvalidName(f"delete needs an exact version ({ref.name}@N or @sha256:…), not {ref}")
     return ref
-
-
-def check_answer(ref: AdapterRef, manifest: Manifest) -> Manifest:
-    """``manifest`` if it is what ``ref`` names, else ``IntegrityError``.
-
-    Every client of every store goes through here (the server, the vLLM resolver, the CLI, the
-    trainer), so a registry, a proxy or a cache in front of it that answers another version is
-    refused in one place, not trusted by whoever forgot to look: the name must be ``ref``'s, a
-    pinned number that number, a pinned digest that digest, and the digest must be the one the
-    manifest's own files give (the blobs are then checked against those files as they arrive),
-    so no answer can claim a pinned digest for other bytes. A moving reference (a name, an
-    alias) can only be checked for its name: which version it points at is the store's to say.
-    """
-    wrong = (manifest.name != ref.name
-             or (ref.version is not None and manifest.version != ref.version)
-             or (ref.digest is not None and not manifest.digest.startswith(ref.digest)))
-    if wrong:
-        raise IntegrityError(f"the registry answered {manifest.ref} ({manifest.digest[:19]}…) "
-                             f"for `{ref}`")
-    actual = adapter_digest(manifest.files)
-    if manifest.digest != actual:
-        raise IntegrityError(f"the registry's manifest of {manifest.ref} says digest "
-                             f"{manifest.digest[:19]}… but its files give {actual[:19]}…")
-    return manifest

@@ -12,13 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from loramux.registry.base import (
-    Registry,
-    check_push_request,
-    default_actor,
-    labels_match,
-    require_pinned,
-)
+from loramux.registry.base import Registry, default_actor, labels_match, require_pinned
 from loramux.registry.blobs import BlobUpload, StoreLock, open_blobs
 from loramux.registry.blobs.oci import OciBlobStore
 from loramux.registry.canary import LocalCanaries, end_canary
@@ -38,6 +32,7 @@ from loramux.registry.manifest import (
     VersionInfo,
 )
 from loramux.registry.oci.artifact import push_artifact
+from loramux.registry.push_args import check_push_request
 from loramux.registry.refs import AdapterRef, validate_alias, validate_digest, validate_name
 from loramux.registry.validate import Limits, check_rel_path, check_sizes, scan_folder
 from loramux.registry.validate import validate_adapter as _validate
