@@ -11,10 +11,12 @@ the test says.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -95,3 +97,15 @@ class LyingRegistry:
                 pass
 
         return Handler
+
+
+@contextlib.contextmanager
+def lying_in_front_of(store: Path, log: Path) -> Iterator[LyingRegistry]:
+    """`loramux registry serve` on the folder ``store`` (anonymous reads), behind a proxy that
+    starts honest; both stop on exit."""
+    from loramux.support.launch import RegistryProcess
+
+    with RegistryProcess(store, log, ["--anonymous-read"]) as upstream:
+        proxy = LyingRegistry(upstream)
+        with proxy:
+            yield proxy

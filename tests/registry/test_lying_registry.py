@@ -17,13 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lying_registry import LyingRegistry
+from lying_registry import LyingRegistry, lying_in_front_of
 
 import loramux.registry as reg
 from loramux.registry import IntegrityError
 from loramux.registry.manifest import Manifest
 from loramux.registry.remote import RemoteRegistry
-from loramux.support.launch import RegistryProcess
 
 
 @pytest.fixture
@@ -38,11 +37,8 @@ def pets(adapters, tmp_path: Path) -> tuple[Manifest, Manifest, Manifest]:
 @pytest.fixture
 def proxy(pets, tmp_path: Path) -> Iterator[LyingRegistry]:
     """The store served by `loramux registry serve`, behind a proxy that starts honest."""
-    with RegistryProcess(tmp_path / "store", tmp_path / "registry.log",
-                         ["--anonymous-read"]) as upstream:
-        lying = LyingRegistry(upstream)
-        with lying:
-            yield lying
+    with lying_in_front_of(tmp_path / "store", tmp_path / "registry.log") as lying:
+        yield lying
 
 
 @pytest.fixture

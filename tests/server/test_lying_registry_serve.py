@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-from lying_registry import LyingRegistry
+from lying_registry import lying_in_front_of
 
 import loramux.registry as reg
 from loramux.support.adapters import llama_shapes, write_adapter
-from loramux.support.launch import RegistryProcess, ServerProcess
+from loramux.support.launch import ServerProcess
 from loramux.wire import REF_HEADER
 
 HELLO = [{"role": "user", "content": "Hello!"}]
@@ -27,16 +27,13 @@ def test_a_pinned_reference_answered_with_another_version_is_502(demo_base: Path
                         base_model=demo_base)
         store.push(write_adapter(tmp_path / "a2", shapes, seed=12, b_std=0.5), "pets",
                    base_model=demo_base)
-    registry = RegistryProcess(tmp_path / "registry", tmp_path / "registry.log",
-                               ["--anonymous-read"])
-    with registry as upstream:
-        proxy = LyingRegistry(upstream)
+    with lying_in_front_of(tmp_path / "registry", tmp_path / "registry.log") as proxy:
         proxy.ask_instead = lambda ref: "pets@2"
         server = ServerProcess(
             ["--base", str(demo_base), "--engine", "transformers", "--quantization", "none",
              "--registry", proxy.url, "--cache-dir", str(tmp_path / "cache"),
              "--max-model-len", "256"], log=tmp_path / "serve.log")
-        with proxy, server as url, httpx.Client(base_url=url, timeout=120) as http:
+        with server as url, httpx.Client(base_url=url, timeout=120) as http:
             def chat(model: str) -> httpx.Response:
                 return http.post("/v1/chat/completions", json={
                     "model": model, "messages": HELLO, "max_tokens": 2, "temperature": 0})

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from lying_registry import LyingRegistry
+from lying_registry import lying_in_front_of
 from registry_support import flip_byte, make_base, write_adapter
 
 import loramux.registry as reg
@@ -30,7 +30,6 @@ from loramux.server.vllm_resolver import (
     ResolverSettings,
     lora_int_id,
 )
-from loramux.support.launch import RegistryProcess
 
 
 @pytest.fixture(scope="module")
@@ -128,17 +127,14 @@ def test_registry_answering_another_version_is_502(adapters, bases, tmp_path) ->
     with reg.open(tmp_path / "store") as store:
         v1 = store.push(adapters["a"], "pets", base_model=served)
         v2 = store.push(adapters["b"], "pets", base_model=served)
-    with RegistryProcess(tmp_path / "store", tmp_path / "registry.log",
-                         ["--anonymous-read"]) as upstream:
-        proxy = LyingRegistry(upstream)
-        with proxy:
-            proxy.ask_instead = lambda ref: "pets@2"
-            core = RegistryResolver(ResolverSettings(proxy.url, cache_dir=tmp_path / "c"))
-            assert core.resolve(str(served), "pets").manifest == v2  # a moving reference
-            for ref in ("pets@1", f"pets@{v1.digest[:19]}"):
-                with pytest.raises(RegistryAnswerRefused, match="answered pets@2") as refused:
-                    core.resolve(str(served), ref)
-                assert refused.value.status == 502
+    with lying_in_front_of(tmp_path / "store", tmp_path / "registry.log") as proxy:
+        proxy.ask_instead = lambda ref: "pets@2"
+        core = RegistryResolver(ResolverSettings(proxy.url, cache_dir=tmp_path / "c"))
+        assert core.resolve(str(served), "pets").manifest == v2  # a moving reference
+        for ref in ("pets@1", f"pets@{v1.digest[:19]}"):
+            with pytest.raises(RegistryAnswerRefused, match="answered pets@2") as refused:
+                core.resolve(str(served), ref)
+            assert refused.value.status == 502
     fetched = [p.name for p in (tmp_path / "c" / "sha256").iterdir()]
     assert fetched == [v2.digest.removeprefix("sha256:")], "only the moving reference's answer"
 
