@@ -59,3 +59,22 @@ def is_error(status: str) -> bool:
 # instant, which it would see as "Server disconnected without sending a response" (uvicorn's
 # default is 5 s, exactly httpx's expiry). 75 s is nginx's default.
 KEEP_ALIVE_S = 75
+
+# Seconds a client gets to send a request's line and headers, from the moment its connection
+# opens (and again for each next request on a kept-alive one); then the connection is closed.
+# Real clients send them in one packet; a slowloris client would hold a connection forever.
+HEADER_TIMEOUT_S = 10
+# Connections plus requests in flight a server holds at once; past it uvicorn answers 503.
+MAX_CONNECTIONS = 1024
+# Peers whose X-Forwarded-Proto/-For are believed (a TLS proxy on this machine); comma list,
+# `*` for any, empty for none. The scheme decides the login cookie's `Secure` and the origin.
+FORWARDED_ALLOW_IPS = "127.0.0.1,::1"
+
+# Their help texts, one wording for `loramux serve` (server/settings.py) and `registry serve`.
+KEEP_ALIVE_HELP = "Seconds an idle client connection is kept open."
+HEADER_TIMEOUT_HELP = ("Seconds a connection gets to send a request's headers; then it is "
+                       "closed (slow or half-sent requests hold nothing).")
+MAX_CONNECTIONS_HELP = "Open connections plus requests in flight; past it new requests get 503."
+FORWARDED_HELP = ("Proxies whose X-Forwarded-Proto/-For are believed (comma-separated IPs, * for "
+                  "any, empty for none): put a TLS proxy's address here so the login cookie is "
+                  "Secure.")

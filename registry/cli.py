@@ -20,6 +20,7 @@ import click
 import typer
 
 from loramux import registry as reg
+from loramux import wire
 from loramux.cli_errors import ErrorLines
 from loramux.registry import render
 from loramux.registry.blobs import BLOBS_HELP, ENV_BLOBS
@@ -28,7 +29,7 @@ from loramux.registry.errors import IntegrityError, RegistryError
 from loramux.registry.http.auth import TOKENS_FORMAT
 from loramux.registry.index import INDEX_HELP
 from loramux.registry.manifest import parse_labels
-from loramux.wire import ENV_REGISTRY, ENV_TOKEN, KEEP_ALIVE_S
+from loramux.wire import ENV_REGISTRY, ENV_TOKEN
 
 REGISTRY_HELP = f"Folder or http(s):// URL (env {ENV_REGISTRY}, else ~/.loramux/registry)."
 TOKEN_HELP = f"Bearer token for a remote registry (env {ENV_TOKEN})."
@@ -361,13 +362,20 @@ def serve(
                                      metavar="postgresql://…", help=INDEX_HELP),
     blobs: str | None = typer.Option(None, "--blobs", envvar=ENV_BLOBS, metavar="oci://…",
                                      help=BLOBS_HELP),
-    keep_alive: int = typer.Option(KEEP_ALIVE_S, "--keep-alive-s", min=1,
-                                   help="Seconds an idle client connection is kept open (past "
-                                   "clients' own pool expiry)."),
+    # The connection limits `loramux serve` has too (loramux.wire).
+    keep_alive: int = typer.Option(wire.KEEP_ALIVE_S, "--keep-alive-s", min=1,
+                                   help=wire.KEEP_ALIVE_HELP),
+    header_timeout: float = typer.Option(wire.HEADER_TIMEOUT_S, "--header-timeout-s", min=0.1,
+                                         help=wire.HEADER_TIMEOUT_HELP),
+    max_connections: int = typer.Option(wire.MAX_CONNECTIONS, "--max-connections", min=1,
+                                        help=wire.MAX_CONNECTIONS_HELP),
+    forwarded_allow_ips: str = typer.Option(wire.FORWARDED_ALLOW_IPS, "--forwarded-allow-ips",
+                                            help=wire.FORWARDED_HELP),
 ) -> None:
     """Serve a local store over HTTP (FastAPI; OpenAPI at /docs)."""
     from loramux.registry.http.app import serve as run
     from loramux.registry.http.auth import ENV_TOKENS, TokenAuth
+    from loramux.web.serving import ConnectionLimits
 
     if root is None:
         location = registry or ctx.find_object(_State).location  # type: ignore[union-attr]
@@ -383,7 +391,9 @@ def serve(
         )
     run(str(root), host=host, port=port, auth=auth,
         limits=reg.Limits(max_total_bytes=max_bytes), log_level=log_level, index=index,
-        blobs=blobs, keep_alive_s=keep_alive)
+        blobs=blobs, connection_limits=ConnectionLimits(keep_alive, header_timeout,
+                                                        max_connections, forwarded_allow_ips))
+
 
 if __name__ == "__main__":
     app()

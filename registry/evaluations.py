@@ -31,6 +31,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 EPSILON = 1e-9  # scores are means of floats: 0.1 + 0.2 must still reach a 0.3 threshold
+# Longest text a record may carry, per field: every record is stored twice (the audit row and
+# the evaluations row per version) and read by every ``registry show`` and history page.
+MAX_DIGEST = 128
+TEXT_LIMITS: dict[str, int] = {
+    "scorer": 256, "eval_digest": MAX_DIGEST, "server": 2048, "reason": 4096,
+    "base_fingerprint": MAX_DIGEST,
+}
 
 
 class GateFailed(RegistryError, status=422, exit_code=10):
@@ -49,7 +56,7 @@ class SideScore(BaseModel):
     """One version's result on the eval set."""
 
     version: int = Field(ge=1)
-    digest: str
+    digest: str = Field(max_length=MAX_DIGEST)
     score: float = Field(ge=0, le=1)  # mean of the gate's scorer
     exact: float = Field(ge=0, le=1)  # exact match, whatever the scorer
     n: int = Field(ge=1)
@@ -70,6 +77,18 @@ class Evaluation(BaseModel):
     server: str
     base_fingerprint: str | None = None
     reason: str = ""
+
+
+class EvaluationBody(Evaluation):
+    """``POST …/evaluations``'s body: the record with its text bounded (``TEXT_LIMITS``), so an
+    oversized one is a 400 before it is parsed further. ``Evaluation`` itself stays unbounded
+    to read what older versions stored; :func:`check_evaluation` bounds what is recorded."""
+
+    scorer: str = Field(max_length=TEXT_LIMITS["scorer"])
+    eval_digest: str = Field(max_length=TEXT_LIMITS["eval_digest"])
+    server: str = Field(max_length=TEXT_LIMITS["server"])
+    base_fingerprint: str | None = Field(None, max_length=TEXT_LIMITS["base_fingerprint"])
+    reason: str = Field("", max_length=TEXT_LIMITS["reason"])
 
 
 class EvaluationEntry(BaseModel):
@@ -113,7 +132,17 @@ def judge(candidate: float, current: float | None, threshold: float,
 
 def check_evaluation(evaluation: Evaluation) -> Evaluation:
     """What the registry re-checks before recording a result (over HTTP it comes from a client):
-    ``passed`` follows from the scores, and both sides were measured on the same set."""
+    ``passed`` follows from the scores, both sides were measured on the same set, and no text
+    is longer than ``TEXT_LIMITS`` (the local store checks here, as the HTTP body does)."""
+    for field, limit in TEXT_LIMITS.items():
+        value = getattr(evaluation, field)
+        if value is not None and len(value) > limit:
+            raise InvalidRequest(f"evaluation {field} is {len(value)} characters long (at most "
+                                 f"{limit})")
+    for side in (evaluation.candidate, evaluation.current):
+        if side is not None and len(side.digest) > MAX_DIGEST:
+            raise InvalidRequest(f"evaluation digest is {len(side.digest)} characters long (at "
+                                 f"most {MAX_DIGEST})")
     current = evaluation.current
     passed, _ = judge(evaluation.candidate.score, current.score if current else None,
                       evaluation.threshold, evaluation.max_regression)

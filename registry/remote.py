@@ -21,7 +21,13 @@ from loramux.registry import manifest as records
 from loramux.registry.base import Registry, default_actor, require_pinned
 from loramux.registry.canary import CanaryRequest, CanaryState, Split, check_args
 from loramux.registry.digests import sha256_fd
-from loramux.registry.errors import BlobMissing, Forbidden, RemoteError, error_class
+from loramux.registry.errors import (
+    BlobMissing,
+    Forbidden,
+    InvalidRequest,
+    RemoteError,
+    error_class,
+)
 from loramux.registry.evaluations import (
     Evaluation,
     EvaluationEntry,
@@ -294,8 +300,12 @@ def _params(**values: Any) -> dict[str, Any]:
 
 
 def _iso(when: datetime) -> str:
-    """Naive datetimes mean local time, as in the local store; send them with their offset."""
-    return (when if when.tzinfo else when.astimezone()).isoformat()
+    """Naive datetimes mean local time, as in the local store; send them with their offset.
+    One the local zone cannot place (year 1 east of UTC) is the caller's mistake, as locally."""
+    try:
+        return (when if when.tzinfo else when.astimezone()).isoformat()
+    except (OverflowError, ValueError):
+        raise InvalidRequest(f"{when} is out of range") from None
 
 
 def _hash_source(path: Path) -> tuple[str, int]:

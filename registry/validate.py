@@ -34,6 +34,9 @@ WEIGHTS = "adapter_model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _COMPONENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+=@-]{0,254}$")
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+# Every dtype a server reads and checks at load (its finite-weights check included): F8_*, F4,
+# F6_* and unsigned 16-64 bit tensors make that check raise, so they are refused here, at push.
+LOADABLE_DTYPES = frozenset(_FLOAT_DTYPES | {"I8", "U8", "I16", "I32", "I64", "BOOL"})
 _LORA_KEY = re.compile(
     r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)"
     r"(?:\.(?P<adapter>[A-Za-z0-9_-]+))?(?:\.weight)?$"
@@ -247,9 +250,14 @@ def _read_header(rel: str, path: Path) -> dict[str, list[int]]:
             for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
                 sl = f.get_slice(key)
                 out[key] = [*sl.get_shape(), sl.get_dtype()]
-            return out
     except (SafetensorError, OSError, ValueError) as exc:
         raise InvalidAdapter(f"{rel} is not a valid safetensors file: {exc}") from None
+    for key, spec in out.items():
+        if spec[-1] not in LOADABLE_DTYPES:
+            raise InvalidAdapter(
+                f"{rel}: tensor {key[:200]!r} has dtype {spec[-1]}, which loramux servers cannot "
+                f"load; save every tensor as one of {', '.join(sorted(LOADABLE_DTYPES))}")
+    return out
 
 
 def _module_key(module: str) -> str:

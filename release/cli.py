@@ -10,6 +10,8 @@ an exit code in the group that runs them (``loramux.cli_errors``), as every othe
 Exit codes of ``promote``: 0 promoted (or already there), 10 gate failed (one line with both
 scores; the result is recorded, the alias stays), 11 the server could not run the eval set, and
 the registry's own codes otherwise (4: the alias moved meanwhile, 5: bad input, 3: not found).
+Exit codes of ``rollout watch``: 0 the canary was judged and looks fine, 1 a rule fired (without
+--auto-rollback), 12 no verdict: the canary never had --min-requests requests in the metrics.
 """
 
 from __future__ import annotations
@@ -39,11 +41,14 @@ from loramux.release.rollout import (
 )
 from loramux.wire import ENV_API_KEY, ENV_REGISTRY, ENV_TOKEN
 
+NO_VERDICT = 12  # `rollout watch` ended without enough canary samples to judge it
+
 status_app = typer.Typer(no_args_is_help=True, help="Weighted canaries: their live figures.")
 watch_app = typer.Typer(cls=ErrorLines, no_args_is_help=True,
                         help="Watch a canary on the servers; roll it back when it does worse.")
 SERVERS_HELP = "A `loramux serve` URL whose /metrics count this alias (repeat for each replica)."
-API_KEY_HELP = f"API key for the servers (env {ENV_API_KEY}), if their /metrics need one."
+API_KEY_HELP = (f"API key for the servers (env {ENV_API_KEY}): with --api-keys, their /metrics "
+                "need an admin key without adapters= (unless --open-metrics).")
 
 
 # -- loramux registry promote ------------------------------------------------------------------
@@ -196,3 +201,7 @@ def watch(
             raise typer.Exit(130) from None
     if reason is not None and not auto_rollback:
         raise typer.Exit(1)  # a script learns that the canary should go
+    if reason is None and not watcher.judged:
+        typer.echo(f"{ref}: no verdict: the canary never had --min-requests {min_requests} "
+                   "requests in the metrics; do not promote on this watch", err=True)
+        raise typer.Exit(NO_VERDICT)  # nothing seen is not "fine": never promote on it

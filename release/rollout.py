@@ -224,6 +224,8 @@ class Watcher:
     min_requests: int = DEFAULT_MIN_REQUESTS
     api_key: str | None = None
     _baseline: dict[int, VersionStats] | None = None
+    canary_seen: VersionStats | None = None  # the canary's counts since watching began
+    judged: bool = False  # a round saw at least `min_requests` canary requests
 
     def check(self) -> tuple[CanaryState, str | None]:
         """One round: (the alias's state, why the canary must go or None)."""
@@ -240,6 +242,8 @@ class Watcher:
             self._baseline.get(state.stable))
         canary = counts.get(state.canary, VersionStats(state.canary)).since(
             self._baseline.get(state.canary))
+        self.canary_seen = canary
+        self.judged = self.judged or canary.requests >= self.min_requests
         reason = error_verdict(stable, canary, self.max_error_delta, self.min_requests)
         if reason is None and self.evaluate is not None and self.max_score_drop is not None:
             s_score, c_score = self.evaluate(self.registry.resolve(f"{name}@{state.stable}"),
@@ -249,6 +253,17 @@ class Watcher:
             reason = score_verdict(state.stable, s_score, state.canary, c_score,
                                    self.max_score_drop)
         return state, reason
+
+    def _has_data(self) -> bool:
+        return self.canary_seen is not None and self.canary_seen.requests >= self.min_requests
+
+    def _no_data(self, state: CanaryState) -> str:
+        """No verdict: too few canary samples is not a healthy canary."""
+        seen = self.canary_seen.requests if self.canary_seen is not None else 0
+        return (f"{self.ref}: no verdict on canary @{state.canary} at {state.weight:.0%}: "
+                f"{seen:.0f} of the {self.min_requests} requests it needs in the servers' "
+                "metrics since the watch began (no traffic yet, or its series fall into "
+                "`__other__` on a server out of adapter labels: see --max-adapter-labels)")
 
     def rollback(self, state: CanaryState, reason: str) -> CanaryState:
         log.warning("rolling back %s: %s", self.ref, reason)
@@ -269,6 +284,8 @@ class Watcher:
                     self.rollback(state, reason)
                     report(f"{self.ref}: canary @{state.canary} set to weight 0")
                     return reason
+            elif state.active and not self._has_data():
+                report(self._no_data(state))
             elif state.active:
                 report(f"{self.ref}: canary @{state.canary} at {state.weight:.0%} looks fine")
             else:

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 # file-size limit (RLIMIT_FSIZE, the file system's largest file). The server's condition, a 503
 # adapter_cache_full, never the registry's or the adapter's fault.
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# The byte budget of a cache folder unless told otherwise (`loramux serve --max-cache-bytes`,
+# LORAMUX_VLLM_MAX_CACHE_BYTES): what one client can make a server or a vLLM write to disk.
+DEFAULT_MAX_CACHE_BYTES = 8 * 2**30
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,14 @@ trims again as soon as a request lets go of its adapter. Requests never fail for
 only an adapter larger than the whole budget is refused (`AdapterTooLarge`).
 
 Failures are told apart by whose they are. The adapter's own (corrupt or missing blobs, bytes
-the engine cannot load) are remembered for `failure_ttl_s`, so a bad adapter costs one attempt
-per TTL. The server's conditions (registry unreachable, cache disk full, engine dead) are 503s
-that are never remembered: the first request after the outage ends fetches again. A folder
-already in the cache is checked against the manifest's digests before it is loaded, since it may
-have been damaged on disk since it was written; a damaged one is moved aside and fetched anew.
+the engine cannot load, a tensor the load-time checks cannot read: any exception of the load
+but the server's 503s) are remembered for `failure_ttl_s`, so a bad adapter costs one attempt
+per TTL; whatever the failed load left in the engine is unloaded again, and the engine's own
+words (which name local paths) go to the log under an error id, not to the client. The
+server's conditions (registry unreachable, cache disk full, engine dead) are 503s that are never
+remembered: the first request after the outage ends fetches again. A folder already in the cache
+is checked against the manifest's digests before it is loaded, since it may have been damaged on
+disk since it was written; a damaged one is moved aside and fetched anew.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from pathlib import Path
 from loramux.registry.errors import REGISTRY_FAILURES, IntegrityError, Invalid, NotFound
 from loramux.registry.manifest import Manifest
 from loramux.server.adapter_cache import DISK_FULL, AdapterCache, TrimResult
-from loramux.server.adapter_files import nonfinite_tensors
+from loramux.server.adapter_files import UnloadableTensor, nonfinite_tensors
 from loramux.server.engines.base import AdapterHandle, Engine
 from loramux.server.errors import (
     AdapterTooLarge,
@@ -44,6 +47,7 @@ from loramux.server.errors import (
     CacheFull,
     ServerError,
     ServiceUnavailable,
+    logged,
     registry_failure,
 )
 from loramux.server.metrics import Metrics
@@ -218,23 +222,26 @@ class AdapterManager:
         check = asyncio.ensure_future(asyncio.to_thread(nonfinite_tensors, Path(path)))
         try:
             await self._make_room()
-            started = time.perf_counter()
-            await self._engine.load_adapter(handle)
-        except Exception as exc:
-            await _refuse_nonfinite(check, manifest)  # the clearer reason, when there is one
-            if isinstance(exc, ServerError):
-                raise
-            raise AdapterUnavailable(  # the engine's own load errors: bad tensors, shapes
-                f"adapter {manifest.ref} could not be loaded by the engine: "
-                f"{type(exc).__name__}: {exc}", param="model") from exc
-        try:
-            await _refuse_nonfinite(check, manifest)
-        except AdapterUnavailable:
-            try:
-                await self._engine.unload_adapter(handle)
-            except Exception:  # its id stays unused: the request still gets the refusal
-                log.exception("could not unload refused adapter %s", manifest.ref)
+        except BaseException:
+            _abandon(check)
             raise
+        started = time.perf_counter()
+        try:
+            await self._engine.load_adapter(handle)
+        except BaseException as exc:
+            await self._undo_load(handle, manifest)  # a slot or a partial load the engine took
+            failure = await _load_failure(exc, check, manifest)
+            if failure is exc:
+                raise
+            raise failure from exc
+        try:
+            refused = await _refusal(check, manifest)
+        except BaseException:  # cancelled while checking: the engine must not keep it
+            await self._undo_load(handle, manifest)
+            raise
+        if refused is not None:
+            await self._undo_load(handle, manifest)
+            raise refused
         self._metrics.loads.labels(label).inc()
         self._metrics.load_seconds.labels(label).observe(time.perf_counter() - started)
         slot = _Slot(handle, label, manifest.size, in_use=1,
@@ -244,6 +251,14 @@ class AdapterManager:
         log.info("loaded adapter %s as LoRA id %d in %.3fs", manifest.ref, handle.lora_id,
                  time.perf_counter() - started)
         return slot
+
+    async def _undo_load(self, handle: AdapterHandle, manifest: Manifest) -> None:
+        """Drop whatever a failed or refused load left in the engine; the request still gets
+        the load's own error when this fails too (the LoRA id is never given to another)."""
+        try:
+            await self._engine.unload_adapter(handle)
+        except Exception:
+            log.exception("could not unload refused adapter %s", manifest.ref)
 
     def _fetch_verified(self, manifest: Manifest) -> Path:
         """The adapter's cache folder; one that was there before this fetch is checked against
@@ -323,13 +338,46 @@ class AdapterManager:
         self._over_budget = over
 
 
-async def _refuse_nonfinite(check: asyncio.Future[list[str]], manifest: Manifest) -> None:
-    bad = await check
+async def _refusal(check: asyncio.Future[list[str]],
+                   manifest: Manifest) -> AdapterUnavailable | None:
+    """The finite-weights check's verdict: None when every weight is a finite number. A check
+    that cannot read the files (an unloadable dtype, a tensor torch cannot hold) refuses the
+    adapter too: its files are the cause, so it is remembered like any other refusal."""
+    try:
+        bad = await check
+    except UnloadableTensor as exc:
+        return AdapterUnavailable(f"adapter {manifest.ref} is refused: {exc}", param="model")
+    except Exception as exc:
+        return logged(AdapterUnavailable, f"adapter {manifest.ref} could not be checked",
+                      exc, param="model")
     if bad:
-        raise AdapterUnavailable(
+        return AdapterUnavailable(
             f"adapter {manifest.ref} has weights that are not finite numbers (NaN or "
             f"infinity) in {', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}: refused "
             "before it reaches a batch it shares with other requests", param="model")
+    return None
+
+
+def _abandon(check: asyncio.Future[list[str]]) -> None:
+    """Leave the check to finish on its own, its outcome unwanted (and never left unread)."""
+    check.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
+async def _load_failure(exc: BaseException, check: asyncio.Future[list[str]],
+                        manifest: Manifest) -> BaseException:
+    """What a failed engine load raises: the server's condition (503) and a cancellation as
+    they are; else the adapter's failure (remembered by the caller), the check's clearer
+    reason when it has one, the engine's own text only in the log (it names local paths)."""
+    if isinstance(exc, ServiceUnavailable) or not isinstance(exc, Exception):
+        _abandon(check)
+        return exc
+    refused = await _refusal(check, manifest)
+    if refused is not None:
+        return refused
+    if isinstance(exc, ServerError):
+        return exc
+    return logged(AdapterUnavailable, f"adapter {manifest.ref} could not be loaded by the engine",
+                  exc, param="model")
 
 
 def fetch_failure(manifest: Manifest, exc: Exception) -> ServerError:

@@ -9,7 +9,6 @@ Bodies are read as a stream and refused (413) as soon as they pass the limit, ch
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -25,13 +24,24 @@ from starlette.exceptions import HTTPException
 
 from loramux import __version__
 from loramux.server import gateway_metrics, openapi
-from loramux.server.auth import Admin, User, protect_routes, require_admin, visible
+from loramux.server.admission import Budgeted, budgeted
+from loramux.server.auth import (
+    Admin,
+    User,
+    is_loopback,
+    protect_routes,
+    require_admin,
+    require_operator,
+    visible,
+)
 from loramux.server.errors import (
+    Forbidden,
     InvalidRequest,
     PayloadTooLarge,
     ServerError,
     for_status,
     from_validation,
+    probe_failure,
     to_server_error,
 )
 from loramux.server.handlers import Served
@@ -48,6 +58,7 @@ from loramux.server.protocol import (
 from loramux.server.resolver import with_user_header
 from loramux.server.runtime import Runtime
 from loramux.server.ui import playground
+from loramux.web.front import FrontGuard, FrontPolicy
 from loramux.wire import DIGEST_HEADER, REF_HEADER
 
 log = logging.getLogger(__name__)
@@ -134,6 +145,13 @@ class _LastResort:
             await error_response(to_server_error(exc))(scope, receive, send)
 
 
+def _refusal(status: int, message: str, code: str) -> JSONResponse:
+    """What `FrontGuard` answers: 403 as a permission error, 415/421 as invalid requests."""
+    error = (Forbidden if status == 403 else InvalidRequest)(message, code=code)
+    error.status = status
+    return error_response(error)
+
+
 def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
@@ -155,6 +173,9 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.state.runtime = runtime
     gateway_metrics.install(runtime.handlers, runtime.metrics.registry)  # the gateway's view
     app.add_middleware(_LastResort)
+    app.add_middleware(FrontGuard, refuse=_refusal, policy=FrontPolicy(
+        json_prefixes=("/v1/",), keyless=lambda: not runtime.keys.enabled,
+        loopback_only=is_loopback(runtime.settings.host)))
     app.add_middleware(AccessLog, headers=(REF_HEADER, DIGEST_HEADER))
     openapi.install(app, [ChatCompletionRequest, CompletionRequest, AdapterAction])
 
@@ -203,32 +224,33 @@ def create_app(runtime: Runtime) -> FastAPI:
         return _respond(await runtime.handlers.completion(req, request.is_disconnected,
                                                           principal))
 
-    @app.get("/v1/models", responses=openapi.errors(*openapi.READ_ERRORS))
-    async def models(runtime: Rt, principal: User, include_refused: bool = False) -> ModelList:
+    @app.get("/v1/models", responses=openapi.errors(*openapi.READ_ERRORS, 429))
+    async def models(runtime: Rt, principal: Budgeted,
+                     include_refused: bool = False) -> ModelList:
         """The base and the adapters it can serve (those the API key may use); with
         `?include_refused=true` every other registry adapter too, with the reason in `refused`."""
         cards: list[ModelCard] = await runtime.models.cards(include_refused)
         return ModelList(data=visible(principal, cards, lambda c: c.root if c.parent else None))
 
     @app.post("/v1/adapters/load", openapi_extra=openapi.request_body(AdapterAction),
-              responses=openapi.errors(*openapi.ADMIN_ERRORS))
+              responses=openapi.errors(*openapi.ADMIN_ERRORS), dependencies=[Depends(budgeted)])
     async def load_adapter(request: Request, runtime: Rt, principal: Admin) -> dict[str, Any]:
         req = await parse(request, AdapterAction, runtime)
         return await runtime.models.load(req.model, principal)
 
     @app.post("/v1/adapters/unload", openapi_extra=openapi.request_body(AdapterAction),
-              responses=openapi.errors(*openapi.ADMIN_ERRORS))
+              responses=openapi.errors(*openapi.ADMIN_ERRORS), dependencies=[Depends(budgeted)])
     async def unload_adapter(request: Request, runtime: Rt, principal: Admin) -> dict[str, Any]:
         req = await parse(request, AdapterAction, runtime)
         return await runtime.models.unload(req.model, principal)
 
-    @app.get("/v1/admin/engine", dependencies=[Depends(require_admin)],
+    @app.get("/v1/admin/engine", dependencies=[Depends(require_admin), Depends(budgeted)],
              responses=openapi.errors(401, 403, 405, 500, 503))
     async def engine_state(runtime: Rt) -> dict[str, Any]:
         """The engine's process and how many times it loaded the base weights."""
         return runtime.engine_state()
 
-    @app.post("/v1/admin/engine/restart", dependencies=[Depends(require_admin)],
+    @app.post("/v1/admin/engine/restart", dependencies=[Depends(require_operator)],
               responses=openapi.errors(401, 403, 405, 500, 503))
     async def restart_engine(runtime: Rt) -> dict[str, Any]:
         """Operator action: reload the base weights in a fresh engine; in-flight requests fail,
@@ -237,18 +259,30 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.get("/health", responses=openapi.errors(405, 500, 503))
     async def health(runtime: Rt) -> dict[str, str]:
-        await runtime.engine_health()
+        try:
+            await runtime.engine_health()
+        except Exception as exc:  # unauthenticated: a fixed reason, the detail in the log
+            raise probe_failure(exc) from None
         return {"status": "ok"}
 
     @app.get("/ready", responses=openapi.errors(405, 500, 503))
     async def ready(runtime: Rt) -> dict[str, Any]:
-        await runtime.engine_health()
-        await asyncio.to_thread(runtime.models.check_registry)
+        try:
+            await runtime.engine_health()
+            await runtime.models.registry_ready()
+        except Exception as exc:  # unauthenticated: a fixed reason, the detail in the log
+            raise probe_failure(exc) from None
         return {"status": "ready", "model": runtime.settings.name,
                 "engine": runtime.engine.info.name}
 
-    @app.get("/metrics", responses={200: {"content": {CONTENT_TYPE_LATEST: {}}},
-                                    **openapi.errors(401, 403, 405, 500)})
+    # Every tenant's adapter names and counts: an operator's (unscoped admin key) unless
+    # --open-metrics; a server without keys has no tenants and keeps it open.
+    metrics_access = [] if runtime.settings.open_metrics else [Depends(require_operator),
+                                                                Depends(budgeted)]
+
+    @app.get("/metrics", dependencies=metrics_access,
+             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}},
+                        **openapi.errors(401, 403, 405, 429, 500)})
     async def metrics(runtime: Rt) -> Response:
         return Response(generate_latest(runtime.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)

@@ -58,6 +58,7 @@ def serve_command(ctx: typer.Context, **values: Any) -> None:
     from loramux.server.app import create_app
     from loramux.server.logs import configure_logging
     from loramux.server.runtime import Runtime
+    from loramux.web.serving import uvicorn_config
 
     # Only flags typed on the command line beat the environment (typer vendors its own click,
     # so the source is compared by name).
@@ -70,10 +71,9 @@ def serve_command(ctx: typer.Context, **values: Any) -> None:
     except LoramuxError as exc:  # one line and the class's exit code, as the other commands do
         exit_with(exc)
     app = create_app(runtime)  # its lifespan pins adapters at start and closes the engine at exit
-    config = uvicorn.Config(app, host=settings.host, port=settings.port,
-                            log_level=settings.log_level, timeout_graceful_shutdown=5,
-                            timeout_keep_alive=settings.keep_alive_s,
-                            log_config=None)
+    config = uvicorn_config(app, host=settings.host, port=settings.port,
+                            log_level=settings.log_level, limits=settings.connection_limits(),
+                            timeout_graceful_shutdown=5, log_config=None)
     asyncio.run(uvicorn.Server(config).serve())
 
 

@@ -5,14 +5,17 @@ stream that fails after its headers went out sends the same body as its last eve
 `loramux.errors.LoramuxError`, so the CLI reports them like every other part's errors.
 `to_server_error` is the one map from anything else (an HTTP status, an unexpected exception)
 onto this hierarchy, and `registry_failure` the one from a failed registry call: a client only
-ever sees one of these bodies, never exception text.
+ever sees one of these bodies, never exception text. `logged` is how an unexpected failure
+becomes one: a fixed reason and an error id for the client, the detail under that id in the log.
+`blames_client` says which failures count against the adapter version that was to answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from loramux.errors import LoramuxError
 from loramux.registry.errors import Conflict, IntegrityError, InvalidName, NotFound
@@ -26,6 +29,8 @@ class ServerError(LoramuxError):
     code: str | None = None
     # Seconds a client should wait before retrying; sent as `Retry-After` when set.
     retry_after: int | None = None
+    # A 4xx that is the adapter's fault, not the request's: it counts against the version.
+    adapter_fault: ClassVar[bool] = False
 
     def __init_subclass__(cls, status: int | None = None, type: str | None = None,
                           code: str | None = None, **kwargs: object) -> None:
@@ -72,9 +77,13 @@ class MethodNotAllowed(InvalidRequest, status=405, code="method_not_allowed"):
 class IncompatibleAdapter(InvalidRequest, code="incompatible_adapter"):
     """The adapter exists but cannot be served on this base/engine (fingerprint, rank, modules)."""
 
+    adapter_fault = True
+
 
 class AdapterUnavailable(InvalidRequest, code="adapter_unavailable"):
     """The adapter could not be fetched or loaded (corrupt, unreadable); only its requests fail."""
+
+    adapter_fault = True
 
 
 class PayloadTooLarge(InvalidRequest, status=413, code="request_too_large"):
@@ -144,6 +153,8 @@ class SettingsError(ServerError, type="invalid_settings"):
 class AdapterTooLarge(InvalidRequest, code="adapter_too_large"):
     """The adapter alone exceeds the server's whole disk cache budget (`--max-cache-bytes`)."""
 
+    adapter_fault = True
+
 
 def for_status(status: int, path: str, detail: str | None = None) -> ServerError:
     """The error for a status the web framework decided (unknown route, wrong method)."""
@@ -158,15 +169,38 @@ def for_status(status: int, path: str, detail: str | None = None) -> ServerError
     return to_server_error(RuntimeError(f"HTTP {status} from the framework on {path}: {detail}"))
 
 
+E = TypeVar("E", bound=ServerError)
+
+
+def logged(error: type[E], reason: str, exc: BaseException, **kwargs: Any) -> E:
+    """`error` with the fixed `reason` and a new error id, the detail of `exc` (its type, text
+    and traceback, which may hold local paths or an engine's internals) logged under that id
+    and never sent: the one way an unexpected failure reaches a client."""
+    error_id = uuid.uuid4().hex[:12]
+    log.error("error id %s: %s: %s: %s", error_id, reason, type(exc).__name__, exc,
+              exc_info=exc)
+    return error(f"{reason} (error id {error_id}); the server's log has the details", **kwargs)
+
+
 def to_server_error(exc: BaseException) -> ServerError:
     """`exc` as a ServerError; anything unexpected becomes a generic 500 whose details (type,
     message, traceback: possibly local paths) are logged here under an id and never sent."""
     if isinstance(exc, ServerError):
         return exc
-    error_id = uuid.uuid4().hex[:12]
-    log.error("internal error %s: %s", error_id, type(exc).__name__, exc_info=exc)
-    return InternalError(f"the server failed on this request (error id {error_id}); "
-                         "its log has the details")
+    return logged(InternalError, "the server failed on this request", exc)
+
+
+def blames_client(exc: BaseException | None) -> bool:
+    """Whether a failed request says nothing about the adapter version that was to answer it:
+    the client's own mistakes (4xx: too long a prompt, a bad parameter, a missing key), a
+    refusal before any work (429) and a client gone away (cancelled). The adapter's own
+    failures (`AdapterUnavailable`, `IncompatibleAdapter`, `AdapterTooLarge`) and the server's
+    (5xx: engine errors, timeouts) count against the version: a canary is judged on those."""
+    if isinstance(exc, asyncio.CancelledError):
+        return True
+    if not isinstance(exc, ServerError):
+        return False  # no answer yet (None) or an unexpected failure: the server's
+    return exc.status < 500 and not exc.adapter_fault
 
 
 def from_validation(errors: list[dict[str, Any]]) -> InvalidRequest:
@@ -200,3 +234,12 @@ def registry_failure(exc: Exception, model: str | None, served_name: str) -> Ser
         return RegistryAnswerRefused(f"the adapter registry's answer{about} was refused: {exc}")
     log.warning("registry call%s failed: %s: %s", about, type(exc).__name__, exc)
     return RegistryUnavailable(f"the adapter registry cannot answer{about}; retry shortly")
+
+
+def probe_failure(exc: BaseException) -> ServiceUnavailable:
+    """What the unauthenticated `/health` and `/ready` answer when a check fails: which part is
+    down (the registry, else the engine) and an error id, never the exception's text (an
+    engine's internals, a registry URL or a local path); the detail goes to the log."""
+    if isinstance(exc, (RegistryUnavailable, RegistryAnswerRefused)):
+        return logged(RegistryUnavailable, "the adapter registry cannot answer", exc)
+    return logged(EngineUnavailable, "the engine is not healthy", exc)

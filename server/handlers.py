@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from loramux.server.admission import Admission
 from loramux.server.auth import Principal
 from loramux.server.engines.base import Delta, Engine, GenerationRequest, Sampling
-from loramux.server.errors import InvalidRequest, ServerError, to_server_error
+from loramux.server.errors import InvalidRequest, ServerError, blames_client, to_server_error
 from loramux.server.gateway_metrics import Ticket
 from loramux.server.metrics import NO_VERSION, Metrics
 from loramux.server.model_defaults import OPENAI_DEFAULTS, ModelDefaults, unapplied
@@ -181,8 +181,10 @@ class Handlers:
         stack = AsyncExitStack()
         label, version = self.models.unknown_label(req.model), NO_VERSION
         try:
-            budget = stack.enter_context(principal.admit())  # the key's own limits first
+            # The server's bound first: its 429 (overload) must not spend the key's rpm. No
+            # await between the two, so a key refused by its own limits holds no slot.
             ticket = await stack.enter_async_context(self.admission.slot())
+            budget = stack.enter_context(principal.admit())
             target = await self.models.target(req.model, principal, req.user)
             label, version = target.label, target.version
             if target.manifest is not None:  # the gateway lists the adapter it awaits
@@ -217,6 +219,8 @@ class Handlers:
         status = "200" if exc is None else str(getattr(exc, "status", 500))
         if isinstance(exc, asyncio.CancelledError):
             status = "499"
+        if blames_client(exc):  # a caller's own mistake must not count against the version
+            version = NO_VERSION
         self.metrics.requests.labels(endpoint, label, status, version).inc()
 
     async def _deltas(self, job: _Job) -> AsyncIterator[Delta]:

@@ -5,6 +5,11 @@ A server with thousands of adapters must not grow thousands of series per metric
 Requests and time to first token also carry the adapter `version` (so a canary and its stable
 version can be compared live: `loramux registry rollout status`); at most `VERSIONS_PER_LABEL`
 times as many (adapter, version) pairs as adapter names get one, the rest `__other__` too.
+
+First come, first served would let unrelated traffic spend every label before a canary starts,
+and a canary folded into `__other__` is invisible to `rollout watch`. So a request through an
+alias (`name:prod`, where canaries live) *reserves* its name and version: reserved labels come
+from a second allowance of the same size, kept for them alone.
 """
 
 from __future__ import annotations
@@ -22,24 +27,41 @@ NO_VERSION = ""  # the base, an adapter past the cap, a request that failed befo
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
+class _Allowance:
+    """A bounded set of label keys: `cap` first come, first served, and `cap` more for keys
+    that ask with `reserve` (an alias's versions)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._seen: set[object] = set()
+        self._reserved = 0
+        self._lock = threading.Lock()
+
+    def admit(self, key: object, reserve: bool) -> bool:
+        with self._lock:
+            if key in self._seen:
+                return True
+            if len(self._seen) - self._reserved < self.cap:
+                self._seen.add(key)
+                return True
+            if reserve and self._reserved < self.cap:
+                self._seen.add(key)
+                self._reserved += 1
+                return True
+        return False
+
+
 class AdapterLabels:
     """Maps adapter names to label values, folding names past the cap into one."""
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
-        self._seen: set[str] = set()
-        self._lock = threading.Lock()
+        self._allowance = _Allowance(cap)
 
-    def __call__(self, name: str | None) -> str:
+    def __call__(self, name: str | None, reserve: bool = False) -> str:
         if name is None:
             return BASE
-        with self._lock:
-            if name in self._seen:
-                return name
-            if len(self._seen) < self.cap:
-                self._seen.add(name)
-                return name
-        return OTHER
+        return name if self._allowance.admit(name, reserve) else OTHER
 
 
 class VersionLabels:
@@ -47,18 +69,12 @@ class VersionLabels:
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
-        self._seen: set[tuple[str, int]] = set()
-        self._lock = threading.Lock()
+        self._allowance = _Allowance(cap)
 
-    def __call__(self, label: str, version: int | None) -> str:
+    def __call__(self, label: str, version: int | None, reserve: bool = False) -> str:
         if version is None or label in (BASE, OTHER):
             return NO_VERSION
-        key = (label, version)
-        with self._lock:
-            if key in self._seen or len(self._seen) < self.cap:
-                self._seen.add(key)
-                return str(version)
-        return OTHER
+        return str(version) if self._allowance.admit((label, version), reserve) else OTHER
 
 
 class Metrics:

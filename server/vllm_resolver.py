@@ -10,6 +10,13 @@ manifest names another base, with the server's own check (``compat.check_base``)
 It is registered through the ``vllm.general_plugins`` entry point and stays a no-op unless
 ``LORAMUX_VLLM_REGISTRY`` is set (docs/vllm-resolver.md lists the variables).
 
+The cache folder has the server's byte budget (``LORAMUX_VLLM_MAX_CACHE_BYTES``, default the
+same as ``--max-cache-bytes``), so a client naming adapter after adapter cannot fill the disk.
+Before a download the least recently used folders nobody holds are trimmed (`AdapterCache.trim`);
+what this vLLM has served stays held, since vLLM never says when it is done with one, so when
+held folders fill the budget a new adapter is refused with a 503 (``adapter_cache_full``) rather
+than written.
+
 Refusals are raised, not returned: vLLM answers a resolver's ``None`` with a bare "does not
 exist", while an exception derived from its ``GracefulHTTPError`` reaches the client as an
 OpenAI-shaped error with our message and status. A model string that is not a loramux reference
@@ -23,10 +30,11 @@ by this server only after ``/v1/unload_lora_adapter`` for that model string.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -48,9 +56,15 @@ from loramux.registry.errors import (
 from loramux.registry.fingerprint import base_components, fingerprint_of
 from loramux.registry.manifest import Manifest
 from loramux.registry.refs import AdapterRef, validate_digest
-from loramux.server.adapter_cache import DISK_FULL, AdapterCache
+from loramux.server.adapter_cache import DEFAULT_MAX_CACHE_BYTES, DISK_FULL, AdapterCache
 from loramux.server.compat import check_base
-from loramux.server.errors import RegistryAnswerRefused, RegistryUnavailable, SettingsError
+from loramux.server.errors import (
+    AdapterTooLarge,
+    CacheFull,
+    RegistryAnswerRefused,
+    RegistryUnavailable,
+    SettingsError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +74,7 @@ ENV_VLLM_REGISTRY = "LORAMUX_VLLM_REGISTRY"
 ENV_VLLM_TOKEN = "LORAMUX_VLLM_TOKEN"
 ENV_VLLM_CACHE_DIR = "LORAMUX_VLLM_CACHE_DIR"
 ENV_VLLM_BASE_FINGERPRINT = "LORAMUX_VLLM_BASE_FINGERPRINT"
+ENV_VLLM_MAX_CACHE_BYTES = "LORAMUX_VLLM_MAX_CACHE_BYTES"
 # The same folder `loramux serve` uses by default: sharing it between processes is safe.
 DEFAULT_CACHE_DIR = Path("~/.cache/loramux/adapters")
 RESOLVER_NAME = "loramux"
@@ -77,13 +92,14 @@ class ResolverSettings:
     token: str | None = None
     cache_dir: Path = DEFAULT_CACHE_DIR
     base_fingerprint: str | None = None  # for a base vLLM loads from somewhere not on disk
+    max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ResolverSettings | None:
         """None when ``LORAMUX_VLLM_REGISTRY`` is unset (the plugin stays off).
 
-        Raises ``InvalidName`` for a bad URL scheme or fingerprint: vLLM then fails at start,
-        which beats refusing every request later.
+        Raises ``InvalidName`` for a bad URL scheme, fingerprint or byte budget: vLLM then fails
+        at start, which beats refusing every request later.
         """
         location = env.get(ENV_VLLM_REGISTRY, "").strip()
         if not location:
@@ -96,7 +112,12 @@ class ResolverSettings:
             validate_digest(fingerprint, full=True)
         cache_dir = Path(env.get(ENV_VLLM_CACHE_DIR, "").strip()
                          or DEFAULT_CACHE_DIR).expanduser()
-        return cls(location, env.get(ENV_VLLM_TOKEN, "").strip() or None, cache_dir, fingerprint)
+        budget = env.get(ENV_VLLM_MAX_CACHE_BYTES, "").strip()
+        if budget and not (budget.isdigit() and int(budget) > 0):
+            raise InvalidName(f"{ENV_VLLM_MAX_CACHE_BYTES}={budget!r} is not a positive number "
+                              "of bytes")
+        return cls(location, env.get(ENV_VLLM_TOKEN, "").strip() or None, cache_dir, fingerprint,
+                   int(budget) if budget else DEFAULT_MAX_CACHE_BYTES)
 
 
 @dataclass(frozen=True)
@@ -132,6 +153,8 @@ class RegistryResolver:
         self._cache: AdapterCache | None = None
         self._bases: dict[str, _ServedBase] = {}
         self._lock = threading.Lock()
+        self._budget_lock = threading.Lock()
+        self._reserved = 0  # bytes of downloads under way in this process, not yet on disk
 
     def resolve(self, base_model_name: str, lora_name: str) -> Resolved | None:
         """The adapter ``lora_name`` names, fetched and checked for ``base_model_name``.
@@ -140,7 +163,9 @@ class RegistryResolver:
         adapter), ``Conflict`` (ambiguous digest prefix), ``IncompatibleAdapter`` (another
         base), ``IntegrityError`` (bytes not matching the digest), ``RegistryAnswerRefused``
         (the registry answered another version than the reference pins),
-        ``RegistryUnavailable`` and ``BaseUnknown``; each is logged with its reason.
+        ``RegistryUnavailable``, ``AdapterTooLarge`` (more than the whole cache budget),
+        ``CacheFull`` (held adapters fill the budget) and ``BaseUnknown``; each is logged with
+        its reason.
         """
         try:
             ref = AdapterRef.parse(lora_name)
@@ -172,6 +197,7 @@ class RegistryResolver:
             if self._cache is None:
                 try:
                     self._cache = AdapterCache(self.settings.cache_dir)
+                    self._cache.sweep()  # what crashed fetches left, uncounted by the budget
                 except OSError as exc:
                     raise unavailable(f"cannot use the adapter cache folder: {exc}", exc) from exc
             return self._registry, self._cache
@@ -214,26 +240,68 @@ class RegistryResolver:
         """The verified cache folder, held for the life of the process: vLLM may read it again
         whenever its own CPU cache drops the adapter, and never says when it is done."""
         registry, cache = self._open()
+        cache.hold(manifest.digest)  # before the budget's trim, which skips held folders
         try:
-            if manifest.digest not in cache.held():
-                cache.hold(manifest.digest)
-            path, damage = cache.fetch_verified(registry, manifest)
-        except IntegrityError as exc:
-            raise IntegrityError(f"adapter {manifest.ref} failed its digest check: {exc}") from exc
-        except NotFound as exc:
-            raise IntegrityError(f"adapter {manifest.ref} is incomplete in the registry: "
-                                 f"{exc}") from exc
-        except OSError as exc:
-            if exc.errno in DISK_FULL:
-                raise unavailable(f"no space left in the adapter cache to fetch {manifest.ref}",
-                                  exc) from exc
-            raise unavailable(f"cannot fetch {manifest.ref}", exc) from exc
-        except REGISTRY_FAILURES as exc:
-            raise unavailable(f"the loramux registry cannot send {manifest.ref}", exc) from exc
+            with self._room_for(cache, manifest):
+                path, damage = cache.fetch_verified(registry, manifest)
+        except BaseException as exc:
+            cache.release(manifest.digest)  # nothing of it is served: the folder may go
+            failure = fetch_failure(manifest, exc)
+            if failure is None:
+                raise
+            raise failure from exc
         if damage is not None:
             log.warning("loramux resolver: cached %s was damaged (%s) and fetched again",
                         manifest.ref, damage)
         return path
+
+    @contextlib.contextmanager
+    def _room_for(self, cache: AdapterCache, manifest: Manifest) -> Iterator[None]:
+        """Room in the byte budget for ``manifest``'s download, made by trimming least recently
+        used folders nobody holds, and reserved until it is on disk; refused when held folders
+        (this vLLM's own, or another process's) leave too little. A folder already on disk
+        takes no new room (a damaged one is replaced by the same bytes)."""
+        budget = self.settings.max_cache_bytes
+        if cache.path(manifest.digest).is_dir():
+            yield
+            return
+        if manifest.size > budget:  # no amount of trimming helps
+            raise AdapterTooLarge(f"adapter {manifest.ref} is {manifest.size} bytes, more than "
+                                  f"this vLLM's whole adapter cache ({budget} bytes, "
+                                  f"{ENV_VLLM_MAX_CACHE_BYTES})", param="model")
+        with self._budget_lock:
+            try:
+                trimmed = cache.trim(max(budget - manifest.size - self._reserved, 0))
+            except OSError as exc:
+                raise unavailable(f"cannot trim the adapter cache for {manifest.ref}",
+                                  exc) from exc
+            used = trimmed.total_bytes + self._reserved
+            if used + manifest.size > budget:
+                raise CacheFull(f"the adapter cache is full: {used} of its {budget} bytes "
+                                f"({ENV_VLLM_MAX_CACHE_BYTES}) hold adapters in use, and "
+                                f"{manifest.ref} needs {manifest.size}; this vLLM keeps every "
+                                "adapter it has served until it restarts")
+            self._reserved += manifest.size
+        try:
+            yield
+        finally:
+            with self._budget_lock:
+                self._reserved -= manifest.size
+
+
+def fetch_failure(manifest: Manifest, exc: BaseException) -> LoramuxError | None:
+    """What a failed fetch tells the client, or None when ``exc`` already says it."""
+    if isinstance(exc, IntegrityError):
+        return IntegrityError(f"adapter {manifest.ref} failed its digest check: {exc}")
+    if isinstance(exc, NotFound):
+        return IntegrityError(f"adapter {manifest.ref} is incomplete in the registry: {exc}")
+    if isinstance(exc, OSError):
+        if exc.errno in DISK_FULL:
+            return unavailable(f"no space left in the adapter cache to fetch {manifest.ref}", exc)
+        return unavailable(f"cannot fetch {manifest.ref}", exc)
+    if isinstance(exc, REGISTRY_FAILURES):
+        return unavailable(f"the loramux registry cannot send {manifest.ref}", exc)
+    return None
 
 
 def unavailable(what: str, exc: BaseException) -> RegistryUnavailable:

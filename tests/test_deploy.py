@@ -70,5 +70,5 @@ def test_images_start_through_the_entrypoint(name: str) -> None:
     text = (DEPLOY / name).read_text()
     entry = re.search(r"^ENTRYPOINT (.+)$", text, re.MULTILINE)
     assert entry and "deploy/entrypoint.sh" in entry.group(1), "the key check is bypassed"
-    assert re.search(r"^COPY \. \.$", text, re.MULTILINE), "the entrypoint is in the image"
+    # That the entrypoint is copied into the image: tests/deploy/test_images.py.
 

@@ -1,10 +1,12 @@
 """What both web pages (the registry's and the server's ``/ui``) share: templates, the login
 cookie, the security headers and the static files.
 
-A browser cannot send a bearer header on a link or a form, so a small login form puts the
-token in an HttpOnly, SameSite=Strict cookie whose path is ``/ui``: scripts cannot read it,
-other sites cannot make the browser send it, and the API routes never see it (they read the
-``Authorization`` header only, so the cookie grants nothing outside the pages).
+A browser cannot send a bearer header on a link or a form, so a small login form
+(``login.py``) opens a server-side session (``sessions.py``) and puts its id in an HttpOnly,
+SameSite=Strict cookie whose path is ``/ui``: scripts cannot read it, other sites cannot make
+the browser send it, and the API routes never see it (they read the ``Authorization`` header
+only, so the cookie grants nothing outside the pages). ``front.py`` is the request check both
+servers run first, ``serving.py`` their uvicorn limits.
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ from starlette.requests import ClientDisconnect
 from loramux.registry.base import DEFAULT_LOG_LIMIT
 from loramux.registry.blobs import BlobUpload
 from loramux.registry.canary import CanaryRequest, CanaryState, Split
-from loramux.registry.evaluations import Evaluation, EvaluationEntry, PromoteRequest
+from loramux.registry.errors import Forbidden, InvalidRequest
+from loramux.registry.evaluations import EvaluationBody, EvaluationEntry, PromoteRequest
 from loramux.registry.http import errors as http_errors
 from loramux.registry.http import pages as ui_pages
 from loramux.registry.http.auth import (
@@ -36,8 +37,8 @@ from loramux.registry.http.auth import (
     require_read,
     require_write,
 )
-from loramux.registry.http.bodies import RequestGate
-from loramux.registry.http.errors import responses
+from loramux.registry.http.bodies import BLOB_PREFIX, RequestGate
+from loramux.registry.http.errors import error_response, responses
 from loramux.registry.manifest import (
     AliasPointer,
     AuditEntry,
@@ -51,7 +52,8 @@ from loramux.registry.manifest import (
 from loramux.registry.refs import AdapterRef
 from loramux.registry.store import LocalRegistry
 from loramux.registry.validate import Limits
-from loramux.wire import KEEP_ALIVE_S
+from loramux.web.front import FrontGuard, FrontPolicy, is_loopback_host
+from loramux.web.serving import ConnectionLimits, uvicorn_config
 
 log = logging.getLogger(__name__)
 router = APIRouter(responses=responses(400, 401, 403))  # every route but /health needs a token
@@ -83,7 +85,15 @@ def _registry(request: Request) -> LocalRegistry:
     return request.app.state.registry
 
 
-def create_app(registry: LocalRegistry, auth: TokenAuth) -> FastAPI:
+def _front_refusal(status: int, message: str, code: str) -> Response:
+    """What `FrontGuard` answers, in the registry's envelope (403 Forbidden, else
+    InvalidRequest with the guard's status: 415 or 421)."""
+    return error_response((Forbidden if status == 403 else InvalidRequest)(message), status)
+
+
+def create_app(registry: LocalRegistry, auth: TokenAuth, host: str = "127.0.0.1") -> FastAPI:
+    """``host``: the address it listens on; without tokens on loopback, only loopback Host
+    names are answered (see loramux.web.front)."""
     from loramux import __version__
 
     app = FastAPI(
@@ -99,6 +109,9 @@ def create_app(registry: LocalRegistry, auth: TokenAuth) -> FastAPI:
     app.include_router(router)
     ui_pages.install(app)  # /ui: the web pages
     app.add_middleware(RequestGate)
+    app.add_middleware(FrontGuard, refuse=_front_refusal, policy=FrontPolicy(
+        json_prefixes=("/v2/",), raw_prefixes=(BLOB_PREFIX,),
+        keyless=lambda: not app.state.auth.tokens, loopback_only=is_loopback_host(host)))
     return app
 
 
@@ -314,7 +327,7 @@ def alias_at(
 
 @router.post("/v2/adapters/{name}/evaluations", status_code=201, responses=responses(404, 413))
 def record_evaluation(request: Request, identity: Writer, name: str,
-                      body: Annotated[Evaluation, Body()]) -> EvaluationEntry:
+                      body: Annotated[EvaluationBody, Body()]) -> EvaluationEntry:
     """Record an eval-gate run (``loramux registry promote`` measured it on a server)."""
     return _registry(request).record_evaluation(name, body, actor=actor_of(identity, request))
 
@@ -356,7 +369,7 @@ def serve(
     log_level: str = "info",
     index: str | None = None,
     blobs: str | None = None,
-    keep_alive_s: int = KEEP_ALIVE_S,
+    connection_limits: ConnectionLimits | None = None,
 ) -> None:
     """Run the server in the foreground (what ``loramux registry serve`` does).
 
@@ -366,5 +379,6 @@ def serve(
     import uvicorn
 
     registry = LocalRegistry(root, limits=limits, index=index, blobs=blobs)
-    uvicorn.run(create_app(registry, auth), host=host, port=port, log_level=log_level,
-                timeout_keep_alive=keep_alive_s)
+    config = uvicorn_config(create_app(registry, auth, host), host=host, port=port,
+                            log_level=log_level, limits=connection_limits or ConnectionLimits())
+    uvicorn.Server(config).run()

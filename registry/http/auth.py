@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from loramux.registry.errors import Forbidden, RegistryError, Unauthorized
@@ -157,12 +157,26 @@ def actor_of(identity: Identity, request: Request) -> str:
     return f"{identity.name} ({claimed})" if claimed and claimed != identity.name else identity.name
 
 
-UI_COOKIE = "loramux_registry_ui"  # set by the /ui login form (loramux/web)
+UI_COOKIE = "loramux_registry_ui"  # set by the /ui login form (loramux/web/login.py)
+
+
+def login_check(app: FastAPI) -> Callable[[str], str]:
+    """What the /ui login form keeps for a session: the token, once it grants ``read``
+    (checked again on every page, so a session ends with its token)."""
+
+    def check(secret: str) -> str:
+        if not secret:
+            raise Unauthorized("enter a token")
+        app.state.auth.authorize(secret, "read", "reading the web pages")
+        return secret
+
+    return check
 
 
 def ui_identity(request: Request) -> Identity:
-    """The caller of a ``/ui`` page: the token a login form stored in an HttpOnly cookie (a
-    browser cannot send a bearer header on a link). Only the /ui routes call this; the API's
-    dependencies above never read the cookie, so it grants nothing there."""
+    """The caller of a ``/ui`` page: the token behind the login session whose id the HttpOnly
+    cookie holds (a browser cannot send a bearer header on a link). Only the /ui routes call
+    this; the API's dependencies above never read the cookie, so it grants nothing there."""
     auth: TokenAuth = request.app.state.auth
-    return auth.authorize(request.cookies.get(UI_COOKIE) or None, "read", "reading the pages")
+    return auth.authorize(request.app.state.ui_login.credential(request), "read",
+                          "reading the pages")

@@ -9,6 +9,7 @@ is not JSON, an unknown path, a wrong method) and bugs get the same envelope, ne
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,12 +19,15 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from loramux.registry.errors import (
+    BlobStoreUnavailable,
     Forbidden,
+    IndexUnavailable,
     InternalError,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
     RegistryError,
+    RemoteError,
     TooLarge,
     Unauthorized,
 )
@@ -39,6 +43,7 @@ class ErrorDetail(BaseModel):
     message: str
     type: str
     code: str
+    id: str | None = None  # 5xx only: the id the registry's log holds the detail under
 
 
 class ErrorEnvelope(BaseModel):
@@ -59,6 +64,15 @@ _MEANING = {
          "after Retry-After seconds",
 }
 RETRY_AFTER_S = 5
+# What a 5xx answer says, whatever the detail: the detail (the database's user@host, the OCI
+# realm, user and upstream errors) is for the operator, so it goes to the log under an error id
+# and any token holder, readers included, sees only the id and one of these.
+_FIXED_REASON: dict[type[RegistryError], str] = {
+    IndexUnavailable: "the registry's index database cannot answer; retry later",
+    BlobStoreUnavailable: "the registry's blob store cannot answer; retry later",
+    RemoteError: "a store behind the registry answered something unexpected",
+}
+_INTERNAL = "internal error in the registry"
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -66,20 +80,42 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorEnvelope, "description": _MEANING[s]} for s in statuses}
 
 
-def error_response(exc: RegistryError, status: int | None = None) -> JSONResponse:
+def error_response(exc: RegistryError, status: int | None = None,
+                   error_id: str | None = None) -> JSONResponse:
     """The one place a RegistryError becomes an HTTP answer (the client maps it back)."""
-    body = {"error": {"message": exc.message, "type": type(exc).__name__, "code": exc.code}}
+    body: dict[str, Any] = {"error": {"message": exc.message, "type": type(exc).__name__,
+                                      "code": exc.code}}
+    if error_id is not None:
+        body["error"]["id"] = error_id
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
     if (status or exc.status) == 503:
         headers = {"Retry-After": str(RETRY_AFTER_S)}
     return JSONResponse(status_code=status or exc.status, content=body, headers=headers)
 
 
+def new_error_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def for_client(exc: RegistryError, where: str) -> tuple[RegistryError, str | None]:
+    """What a client may see of ``exc``: a 4xx as it is (it is about the request); a 5xx is
+    logged with its detail under a new error id and becomes the same class (the remote client
+    maps ``type`` back) with a fixed reason and the id. Every answer (API and pages) goes
+    through here."""
+    if exc.status < 500:
+        return exc, None
+    error_id = new_error_id()
+    log.error("error %s: %s: %s: %s", error_id, where, type(exc).__name__, exc)
+    reason = next((text for cls, text in _FIXED_REASON.items() if isinstance(exc, cls)),
+                  _INTERNAL)
+    return type(exc)(f"{reason} (error id {error_id}; the detail is in the registry's "
+                     "log)"), error_id
+
+
 async def _registry_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RegistryError)
-    if exc.status >= 500:
-        log.error("%s %s: %s", request.method, request.url.path, exc)
-    return error_response(exc)
+    shown, error_id = for_client(exc, f"{request.method} {request.url.path}")
+    return error_response(shown, error_id=error_id)
 
 
 async def _request_error(request: Request, exc: Exception) -> JSONResponse:
@@ -102,8 +138,10 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     """A bug: logged with its traceback, answered without it (no paths, no exception text)."""
-    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    return error_response(InternalError("internal error in the registry; see its log"))
+    error_id = new_error_id()
+    log.error("error %s: %s %s failed", error_id, request.method, request.url.path, exc_info=exc)
+    return error_response(InternalError(f"{_INTERNAL} (error id {error_id}; the detail is in "
+                                        "the registry's log)"), error_id=error_id)
 
 
 def install(app: FastAPI) -> None:

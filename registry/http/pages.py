@@ -12,25 +12,23 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import RedirectResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from loramux.registry.errors import NotFound, RegistryError, Unauthorized
 from loramux.registry.http import views
-from loramux.registry.http.auth import UI_COOKIE, Identity, TokenAuth, ui_identity
+from loramux.registry.http.auth import (
+    UI_COOKIE,
+    Identity,
+    TokenAuth,
+    login_check,
+    ui_identity,
+)
 from loramux.registry.refs import validate_name
 from loramux.registry.store import LocalRegistry
-from loramux.web import (
-    Pages,
-    clear_cookie,
-    form_fields,
-    login_redirect,
-    mount_static,
-    safe_next,
-    set_cookie,
-)
+from loramux.web import Pages, login_redirect, mount_static, safe_next
+from loramux.web.login import LOGIN, Login
 
-LOGIN = "/ui/login"
 FILE_TYPES = {".png": "image/png", ".json": "application/json", ".md": "text/plain",
               ".yaml": "text/plain", ".txt": "text/plain"}
 pages = Pages("loramux registry", Path(__file__).resolve().parent / "templates")
@@ -38,7 +36,10 @@ router = APIRouter(prefix="/ui", include_in_schema=False)
 
 
 def install(app: FastAPI) -> None:
-    """Add ``/ui`` to the registry's app."""
+    """Add ``/ui`` to the registry's app, with its own login sessions."""
+    login = Login(pages, UI_COOKIE, login_check(app))
+    app.state.ui_login = login
+    app.include_router(login.router())
     app.include_router(router)
     mount_static(app)
 
@@ -52,9 +53,9 @@ async def _page(request: Request, build: Callable[[LocalRegistry], dict[str, Any
     try:
         identity = ui_identity(request)
     except Unauthorized as exc:
-        if request.cookies.get(UI_COOKIE):
-            response = pages.login(LOGIN, safe_next(request.url.path), error=str(exc))
-            return clear_cookie(response, UI_COOKIE)
+        login: Login = request.app.state.ui_login
+        if login.has_cookie(request):
+            return login.expired(safe_next(request.url.path), str(exc))
         return login_redirect(request, LOGIN)
     context = _who(identity, auth)
     try:
@@ -67,30 +68,6 @@ async def _page(request: Request, build: Callable[[LocalRegistry], dict[str, Any
 def _who(identity: Identity, auth: TokenAuth) -> dict[str, Any]:
     return {"user": identity.name, "anonymous": identity.anonymous,
             "login_path": LOGIN if auth.tokens else None}
-
-
-@router.get("/login")
-async def login_form(request: Request, next: str = "/ui") -> Response:
-    return pages.login(LOGIN, safe_next(next))
-
-
-@router.post("/login")
-async def login(request: Request) -> Response:
-    fields = await form_fields(request)
-    secret, target = fields.get("token", "").strip(), safe_next(fields.get("next"))
-    auth: TokenAuth = request.app.state.auth
-    try:
-        if not secret:
-            raise Unauthorized("enter a token")
-        auth.authorize(secret, "read", "reading the web pages")
-    except Unauthorized as exc:
-        return pages.login(LOGIN, target, error=str(exc))
-    return set_cookie(RedirectResponse(target, status_code=303), request, UI_COOKIE, secret)
-
-
-@router.post("/logout")
-async def logout() -> Response:
-    return clear_cookie(RedirectResponse(LOGIN, status_code=303), UI_COOKIE)
 
 
 @router.get("")

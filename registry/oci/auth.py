@@ -7,6 +7,12 @@ the next requests, and replaced when a request needs a wider scope (push after p
 the registry no longer takes it (expired). Credentials come from the environment, read here and
 nowhere else.
 
+Where secrets go: the token or basic header is attached only to requests on the registry's own
+origin (an upload ``Location`` or a redirect elsewhere gets none, and a 401 from elsewhere is
+not answered), and the user and password go to a bearer ``realm`` only over https or on the
+registry's own host over the scheme the registry is spoken in (a loopback test registry and its
+token server): a challenge naming a plain-http realm on another host is refused, not obeyed.
+
 A bearer exchange that gets no usable token raises ``BlobStoreUnavailable`` naming the token
 server and why (refused, no token in its answer, scope not granted): ending the flow quietly
 would hand the token server's answer to the caller as if the registry had sent it.
@@ -68,11 +74,32 @@ class Challenge:
         return cls(scheme.lower(), params)
 
 
-class OciAuth(httpx.Auth):
-    """Answers the registry's 401 challenges; thread-safe (one client serves many threads)."""
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port or {"http": 80, "https": 443}.get(url.scheme)
 
-    def __init__(self, credentials: Credentials) -> None:
+
+def same_origin(url: httpx.URL | str, base: httpx.URL | str) -> bool:
+    """Same scheme, host and port (what a header meant for ``base`` may be sent to)."""
+    return _origin(httpx.URL(url)) == _origin(httpx.URL(base))
+
+
+def may_send_credentials(realm: httpx.URL | str, registry: httpx.URL | str) -> bool:
+    """Whether the user and password may go to this token realm: over https (Docker Hub's
+    realm is another host, over https), or to the registry's own host in the scheme the
+    registry itself is spoken in (a loopback registry and its token server)."""
+    realm, registry = httpx.URL(realm), httpx.URL(registry)
+    if realm.scheme == "https":
+        return True
+    return realm.scheme == registry.scheme and realm.host == registry.host
+
+
+class OciAuth(httpx.Auth):
+    """Answers the registry's 401 challenges; thread-safe (one client serves many threads).
+    ``registry`` (``scheme://host:port``) is the only origin its headers are sent to."""
+
+    def __init__(self, credentials: Credentials, registry: str) -> None:
         self.credentials = credentials
+        self.registry = httpx.URL(registry)
         self._lock = threading.Lock()
         self._header: str | None = (f"Bearer {credentials.token}" if credentials.token
                                     else None)
@@ -80,11 +107,14 @@ class OciAuth(httpx.Auth):
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         with self._lock:
             sent = self._header
+        if not same_origin(request.url, self.registry):
+            yield request  # an upload Location elsewhere: no secret goes with it
+            return
         if sent is not None:
             request.headers["Authorization"] = sent
         response = yield request
-        if response.status_code != 401:
-            return
+        if response.status_code != 401 or not same_origin(response.request.url, self.registry):
+            return  # a 401 from where a redirect led is not the registry's to answer
         challenge = Challenge.parse(response.headers.get("www-authenticate", ""))
         if challenge is None:
             return
@@ -119,6 +149,9 @@ class OciAuth(httpx.Auth):
         headers = {"Accept": "application/json"}
         basic = self.credentials.basic()
         if basic is not None:
+            if not may_send_credentials(challenge.params["realm"], self.registry):
+                raise self._refused(challenge, "is neither https nor on the registry's own host, "
+                                               "so the user and password were not sent")
             headers["Authorization"] = basic
         return httpx.Request("GET", challenge.params["realm"], params=params, headers=headers)
 

@@ -7,9 +7,12 @@ is small; this client speaks it directly, with the same verbs.
 
 Every read is verified: a blob's bytes are hashed as they arrive and the download is refused
 (``IntegrityError``) unless they match the digest asked for; a manifest fetched by digest is
-checked the same way. Failures are registry errors: a registry that cannot be reached, fails
+checked the same way. Every answer but a blob's bytes (manifests, tag pages, errors) is read
+as it arrives up to ``MAX_ANSWER_BYTES`` and refused past it, and tag pages are followed only on
+the registry's own origin, at most ``MAX_TAG_PAGES`` of them: the registry is a network peer,
+not a trusted one. Failures are registry errors: a registry that cannot be reached, fails
 (5xx) or refuses the credentials is ``BlobStoreUnavailable`` (503); an unknown blob or manifest
-is ``NotFound``.
+is ``NotFound``; an answer too large or pointing elsewhere is ``RemoteError``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from loramux.registry.errors import (
     RegistryError,
     RemoteError,
 )
-from loramux.registry.oci.auth import Credentials, OciAuth
+from loramux.registry.oci.auth import Credentials, OciAuth, same_origin
 from loramux.registry.oci.location import OciLocation
 from loramux.registry.refs import validate_digest
 
@@ -46,6 +49,9 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MANIFEST_TYPES = (OCI_MANIFEST, OCI_INDEX, "application/vnd.docker.distribution.manifest.v2+json",
                   "application/vnd.docker.distribution.manifest.list.v2+json")
 OCTETS = "application/octet-stream"
+# distribution refuses manifests over 4 MiB itself; no other answer (tag page, error) comes near.
+MAX_ANSWER_BYTES = 4 << 20
+MAX_TAG_PAGES = 1000  # 1000 tags a page by default: a million tags
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,8 @@ class OciClient:
         self.location = (location if isinstance(location, OciLocation)
                          else OciLocation.parse(location))
         self.chunk_bytes = chunk_bytes
-        auth = OciAuth(credentials if credentials is not None else Credentials.from_env())
+        auth = OciAuth(credentials if credentials is not None else Credentials.from_env(),
+                       registry=self.location.base)
         self._http = httpx.Client(
             base_url=self.location.base, auth=auth, follow_redirects=True,
             timeout=httpx.Timeout(timeout_s, connect=5.0),
@@ -102,13 +109,16 @@ class OciClient:
 
     def _send(self, method: str, url: str | httpx.URL, *, ok: tuple[int, ...] = (200,),
               what: str = "", **kwargs: object) -> httpx.Response:
-        """One request; a HEAD or GET answered 5xx is retried a few times (CNCF distribution's
-        filesystem driver answers 500 on a HEAD while the same blob is being linked by a
-        concurrent upload), as container clients do; other methods are not repeated."""
+        """One request, its answer read up to ``MAX_ANSWER_BYTES``; a HEAD or GET answered 5xx
+        is retried a few times (CNCF distribution's filesystem driver answers 500 on a HEAD
+        while the same blob is being linked by a concurrent upload), as container clients do;
+        other methods are not repeated."""
         delays = _RETRY_DELAYS_S if method in ("HEAD", "GET") else ()
+        label = what or f"{method} {httpx.URL(url).path}"
         for delay in (*delays, None):
             try:
-                response = self._http.request(method, url, **kwargs)  # type: ignore[arg-type]
+                request = self._http.build_request(method, url, **kwargs)  # type: ignore[arg-type]
+                response = self._bounded(self._http.send(request, stream=True), label)
             except httpx.TransportError as exc:
                 raise self._unreachable(exc) from None
             if response.status_code < 500 or delay is None:
@@ -117,16 +127,33 @@ class OciClient:
                      response.status_code)
             time.sleep(delay)
         if response.status_code not in ok:
-            raise self._error(response, what or f"{method} {httpx.URL(url).path}")
+            raise self._error(response, label)
         return response
+
+    def _bounded(self, response: httpx.Response, what: str) -> httpx.Response:
+        """The answer with its body read, refused (``RemoteError``) past ``MAX_ANSWER_BYTES``
+        without reading further: the same headers, less the encoding it was decoded from."""
+        body, size = bytearray(), 0
+        try:
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    raise RemoteError(f"OCI registry {self.location.base}: {what}: answered more "
+                                      f"than {MAX_ANSWER_BYTES} bytes; refused")
+                body += chunk
+        finally:
+            response.close()
+        headers = response.headers.copy()
+        headers.pop("content-encoding", None)  # Content-Length stays: a HEAD's answer
+        return httpx.Response(response.status_code, headers=headers, content=bytes(body),
+                              request=response.request)
 
     @contextmanager
     def _stream(self, url: str, what: str) -> Iterator[Iterator[bytes]]:
         try:
             with self._http.stream("GET", url) as response:
                 if response.status_code != 200:
-                    response.read()
-                    raise self._error(response, what)
+                    raise self._error(self._bounded(response, what), what)
                 yield response.iter_bytes(self.chunk_bytes)
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
@@ -143,8 +170,8 @@ class OciClient:
             detail = response.text[:200]
         status = response.status_code
         text = f"OCI registry {self.location.base}: {what}: HTTP {status} {detail}".rstrip()
-        if status == 404:
-            return NotFound(text)
+        if status == 404:  # a client's own miss: answered as is, so no host and no upstream text
+            return NotFound(f"{what}: not in the OCI repository {self.location.repository}")
         if status in (401, 403):
             return BlobStoreUnavailable(f"{text} (credentials refused: set LORAMUX_OCI_USERNAME "
                                         "and LORAMUX_OCI_PASSWORD, or LORAMUX_OCI_TOKEN)")
@@ -293,16 +320,29 @@ class OciClient:
         return response.status_code == 202
 
     def tags(self, page_size: int = 1000) -> list[str]:
-        """Every tag of the repository, following the ``Link`` pages."""
+        """Every tag of the repository, following the ``Link`` pages: on the registry's own
+        origin only (a page elsewhere would get its credentials' requests), never one twice,
+        at most ``MAX_TAG_PAGES``."""
         out: list[str] = []
-        url: str | None = f"{self._prefix}/tags/list?n={page_size}"
-        while url is not None:
+        url = httpx.URL(self.location.base).join(f"{self._prefix}/tags/list?n={page_size}")
+        seen: set[str] = set()
+        while True:
+            if len(seen) >= MAX_TAG_PAGES or str(url) in seen:
+                raise RemoteError(f"OCI registry {self.location.base}: tags: more than "
+                                  f"{MAX_TAG_PAGES} pages, or a page twice; refused")
+            seen.add(str(url))
             response = self._send("GET", url, ok=(200, 404), what="tags")
             if response.status_code == 404:  # a repository with nothing pushed yet
                 return out
             out.extend(response.json().get("tags") or [])
-            url = response.links.get("next", {}).get("url")
-        return out
+            following = response.links.get("next", {}).get("url")
+            if following is None:
+                return out
+            url = url.join(following)
+            if not same_origin(url, self.location.base):
+                raise RemoteError(f"OCI registry {self.location.base}: tags: the next page is "
+                                  f"on another origin ({url.scheme}://{url.netloc.decode()}); "
+                                  "refused")
 
 
 class UploadSession:

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from loramux.server.auth import UI_COOKIE, authenticate_ui, visible
+from loramux.server.auth import UI_COOKIE, authenticate_ui, ui_login_check, visible
 from loramux.server.errors import (
     Forbidden,
     InvalidRequest,
@@ -28,18 +28,10 @@ from loramux.server.errors import (
 )
 from loramux.server.protocol import ChatCompletionRequest
 from loramux.server.ui.stats import per_adapter
-from loramux.web import (
-    Pages,
-    clear_cookie,
-    form_fields,
-    login_redirect,
-    mount_static,
-    safe_next,
-    set_cookie,
-)
+from loramux.web import Pages, login_redirect, mount_static
+from loramux.web.login import LOGIN, Login
 
 HERE = Path(__file__).resolve().parent
-LOGIN = "/ui/login"
 pages = Pages("loramux server", HERE / "templates")
 router = APIRouter(prefix="/ui", include_in_schema=False)
 MAX_BODY = 64 << 10  # one message of at most 8000 characters, as JSON
@@ -55,7 +47,10 @@ class PlaygroundChat(BaseModel):
 
 
 def install(app: FastAPI) -> None:
-    """Add ``/ui`` to the server's app."""
+    """Add ``/ui`` to the server's app, with its own login sessions."""
+    login = Login(pages, UI_COOKIE, ui_login_check(app), what="API key")
+    app.state.ui_login = login
+    app.include_router(login.router())
     app.include_router(router)
     mount_static(app, "/ui/assets", HERE / "static")
     mount_static(app)
@@ -78,41 +73,20 @@ async def _body(request: Request) -> bytes:
     return body
 
 
-@router.get("/login")
-async def login_form(next: str = "/ui") -> Response:
-    return pages.login(LOGIN, safe_next(next), what="API key")
-
-
-@router.post("/login")
-async def login(request: Request) -> Response:
-    fields = await form_fields(request)
-    secret, target = fields.get("token", "").strip(), safe_next(fields.get("next"))
-    keys = request.app.state.runtime.keys
-    try:
-        keys.authenticate(f"Bearer {secret}" if secret else None)
-    except Unauthorized as exc:
-        return pages.login(LOGIN, target, error=exc.message, what="API key")
-    return set_cookie(RedirectResponse(target, status_code=303), request, UI_COOKIE, secret)
-
-
-@router.post("/logout")
-async def logout() -> Response:
-    return clear_cookie(RedirectResponse(LOGIN, status_code=303), UI_COOKIE)
-
-
 @router.get("")
 async def playground(request: Request) -> Response:
     runtime = request.app.state.runtime
     try:
         principal = await authenticate_ui(request)
     except Unauthorized as exc:
-        if request.cookies.get(UI_COOKIE):
-            response = pages.login(LOGIN, "/ui", error=exc.message, what="API key")
-            return clear_cookie(response, UI_COOKIE)
+        login: Login = request.app.state.ui_login
+        if login.has_cookie(request):
+            return login.expired("/ui", exc.message)
         return login_redirect(request, LOGIN)
     try:
-        cards = visible(principal, await runtime.models.cards(),
-                        lambda c: c.root if c.parent else None)
+        with principal.admit():  # every authenticated route spends the key's budget
+            cards = visible(principal, await runtime.models.cards(),
+                            lambda c: c.root if c.parent else None)
     except ServerError as exc:
         return pages.error(exc.status, exc.message, user=principal.name)
     models = [card.id for card in cards]
@@ -150,6 +124,8 @@ async def chat(request: Request) -> Response:
 
 @router.get("/api/metrics")
 async def metrics(request: Request) -> Response:
-    await authenticate_ui(request)
-    return JSONResponse({"adapters": per_adapter(request.app.state.runtime.metrics.registry)},
-                        headers={"Cache-Control": "no-store"})
+    """The per-adapter figures the caller's key may see (its own adapters and the base)."""
+    principal = await authenticate_ui(request)
+    with principal.admit():  # every authenticated route spends the key's budget
+        rows = per_adapter(request.app.state.runtime.metrics.registry, principal)
+    return JSONResponse({"adapters": rows}, headers={"Cache-Control": "no-store"})

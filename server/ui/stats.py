@@ -2,7 +2,10 @@
 registry (the numbers ``/metrics`` exports, summed per adapter), so the page and a scraper
 never disagree. Series that carry a ``version`` label (requests, time to first token) are
 also broken down per version, so a canary and its stable version can be compared live. An error
-is what the rollout watcher counts as one (``wire.is_error``: not 2xx, 429 and 499 apart)."""
+is what the rollout watcher counts as one (``wire.is_error``: not 2xx, 429 and 499 apart).
+
+A key limited to some adapters sees their rows and the base's only: not other tenants' names,
+and not ``__other__``, which sums adapters of every tenant."""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from loramux.server.auth import Principal
+from loramux.server.metrics import BASE, OTHER
 from loramux.wire import COMPLETION_TOKENS, LATENCY, PROMPT_TOKENS, REQUESTS, TTFT, is_error
 
 # sample name -> the figure it adds to
@@ -59,8 +64,17 @@ class AdapterFigures(Figures):
             for v, f in sorted((v, figures.as_dict()) for v, figures in self.versions.items())}}
 
 
-def per_adapter(registry: CollectorRegistry) -> list[dict[str, Any]]:
-    """One row per adapter label (`__base__` for the base model), sorted by name."""
+def may_see(principal: Principal | None, label: str) -> bool:
+    """Whether the row of the adapter label `label` is for `principal`'s eyes (None: all)."""
+    if principal is None or principal.adapters is None or label == BASE:
+        return True
+    return label != OTHER and principal.may_use(label)
+
+
+def per_adapter(registry: CollectorRegistry,
+                principal: Principal | None = None) -> list[dict[str, Any]]:
+    """One row per adapter label (`__base__` for the base model) that `principal` may see,
+    sorted by name."""
     rows: dict[str, AdapterFigures] = {}
     for family in registry.collect():
         for sample in family.samples:
@@ -73,4 +87,5 @@ def per_adapter(registry: CollectorRegistry) -> list[dict[str, Any]]:
             if sample.labels.get("version"):
                 row.versions.setdefault(sample.labels["version"], Figures()).add(
                     name, sample.value, status)
-    return [{"adapter": adapter} | row.as_dict() for adapter, row in sorted(rows.items())]
+    return [{"adapter": adapter} | row.as_dict() for adapter, row in sorted(rows.items())
+            if may_see(principal, adapter)]

@@ -1,4 +1,4 @@
-"""The deploy kit's tests: Kubernetes manifests, the compose stack, its monitoring config."""
+"""The deploy kit's tests: the images, the Kubernetes manifests, the compose stack, monitoring."""
 
 from __future__ import annotations
 

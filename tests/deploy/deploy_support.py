@@ -69,3 +69,12 @@ def deploy_section() -> str:
     match = re.search(r"^## Deploy\n(.*?)(?=^## )", text, re.MULTILINE | re.DOTALL)
     assert match, "README has no '## Deploy' section"
     return match.group(1)
+
+
+def image_runtime() -> tuple[int, int, str]:
+    """(uid, gid, HOME) the loramux images run with: the same in both (test_images.py)."""
+    from build_context import image_env, image_user
+
+    dockerfile = DEPLOY / "Dockerfile.cpu"
+    uid, gid = (image_user(dockerfile) or "0:0").split(":")
+    return int(uid), int(gid), image_env(dockerfile)["HOME"]

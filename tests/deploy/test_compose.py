@@ -20,7 +20,14 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from deploy_support import DEPLOY, cli_problem, deploy_section, known_env, require_tool
+from deploy_support import (
+    DEPLOY,
+    cli_problem,
+    deploy_section,
+    image_runtime,
+    known_env,
+    require_tool,
+)
 
 COMPOSE_FILE = DEPLOY / "compose.yaml"
 SCHEMA = json.loads((DEPLOY / "schemas" / "compose-spec.json").read_text())
@@ -126,6 +133,30 @@ def test_ports_are_published_on_loopback_only() -> None:
             assert str(port).startswith("127.0.0.1:"), (name, port)
 
 
+def test_containers_run_unprivileged_and_loramux_on_a_read_only_root() -> None:
+    """security round 2, item 1: no capabilities and no privilege gain for any service; the
+    loramux ones as the image's user on a read-only root, writing to volumes and tmpfs only."""
+    doc = compose()
+    _, _, home = image_runtime()
+    for name, service in doc["services"].items():
+        assert "ALL" in service.get("cap_drop", []) and not service.get("cap_add"), name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert not service.get("privileged") and "user" not in service, name  # the image's
+        if not service.get("image", "").startswith("loramux:"):
+            continue
+        assert service.get("read_only") is True, name
+        argv = service["command"]
+        writes = ["/tmp", home] + [argv[argv.index(f) + 1] for f in ("--cache-dir", "--root")
+                                   if f in argv]
+        env = service.get("environment", {})
+        writes += [env[v] for v in ("HF_HOME", "TMPDIR") if env.get(v)]
+        writable = list(service.get("tmpfs", [])) + [
+            v.split(":")[1] for v in service.get("volumes", [])
+            if isinstance(v, str) and not v.endswith(":ro")]
+        for path in writes:
+            assert any(Path(path).is_relative_to(m) for m in writable), (name, path)
+
+
 # -- Prometheus and Grafana ------------------------------------------------------------------
 
 
@@ -133,12 +164,21 @@ def _promtool() -> str:
     return require_tool("promtool")
 
 
-def test_prometheus_config_is_valid_and_scrapes_the_server() -> None:
-    done = subprocess.run([_promtool(), "check", "config", str(PROMETHEUS)],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stdout + done.stderr
+def test_prometheus_config_is_valid_and_scrapes_the_server(tmp_path: Path) -> None:
     config = yaml.safe_load(PROMETHEUS.read_text())
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "loramux"]
+    # The server answers /metrics only to an operator key: the compose secret's, as a bearer.
+    key_file = job["authorization"]["credentials_file"]
+    secret = key_file.removeprefix("/run/secrets/")
+    assert secret in compose()["services"]["prometheus"]["secrets"]
+    assert compose()["secrets"][secret]["file"] == "./secrets/metrics-key"
+    # promtool opens the credentials file: check a copy that points at a real one.
+    (tmp_path / "key").write_text("sk-operator-key-for-promtool")
+    checked = tmp_path / "prometheus.yml"
+    checked.write_text(PROMETHEUS.read_text().replace(key_file, str(tmp_path / "key")))
+    done = subprocess.run([_promtool(), "check", "config", str(checked)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
     server = compose()["services"]["server"]["command"]
     target = f"server:{server[server.index('--port') + 1]}"
     assert [target] == [t for s in job["static_configs"] for t in s["targets"]]

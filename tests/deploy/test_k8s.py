@@ -22,7 +22,14 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from deploy_support import DEPLOY, cli_problem, deploy_section, known_env, require_tool
+from deploy_support import (
+    DEPLOY,
+    cli_problem,
+    deploy_section,
+    image_runtime,
+    known_env,
+    require_tool,
+)
 
 K8S = DEPLOY / "k8s"
 K8S_VERSION = "1.32.0"  # a version kubernetes-validate ships; GRPC probes, HPA v2, PDB v1 are GA
@@ -291,6 +298,59 @@ def test_postgres_oci_component_makes_the_registry_stateless(rendered) -> None:
     assert not [o for o in objects if o["kind"] == "PersistentVolumeClaim"
                 and o["metadata"]["name"] == "loramux-registry"]
     _one(objects, "PodDisruptionBudget", "loramux-registry")
+
+
+# -- least privilege (security round 2, item 1) ---------------------------------------------
+
+
+def _effective(pod: dict[str, Any], container: dict[str, Any], key: str) -> Any:
+    """A security setting as the kubelet applies it: the container's, else the pod's."""
+    own = container.get("securityContext", {})
+    return own[key] if key in own else pod.get("securityContext", {}).get(key)
+
+
+@pytest.mark.parametrize("variant", [f"{o}+{c}" if c else o for o, c in VARIANTS])
+def test_every_pod_runs_unprivileged_on_a_read_only_root(rendered, variant: str) -> None:
+    for d in (o for o in rendered[variant] if o["kind"] == "Deployment"):
+        pod = d["spec"]["template"]["spec"]
+        for c in pod["containers"] + pod.get("initContainers", []):
+            where = f"{d['metadata']['name']}/{c['name']}"
+            own = c.get("securityContext", {})
+            assert _effective(pod, c, "runAsNonRoot") is True, where
+            uid = _effective(pod, c, "runAsUser")
+            assert isinstance(uid, int) and uid > 0, f"{where}: a numeric non-root runAsUser"
+            assert own.get("readOnlyRootFilesystem") is True, where
+            assert own.get("allowPrivilegeEscalation") is False, where
+            assert not own.get("privileged"), where
+            caps = own.get("capabilities", {})
+            assert "ALL" in caps.get("drop", []) and not caps.get("add"), where
+            assert (_effective(pod, c, "seccompProfile") or {}).get("type") == "RuntimeDefault"
+        assert not (pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC"))
+
+
+@pytest.mark.parametrize("variant", [f"{o}+{c}" if c else o for o, c in VARIANTS])
+def test_loramux_containers_write_only_to_their_volumes(rendered, variant: str) -> None:
+    """The image's user, and every folder it writes on a writable volume: the cache and the
+    registry's root, Hugging Face's cache, /tmp and its home (vLLM's caches)."""
+    uid, gid, home = image_runtime()
+    checked = 0
+    for d in (o for o in rendered[variant] if o["kind"] == "Deployment"):
+        pod = d["spec"]["template"]["spec"]
+        for c in pod["containers"]:
+            if not c["image"].startswith("loramux:"):
+                continue
+            checked += 1
+            assert _effective(pod, c, "runAsUser") == uid
+            assert pod["securityContext"].get("fsGroup") == gid, "its volumes writable by it"
+            args, env = c["args"], {e["name"]: e.get("value") for e in c.get("env", [])}
+            writes = ["/tmp", home] + [args[args.index(f) + 1] for f in ("--cache-dir", "--root")
+                                       if f in args]
+            writes += [env[v] for v in ("HF_HOME", "TMPDIR") if env.get(v)]
+            writable = [m["mountPath"] for m in c["volumeMounts"] if not m.get("readOnly")]
+            for path in writes:
+                assert any(Path(path).is_relative_to(m) for m in writable), (
+                    f"{d['metadata']['name']}: {path} is on the read-only root")
+    assert checked == 2
 
 
 # -- secrets and the CLI ---------------------------------------------------------------------

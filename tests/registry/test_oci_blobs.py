@@ -251,8 +251,11 @@ def test_oci_outage_is_503_and_recovers_without_restart(own_oci: OciRegistry, ad
             assert response.status_code == 503, response.text
             error = response.json()["error"]
             assert error["type"] == "BlobStoreUnavailable", error
-            assert "cannot be reached" in error["message"]
+            assert "cannot answer" in error["message"] and own_oci.host not in response.text
             assert int(response.headers["retry-after"]) > 0
+            log = (tmp_path / "registry.log").read_text()  # the detail, under the answer's id
+            assert any(error["id"] in line and "cannot be reached" in line
+                       for line in log.splitlines()), log
         with RemoteRegistry(server.url, token=ADMIN_TOKEN) as remote, \
                 pytest.raises(BlobStoreUnavailable):
             remote.pull("outage@1", tmp_path / "pulled")

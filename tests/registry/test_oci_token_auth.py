@@ -121,7 +121,7 @@ def test_store_pushes_and_pulls_through_bearer_tokens(token_registry: TokenRegis
 
 
 def test_wrong_password_is_a_clear_error(token_registry: TokenRegistry, as_user, adapters,
-                                         http_server, tmp_path: Path) -> None:
+                                         http_server, tmp_path: Path, caplog) -> None:
     location = token_registry.oci.location(fresh_repository("loramux/tok"))
     as_user(Credentials("alice", "wrong"))
     store = LocalRegistry(tmp_path / "store", blobs=location, actor="tester")
@@ -133,14 +133,18 @@ def test_wrong_password_is_a_clear_error(token_registry: TokenRegistry, as_user,
     with pytest.raises(NotFound):
         store.resolve("denied")  # no partial version
 
-    # through the registry's HTTP API: a 503 naming the token server, not a traceback
+    # through the registry's HTTP API: a 503 with an error id, not a traceback; the token
+    # server, the user and its answer are in the registry's log under that id, not the answer
     http_server.use(store)
     data = b"guarded"
     response = httpx.put(f"{http_server.url}/v2/blobs/{_digest(data)}", content=data,
                          headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     assert response.status_code == 503, response.text
     error = response.json()["error"]
-    assert error["type"] == "BlobStoreUnavailable" and "wrong user name" in error["message"]
+    assert error["type"] == "BlobStoreUnavailable" and error["id"] in error["message"]
+    assert "alice" not in response.text and "token server" not in response.text
+    logged = [r.getMessage() for r in caplog.records if error["id"] in r.getMessage()]
+    assert logged and "wrong user name" in logged[0], caplog.text
     store.close()
 
     # and on the CLI: one readable line, the blob-store exit code

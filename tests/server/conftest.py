@@ -64,7 +64,9 @@ class Server:
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of a series' samples with `labels`; fails if /metrics has no such series."""
-        return metric_sum(httpx.get(f"{self.url}/metrics", timeout=10).text, name, **labels)
+        return metric_sum(httpx.get(f"{self.url}/metrics", timeout=10,  # operators only
+                                    headers={"Authorization": f"Bearer {ADMIN_KEY}"}).text,
+                          name, **labels)
 
     def registry(self):
         import loramux.registry as reg
@@ -125,7 +127,8 @@ def read_base_loads(url: str, log: Path, admin_key: str = ADMIN_KEY) -> BaseLoad
     state = httpx.get(f"{url}/v1/admin/engine", timeout=30,
                       headers={"Authorization": f"Bearer {admin_key}"})
     state.raise_for_status()
-    metrics = httpx.get(f"{url}/metrics", timeout=30).text
+    metrics = httpx.get(f"{url}/metrics", timeout=30,
+                        headers={"Authorization": f"Bearer {admin_key}"}).text
     counter = next(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                    if line.startswith("loramux_base_model_loads_total "))
     lines = len(WEIGHT_LOAD_LINE.findall(log.read_text(errors="replace")))

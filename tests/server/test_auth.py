@@ -49,7 +49,7 @@ def test_no_keys_refuses_a_public_host(host: str, tmp_path: Path) -> None:
         settings(host=host)
     assert settings(host=host, insecure_no_auth=True).host == host
     keys = tmp_path / "keys"
-    keys.write_text("sk-one\n")
+    keys.write_text("sk-one-00000000\n")
     assert settings(host=host, api_keys=keys).api_keys == keys
     environ = {"LORAMUX_HOST": host, "LORAMUX_API_KEYS": str(keys)}
     assert ServerSettings.from_sources({"base": BASE}, environ).api_keys == keys
@@ -77,7 +77,7 @@ def test_keys_are_compared_in_constant_time(tmp_path: Path, monkeypatch) -> None
     """Every key is compared on every request, found first, last or not at all, and always as
     equal-length digests: neither the position nor the length of a key shows in the time."""
     path = tmp_path / "keys"
-    path.write_text("sk-first\nsk-middle admin\nsk-last\n")
+    path.write_text("sk-first-00000000\nsk-middle-00000000 admin\nsk-last-00000000\n")
     store = KeyStore(path)
     calls: list[tuple[int, int]] = []
     real = auth.hmac.compare_digest
@@ -87,22 +87,24 @@ def test_keys_are_compared_in_constant_time(tmp_path: Path, monkeypatch) -> None
         return real(a, b)
 
     monkeypatch.setattr(auth.hmac, "compare_digest", counting)
-    assert store.authenticate("Bearer sk-first").name == "line-1"
-    assert store.authenticate("Bearer sk-middle").admin
-    assert store.authenticate("Bearer sk-last").name == "line-3"
-    for wrong in ("sk-firs", "sk-first-and-more", "x"):
+    assert store.authenticate("Bearer sk-first-00000000").name == "line-1"
+    assert store.authenticate("Bearer sk-middle-00000000").admin
+    assert store.authenticate("Bearer sk-last-00000000").name == "line-3"
+    for wrong in ("sk-first-0000000", "sk-first-00000000-and-more", "x"):
         with pytest.raises(Unauthorized):
             store.authenticate(f"Bearer {wrong}")
     assert len(calls) == 6 * 3 and set(calls) == {(32, 32)}, calls
-    assert "sk-first" not in repr(store.__dict__), "no secret is kept, only its hash"
+    assert "sk-first-00000000" not in repr(store.__dict__), "no secret is kept, only its hash"
 
 
 def test_keys_file_lines(tmp_path: Path) -> None:
     path = tmp_path / "keys"
-    path.write_text("# operators\nsk-admin admin name=ops\nsk-old:admin\n"
-                    "sk-a user adapters=team-a-*,shared-? rpm=60 tpm=20000 concurrency=4\n")
+    path.write_text("# operators\nsk-admin-00000000 admin name=ops\nsk-old-00000000:admin\n"
+                    "sk-a-00000000 user adapters=team-a-*,shared-? rpm=60 tpm=20000 "
+                    "concurrency=4\n")
     store = KeyStore(path)
-    ops, old, scoped = (store.authenticate(f"Bearer {k}") for k in ("sk-admin", "sk-old", "sk-a"))
+    ops, old, scoped = (store.authenticate(f"Bearer {k}")
+                        for k in ("sk-admin-00000000", "sk-old-00000000", "sk-a-00000000"))
     assert (ops.name, ops.admin, ops.adapters) == ("ops", True, None)
     assert old.admin, "the older `KEY:admin` spelling still works"
     assert (scoped.admin, scoped.adapters) == (False, ("team-a-*", "shared-?"))
@@ -113,10 +115,10 @@ def test_keys_file_lines(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "error"), [
-    ("sk-a adapters=team-a/*\n", r"keys:1: adapter pattern 'team-a/\*' can never match"),
-    ("\nsk-a rpm=0\n", "keys:2: rpm= takes a whole number >= 1, not '0'"),
-    ("sk-a superuser\n", "keys:1: unknown word 'superuser'"),
-    ("sk-a\nsk-a admin\n", "keys:2: this key is already listed"),
+    ("sk-a-00000000 adapters=team-a/*\n", r"keys:1: adapter pattern 'team-a/\*' can never match"),
+    ("\nsk-a-00000000 rpm=0\n", "keys:2: rpm= takes a whole number >= 1, not '0'"),
+    ("sk-a-00000000 superuser\n", "keys:1: unknown word 'superuser'"),
+    ("sk-a-00000000\nsk-a-00000000 admin\n", "keys:2: this key is already listed"),
     ("# nothing\n", "holds no API keys"),
 ])
 def test_a_bad_keys_file_is_refused_naming_the_line(tmp_path: Path, text: str,
@@ -176,25 +178,33 @@ def test_without_keys_every_loopback_caller_is_admin(serve) -> None:
 
 @pytest.mark.parametrize("protect", [False, True])
 def test_protect_metrics_puts_metrics_and_docs_behind_a_key(serve, protect: bool) -> None:
-    url, _, _ = serve("sk-user\n", protect_metrics=protect)
-    for path in ("/metrics", "/docs", "/openapi.json"):
+    url, _, _ = serve("sk-user-00000000\nsk-ops-00000000 admin\n", protect_metrics=protect)
+    # /metrics names every tenant's adapters: an operator's always, once there are keys
+    assert httpx.get(f"{url}/metrics", timeout=30).status_code == 401
+    assert httpx.get(f"{url}/metrics", headers=bearer("sk-user-00000000"),
+                     timeout=30).status_code == 403
+    assert httpx.get(f"{url}/metrics", headers=bearer("sk-ops-00000000"),
+                     timeout=30).status_code == 200
+    for path in ("/docs", "/openapi.json"):
         anonymous = httpx.get(f"{url}{path}", timeout=30)
         if protect:
             assert anonymous.status_code == 401, (path, anonymous.text)
             assert anonymous.json()["error"]["type"] == "authentication_error"
-            assert httpx.get(f"{url}{path}", headers=bearer("sk-wrong"),
+            assert httpx.get(f"{url}{path}", headers=bearer("sk-wrong-00000000"),
                              timeout=30).status_code == 401
         else:
             assert anonymous.status_code == 200, path
-        assert httpx.get(f"{url}{path}", headers=bearer("sk-user"),
+        assert httpx.get(f"{url}{path}", headers=bearer("sk-user-00000000"),
                          timeout=30).status_code == 200, path
     for path in ("/health", "/ready"):  # probes stay open
         assert httpx.get(f"{url}{path}", timeout=30).status_code == 200
-    assert chat(url, BASE).status_code == 401 and chat(url, BASE, "sk-user").status_code == 200
+    assert chat(url, BASE).status_code == 401
+    assert chat(url, BASE, "sk-user-00000000").status_code == 200
 
 
-SCOPED = ("sk-a user adapters=team-a-*,shared-*\nsk-ops admin adapters=team-a-*\nsk-all admin\n"
-          "sk-z adapters=shared-z\n")
+SCOPED = ("sk-a-00000000 user adapters=team-a-*,shared-*\n"
+          "sk-ops-00000000 admin adapters=team-a-*\nsk-all-00000000 admin\n"
+          "sk-z-00000000 adapters=shared-z\n")
 
 
 def test_scoped_key_reaches_only_its_adapters(serve, registry_dir: Path) -> None:
@@ -208,19 +218,19 @@ def test_scoped_key_reaches_only_its_adapters(serve, registry_dir: Path) -> None
     allowed = [BASE, "team-a-x", "team-a-x@1", "team-a-x:prod", f"team-a-x@{a_digest[:19]}",
                "shared-z"]
     for model in allowed:
-        assert chat(url, model, "sk-a").status_code == 200, model
+        assert chat(url, model, "sk-a-00000000").status_code == 200, model
     for model in ("team-b-y", "team-b-y:prod", f"team-b-y@{b_digest}", "team-b-nothing"):
-        refused = chat(url, model, "sk-a")
+        refused = chat(url, model, "sk-a-00000000")
         assert refused.status_code == 403, (model, refused.text)
         error = refused.json()["error"]
         assert (error["type"], error["code"], error["param"]) == (
             "permission_error", "model_not_allowed", "model")
         assert f"`{model}`" in error["message"] and "team-a-*, shared-*" in error["message"]
     for model in ("shared-z@1", "shared-z:latest"):  # the pattern is matched on the name only
-        assert chat(url, model, "sk-z").status_code == 200, model
-    assert chat(url, "team-a-x", "sk-z").status_code == 403
+        assert chat(url, model, "sk-z-00000000").status_code == 200, model
+    assert chat(url, "team-a-x", "sk-z-00000000").status_code == 403
     assert b_digest not in engine.served, "a refused adapter never reached the engine"
-    client = OpenAI(base_url=f"{url}/v1", api_key="sk-a", max_retries=0)
+    client = OpenAI(base_url=f"{url}/v1", api_key="sk-a-00000000", max_retries=0)
     with pytest.raises(PermissionDeniedError):
         client.chat.completions.create(model="team-b-y", messages=HELLO, max_tokens=2)
 
@@ -229,14 +239,14 @@ def test_scoped_key_reaches_only_its_adapters(serve, registry_dir: Path) -> None
                          headers=bearer(key), timeout=30)
         return {card["id"] for card in page.json()["data"]}
 
-    assert listed("sk-a") == {BASE, "team-a-x@1", "team-a-x@2", "shared-z@1"}
-    assert listed("sk-a", refused=True) == listed("sk-a")
-    assert listed("sk-all") == listed("sk-a") | {"team-b-y@1"}
+    assert listed("sk-a-00000000") == {BASE, "team-a-x@1", "team-a-x@2", "shared-z@1"}
+    assert listed("sk-a-00000000", refused=True) == listed("sk-a-00000000")
+    assert listed("sk-all-00000000") == listed("sk-a-00000000") | {"team-b-y@1"}
     # A scoped admin key loads and unloads only within its scope, like its completions.
     for action in ("load", "unload"):
         for model, status in (("team-a-x", 200), ("team-b-y", 403), ("shared-z", 403)):
             r = httpx.post(f"{url}/v1/adapters/{action}", json={"model": model},
-                           headers=bearer("sk-ops"), timeout=30)
+                           headers=bearer("sk-ops-00000000"), timeout=30)
             assert r.status_code == status, (action, model, r.text)
 
 
@@ -264,25 +274,25 @@ def test_the_scope_is_checked_on_the_resolved_name(serve) -> None:
     url, engine, runtime = serve(SCOPED)
     runtime.models.resolver = Resolver(Redirecting(runtime.registry, "team-b-y"), BASE)
     b_digest = runtime.registry.resolve("team-b-y").digest
-    sneaky = chat(url, f"team-a-x@{b_digest}", "sk-a")
+    sneaky = chat(url, f"team-a-x@{b_digest}", "sk-a-00000000")
     assert sneaky.status_code == 403, sneaky.text
     assert "adapter `team-b-y`" in sneaky.json()["error"]["message"]
-    assert chat(url, f"team-a-x@{b_digest}", "sk-all").status_code == 200
+    assert chat(url, f"team-a-x@{b_digest}", "sk-all-00000000").status_code == 200
     assert engine.served.count(b_digest) == 1, "only the unscoped key's request ran"
 
 
 def test_keys_rotate_when_the_file_changes(serve, tmp_path: Path, caplog) -> None:
-    url, _, _ = serve("sk-old\n")
+    url, _, _ = serve("sk-old-00000000\n")
     keys = tmp_path / "keys"
-    assert chat(url, BASE, "sk-old").status_code == 200
+    assert chat(url, BASE, "sk-old-00000000").status_code == 200
     rotated = tmp_path / "keys.new"
-    rotated.write_text("sk-new admin\n")
+    rotated.write_text("sk-new-00000000 admin\n")
     os.replace(rotated, keys)  # how a secret mount or a careful operator swaps the file
-    assert chat(url, BASE, "sk-old").status_code == 401
-    assert chat(url, BASE, "sk-new").status_code == 200
-    keys.write_text("sk-newer rpm=oops\n")  # a broken edit: the keys in force stay in force
-    assert chat(url, BASE, "sk-new").status_code == 200
-    assert chat(url, BASE, "sk-newer").status_code == 401
+    assert chat(url, BASE, "sk-old-00000000").status_code == 401
+    assert chat(url, BASE, "sk-new-00000000").status_code == 200
+    keys.write_text("sk-newer-00000000 rpm=oops\n")  # a broken edit: the keys in force stay
+    assert chat(url, BASE, "sk-new-00000000").status_code == 200
+    assert chat(url, BASE, "sk-newer-00000000").status_code == 401
     assert "not reloaded, the previous keys stay in force" in caplog.text
     assert "keys:1: rpm= takes a whole number" in caplog.text
 

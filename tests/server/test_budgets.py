@@ -25,6 +25,7 @@ from fake_engine import FakeEngine, LiveServers, build_runtime
 BASE = "fake-base"
 HELLO = [{"role": "user", "content": "hi"}]  # "<user>hi": 8 prompt tokens for FakeTokenizer
 PROMPT = len("<user>hi")
+KEY_A, KEY_B = "sk-a-0123456789abcdef", "sk-b-0123456789abcdef"
 
 
 class Clock:
@@ -68,34 +69,34 @@ def assert_limited(response: httpx.Response, retry_after: int, words: str) -> No
 
 
 def test_requests_per_minute(serve) -> None:
-    url, _, clock = serve("sk-a rpm=2 name=team-a\nsk-b rpm=2\n")
-    assert [chat(url, "sk-a").status_code for _ in range(2)] == [200, 200]
-    assert_limited(chat(url, "sk-a"), 30, "API key `team-a` is past its limit of 2 requests")
-    assert chat(url, "sk-b").status_code == 200, "another key has its own budget"
+    url, _, clock = serve(f"{KEY_A} rpm=2 name=team-a\n{KEY_B} rpm=2\n")
+    assert [chat(url, KEY_A).status_code for _ in range(2)] == [200, 200]
+    assert_limited(chat(url, KEY_A), 30, "API key `team-a` is past its limit of 2 requests")
+    assert chat(url, KEY_B).status_code == 200, "another key has its own budget"
     clock.now += 29
-    assert_limited(chat(url, "sk-a"), 1, "requests per minute")
+    assert_limited(chat(url, KEY_A), 1, "requests per minute")
     clock.now += 1  # 30 s: one request's worth has come back, not two
-    assert [chat(url, "sk-a").status_code for _ in range(2)] == [200, 429]
+    assert [chat(url, KEY_A).status_code for _ in range(2)] == [200, 429]
 
 
 def test_tokens_per_minute_reserve_the_worst_case_and_settle_what_was_used(serve) -> None:
     """Each request reserves prompt + max_tokens (8 + 40) and uses prompt + 2 (the engine stops
     early): settling gives 38 back each time, so a budget of 100 admits six of them in a row;
     without settling it would admit two."""
-    url, _, clock = serve("sk-a tpm=100\n", engine=FakeEngine(answer_tokens=2))
-    statuses = [chat(url, "sk-a", max_tokens=40).status_code for _ in range(7)]
+    url, _, clock = serve(f"{KEY_A} tpm=100\n", engine=FakeEngine(answer_tokens=2))
+    statuses = [chat(url, KEY_A, max_tokens=40).status_code for _ in range(7)]
     assert statuses == [200] * 6 + [429], statuses
     # 100 - 6 * (8 + 2) = 40 left; 48 needed; 8 tokens at 100/60 per second = 4.8 s.
-    refused = chat(url, "sk-a", max_tokens=40)
+    refused = chat(url, KEY_A, max_tokens=40)
     assert_limited(refused, 5, "this request reserves 48")
-    assert chat(url, "sk-a", max_tokens=30).status_code == 200, "38 fit in what is left"
+    assert chat(url, KEY_A, max_tokens=30).status_code == 200, "38 fit in what is left"
     clock.now += 60
-    assert chat(url, "sk-a", max_tokens=500).status_code == 200, (
+    assert chat(url, KEY_A, max_tokens=500).status_code == 200, (
         "a request above the whole budget is capped at one full bucket, not impossible")
 
 
 def test_a_stream_holds_its_tokens_until_it_ends(serve) -> None:
-    url, _, _ = serve("sk-a tpm=100\n", engine=FakeEngine(answer_tokens=2))
+    url, _, _ = serve(f"{KEY_A} tpm=100\n", engine=FakeEngine(answer_tokens=2))
 
     async def scenario() -> list[int]:
         async with httpx.AsyncClient(timeout=30) as http:
@@ -103,21 +104,22 @@ def test_a_stream_holds_its_tokens_until_it_ends(serve) -> None:
             for _ in range(6):
                 async with http.stream("POST", f"{url}/v1/chat/completions", json={
                         "model": BASE, "messages": HELLO, "max_tokens": 40, "stream": True},
-                        headers={"Authorization": "Bearer sk-a"}) as response:
+                        headers={"Authorization": f"Bearer {KEY_A}"}) as response:
                     statuses.append(response.status_code)
                     text = "".join([chunk async for chunk in response.aiter_text()])
                     assert text.rstrip().endswith("data: [DONE]"), text
             return statuses
 
     assert asyncio.run(scenario()) == [200] * 6, "streams settle like the others"
-    assert chat(url, "sk-a", max_tokens=40).status_code == 429
+    assert chat(url, KEY_A, max_tokens=40).status_code == 429
 
 
 def test_one_key_cannot_take_the_whole_admission(serve) -> None:
     """max_pending is 4; key A may hold 2. A's third request is refused while 2 are held,
     and key B still gets in: A has not used up the server."""
     engine = FakeEngine()
-    url, _, _ = serve("sk-a concurrency=2\nsk-b\n", engine=engine, max_pending=4)
+    url, _, _ = serve(f"{KEY_A} concurrency=2\n{KEY_B}\n", engine=engine,
+                      max_pending=4)
 
     async def scenario():
         async with httpx.AsyncClient(timeout=30) as http:
@@ -127,16 +129,16 @@ def test_one_key_cannot_take_the_whole_admission(serve) -> None:
                     headers={"Authorization": f"Bearer {key}"})
 
             engine.hold()
-            held = [asyncio.create_task(post("sk-a")) for _ in range(2)]
+            held = [asyncio.create_task(post(KEY_A)) for _ in range(2)]
             await asyncio.to_thread(engine.wait_held, 2)
             try:
-                third = await asyncio.wait_for(post("sk-a"), 10)
-                other = asyncio.create_task(post("sk-b"))
+                third = await asyncio.wait_for(post(KEY_A), 10)
+                other = asyncio.create_task(post(KEY_B))
                 await asyncio.to_thread(engine.wait_held, 3)  # B is in, next to A's two
             finally:
                 engine.release()
             done = await asyncio.gather(*held, other)
-            after = await post("sk-a")
+            after = await post(KEY_A)
         return third, done, after
 
     third, done, after = asyncio.run(scenario())

@@ -95,7 +95,7 @@ def test_chunked_body_is_refused_at_the_limit_not_after_reading_it(tmp_path: Pat
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
              "method": "POST", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
              "query_string": b"", "root_path": "", "scheme": "http",
-             "headers": [(b"host", b"test"), (b"transfer-encoding", b"chunked"),
+             "headers": [(b"host", b"127.0.0.1"), (b"transfer-encoding", b"chunked"),
                          (b"content-type", b"application/json")],
              "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
     asyncio.run(app(scope, receive, send))

@@ -20,10 +20,18 @@ from registry_support import flip_byte, make_base, write_adapter
 
 import loramux.registry as reg
 from loramux.registry import IntegrityError, InvalidName, NotFound, base_fingerprint
-from loramux.server.errors import IncompatibleAdapter, RegistryAnswerRefused, RegistryUnavailable
+from loramux.server.adapter_cache import DEFAULT_MAX_CACHE_BYTES, AdapterCache
+from loramux.server.errors import (
+    AdapterTooLarge,
+    CacheFull,
+    IncompatibleAdapter,
+    RegistryAnswerRefused,
+    RegistryUnavailable,
+)
 from loramux.server.vllm_resolver import (
     ENV_VLLM_BASE_FINGERPRINT,
     ENV_VLLM_CACHE_DIR,
+    ENV_VLLM_MAX_CACHE_BYTES,
     ENV_VLLM_REGISTRY,
     ENV_VLLM_TOKEN,
     RegistryResolver,
@@ -150,6 +158,46 @@ def test_registry_down_or_token_refused_is_503(backend, pushed, bases, tmp_path)
             RegistryResolver(wrong).resolve(str(bases[0]), "pets")
 
 
+def _on_disk(cache: Path) -> int:
+    return sum(f.stat().st_size for f in (cache / "sha256").rglob("*") if f.is_file())
+
+
+def test_cache_stays_within_its_byte_budget(backend, pushed, bases, tmp_path) -> None:
+    """security round 2, item 15: a client naming adapter after adapter cannot fill the disk.
+    Folders nobody holds (an earlier run's) are trimmed to make room; the adapters this vLLM
+    serves stay held, so once they fill the budget a new one is a 503 and nothing is written."""
+    v1, v2, _ = pushed
+    cache = tmp_path / "cache"
+    AdapterCache(cache).fetch(backend.registry, v2)  # left behind by an earlier run
+    budget = max(v1.size, v2.size) + min(v1.size, v2.size) // 2  # room for one adapter
+    core = resolver(backend, tmp_path, max_cache_bytes=budget)
+    assert core.resolve(str(bases[0]), "pets@1").manifest == v1
+    assert [p.name for p in (cache / "sha256").iterdir()] == [v1.digest.removeprefix("sha256:")]
+    with pytest.raises(CacheFull, match=r"adapter cache is full.*LORAMUX_VLLM_MAX_CACHE_BYTES") \
+            as refused:
+        core.resolve(str(bases[0]), "pets@2")
+    assert (refused.value.status, refused.value.code) == (503, "adapter_cache_full")
+    assert _on_disk(cache) == v1.size <= budget
+    assert core.resolve(str(bases[0]), "pets:prod").manifest == v1, "held: no new room needed"
+    # Another process sharing the folder sees pets@1 held by this one: it stays.
+    other = resolver(backend, tmp_path, max_cache_bytes=budget)
+    with pytest.raises(CacheFull):
+        other.resolve(str(bases[0]), "pets@2")
+    assert _on_disk(cache) <= budget
+
+
+def test_adapter_larger_than_the_whole_budget_is_refused(backend, pushed, bases,
+                                                         tmp_path) -> None:
+    v1 = pushed[0]
+    core = resolver(backend, tmp_path, max_cache_bytes=v1.size - 1)
+    with pytest.raises(AdapterTooLarge, match=f"{v1.size} bytes, more than") as refused:
+        core.resolve(str(bases[0]), "pets@1")
+    assert refused.value.status == 400
+    assert _on_disk(tmp_path / "cache") == 0
+    assert resolver(backend, tmp_path, max_cache_bytes=v1.size).resolve(
+        str(bases[0]), "pets@1").manifest == v1, "exactly the budget fits"
+
+
 def test_settings_come_from_the_environment(tmp_path: Path) -> None:
     assert ResolverSettings.from_env({}) is None  # the plugin stays off
     store = tmp_path / "store"
@@ -157,10 +205,14 @@ def test_settings_come_from_the_environment(tmp_path: Path) -> None:
     env = {ENV_VLLM_REGISTRY: str(store), ENV_VLLM_TOKEN: "t",
            ENV_VLLM_CACHE_DIR: str(tmp_path / "c"), ENV_VLLM_BASE_FINGERPRINT: "sha256:" + "a" * 64}
     assert ResolverSettings.from_env(env) == ResolverSettings(
-        str(store), "t", tmp_path / "c", "sha256:" + "a" * 64)
+        str(store), "t", tmp_path / "c", "sha256:" + "a" * 64, DEFAULT_MAX_CACHE_BYTES)
+    assert ResolverSettings.from_env({**env, ENV_VLLM_MAX_CACHE_BYTES: "1048576"}) == \
+        ResolverSettings(str(store), "t", tmp_path / "c", "sha256:" + "a" * 64, 2**20)
     for bad, why in (({ENV_VLLM_REGISTRY: str(tmp_path / "nowhere")}, "neither an http"),
                      ({ENV_VLLM_REGISTRY: "s3://bucket"}, "unknown registry URL scheme"),
-                     ({**env, ENV_VLLM_BASE_FINGERPRINT: "sha256:zz"}, "invalid digest")):
+                     ({**env, ENV_VLLM_BASE_FINGERPRINT: "sha256:zz"}, "invalid digest"),
+                     ({**env, ENV_VLLM_MAX_CACHE_BYTES: "8GiB"}, "not a positive number"),
+                     ({**env, ENV_VLLM_MAX_CACHE_BYTES: "0"}, "not a positive number")):
         with pytest.raises(InvalidName, match=why):
             ResolverSettings.from_env(bad)
 

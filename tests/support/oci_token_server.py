@@ -67,6 +67,7 @@ class TokenRequest:
     scopes: tuple[str, ...]
     granted: tuple[tuple[str, tuple[str, ...]], ...]
     status: int
+    authorization: str | None = None  # the header as it arrived: credentials sent here or not
 
 
 class TokenServer:
@@ -74,8 +75,11 @@ class TokenServer:
 
     def __init__(self, folder: Path, users: dict[str, User], *,
                  service: str = "loramux-test-registry", issuer: str = "loramux-test-issuer",
-                 lifetime_s: float = 300) -> None:
+                 lifetime_s: float = 300, host: str = HOST) -> None:
+        """``host``: where it listens, a loopback address; another than the registry's
+        (127.0.0.2) makes its realm another host, as an attacker's would be."""
         self.users, self.service, self.issuer = users, service, issuer
+        self.host = host
         self.lifetime_s = lifetime_s
         self.without_token = False  # a broken server: 200 with JSON that holds no token
         self.requests: list[TokenRequest] = []
@@ -117,7 +121,7 @@ class TokenServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass  # quiet: tests read ``requests``
 
-        self._httpd = ThreadingHTTPServer((HOST, 0), Handler)
+        self._httpd = ThreadingHTTPServer((self.host, 0), Handler)
         self._httpd.daemon_threads = True
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
         return self.realm
@@ -131,7 +135,7 @@ class TokenServer:
     @property
     def realm(self) -> str:
         assert self._httpd is not None, "start() the token server first"
-        return f"http://{HOST}:{self._httpd.server_address[1]}/token"
+        return f"http://{self.host}:{self._httpd.server_address[1]}/token"
 
     def config(self) -> TokenAuthConfig:
         return TokenAuthConfig(realm=self.realm, service=self.service, issuer=self.issuer,
@@ -164,7 +168,8 @@ class TokenServer:
             body = ({"detail": "no token today"} if self.without_token
                     else self._token(user, access))
         with self._lock:
-            self.requests.append(TokenRequest(user, scopes, tuple(granted), status))
+            self.requests.append(TokenRequest(user, scopes, tuple(granted), status,
+                                              authorization))
         return status, body
 
     def _authenticate(self, authorization: str | None) -> tuple[str | None, int, dict]:
