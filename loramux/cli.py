@@ -16,6 +16,7 @@ from loramux.bases.cli import app as base_app
 from loramux.bench.cli import app as bench_app
 from loramux.cli_errors import ErrorLines
 from loramux.demo.cli import app as demo_app
+from loramux.hub import cli as hub_cli
 from loramux.registry.cli import app as registry_app
 from loramux.release import cli as release_cli
 from loramux.server.cli import serve_command
@@ -29,6 +30,8 @@ app = typer.Typer(
 )
 registry_app.command("promote")(release_cli.promote_command)
 registry_app.add_typer(release_cli.status_app, name="rollout")
+registry_app.command("import")(hub_cli.import_command)
+registry_app.command("export")(hub_cli.export_command)
 app.add_typer(registry_app, name="registry", help="Versioned, content-addressed adapter store.")
 app.add_typer(demo_app, name="demo")
 app.add_typer(base_app, name="base", help="Real base models: import a GGUF file as a "

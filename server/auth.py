@@ -1,11 +1,14 @@
 """Who may call the server and what each key may do: the keys file, key checks in constant
 time, adapter scopes, and the FastAPI dependencies the routes use.
 
-Keys file, one key a line (`#` starts a comment):
+Keys file, one key a line (`#` at the start of a line or after a space starts a comment):
 
     KEY [user|admin] [adapters=PATTERN,...] [rpm=N] [tpm=N] [concurrency=N] [name=LABEL]
 
-`admin` adds the operator endpoints (adapter load/unload, engine state and restart) to `user`'s.
+A key has at least MIN_KEY_CHARS characters and no `#` (a `#` inside a word is refused with its
+line number, never taken as a comment that would silently cut the key and drop its `admin`).
+`admin` adds the operator endpoints (adapter load/unload, engine state) to `user`'s; restarting
+the engine, which every tenant shares, needs an admin key without `adapters=`.
 `adapters=` limits the key to adapter names matching one of the shell patterns (fnmatch, case
 sensitive); the served base model is always allowed, since it holds no tenant's weights. The
 check runs on the name a reference resolved to, so no alias or digest reaches another name.
@@ -40,6 +43,7 @@ from loramux.registry.errors import InvalidName
 from loramux.registry.refs import AdapterRef
 from loramux.server.budgets import KeyBudget, Limits, Ticket, unlimited
 from loramux.server.errors import AdapterForbidden, Forbidden, SettingsError, Unauthorized
+from loramux.server.hub_refs import hub_name, is_hub_reference
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -50,6 +54,8 @@ log = logging.getLogger(__name__)
 # fnmatch's `*?[]!`. Anything else (`/`, `:`, `@`, capitals) could never match a name.
 _PATTERN_RE = re.compile(r"^[a-z0-9._*?\[\]!-]{1,64}$")
 _LIMITS = ("rpm", "tpm", "concurrency")
+MIN_KEY_CHARS = 10  # refuses a short, guessable key; `openssl rand -hex 16` gives 32
+_COMMENT_RE = re.compile(r"(^|\s)#.*$")
 T = TypeVar("T")
 
 
@@ -103,18 +109,24 @@ class KeyStore:
         """The principal of an `Authorization: Bearer KEY` header; Unauthorized otherwise."""
         if self.path is None:
             return ANONYMOUS
-        self._reload_if_changed()
         scheme, _, token = (authorization or "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
-        digest = hashlib.sha256(token.encode()).digest()
+        return self.by_digest(key_digest(token))
+
+    def by_digest(self, digest: bytes, gone: str = "invalid API key") -> Principal:
+        """The principal of a key given by its sha256 (what a login session keeps, so that
+        a key removed from the file ends its sessions too); Unauthorized(`gone`) otherwise."""
+        if self.path is None:
+            return ANONYMOUS
+        self._reload_if_changed()
         found: Principal | None = None
         for key in self._keys:  # every key compared, found or not: no timing of the position
             if hmac.compare_digest(key.digest, digest):
                 found = key.principal
         if found is None:
-            raise Unauthorized("invalid API key")
+            raise Unauthorized(gone)
         return found
 
     def _reload_if_changed(self) -> None:
@@ -136,14 +148,17 @@ class KeyStore:
         """Keys from the file's text; a key whose limits did not change keeps its budget."""
         keys: list[_Key] = []
         for number, raw in enumerate(text.splitlines(), 1):
-            line = raw.split("#", 1)[0].strip()
+            line = _COMMENT_RE.sub("", raw).strip()
             if not line:
                 continue
             try:
+                if "#" in line:
+                    raise ValueError("'#' inside a key or word (a comment starts with '#' at "
+                                     "the start of a line or after a space)")
                 secret, admin, adapters, limits, name = _parse_line(line, number)
             except ValueError as exc:
                 raise SettingsError(f"{self.path}:{number}: {exc}") from None
-            digest = hashlib.sha256(secret.encode()).digest()
+            digest = key_digest(secret)
             if any(k.digest == digest for k in keys):
                 raise SettingsError(f"{self.path}:{number}: this key is already listed")
             old = previous.get(digest)
@@ -189,7 +204,14 @@ def _parse_line(line: str, number: int) -> tuple[str, bool, tuple[str, ...] | No
         else:
             raise ValueError(f"unknown word {word!r}: expected user, admin, adapters=, rpm=, "
                              "tpm=, concurrency= or name=")
+    if len(secret) < MIN_KEY_CHARS:
+        raise ValueError(f"the key is shorter than {MIN_KEY_CHARS} characters; use a random "
+                         "one, e.g. `openssl rand -hex 16`")
     return secret, admin, adapters, Limits(**limits), name
+
+
+def key_digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
 
 
 def _stamp(path: Path) -> tuple[int, int, int]:
@@ -219,6 +241,10 @@ def check_adapter(principal: Principal | None, model: str, name: str | None = No
     """
     if principal is None or principal.adapters is None:
         return
+    if name is None and is_hub_reference(model):
+        name = hub_name(model)  # the name an import would publish it as (server/hub_refs.py)
+        if name is None:
+            return  # not a valid Hub reference: resolving it answers 404
     if name is None:
         try:
             name = AdapterRef.parse(model).name
@@ -273,6 +299,15 @@ async def require_admin(principal: Annotated[Principal, Depends(authenticate)]) 
     return principal
 
 
+async def require_operator(principal: Annotated[Principal, Depends(require_admin)]) -> Principal:
+    """Dependency: an admin key limited to no adapters. What every tenant shares (the engine)
+    is not for a key scoped to some of them."""
+    if principal.adapters is not None:
+        raise Forbidden("this endpoint affects every tenant: it needs an admin API key "
+                        "without adapters=")
+    return principal
+
+
 User = Annotated[Principal, Depends(authenticate)]
 Admin = Annotated[Principal, Depends(require_admin)]
 PROTECTED_PATHS = frozenset({"/metrics", "/docs", "/docs/oauth2-redirect", "/redoc",
@@ -300,15 +335,34 @@ def _guard(inner: ASGIApp) -> ASGIApp:
     return guarded
 
 
-UI_COOKIE = "loramux_server_ui"  # set by the /ui login form (loramux/web)
+UI_COOKIE = "loramux_server_ui"  # set by the /ui login form (loramux/web/login.py)
+
+
+def ui_login_check(app: FastAPI) -> Callable[[str], str]:
+    """What the /ui login form keeps for a session: the key's digest, once the key is valid
+    (the secret itself is not kept, as the keys file's are not)."""
+
+    def check(secret: str) -> str:
+        keys: KeyStore = app.state.runtime.keys
+        keys.authenticate(f"Bearer {secret}" if secret else None)
+        return key_digest(secret).hex()
+
+    return check
 
 
 async def authenticate_ui(request: Request) -> Principal:
-    """The caller of the `/ui` playground: the API key a login form stored in an HttpOnly
-    cookie (a page's script cannot send a bearer header it cannot read). Only /ui routes use
-    this; the API's `authenticate` never reads the cookie."""
+    """The caller of the `/ui` playground: the key behind the login session whose id the
+    HttpOnly cookie holds (a page's script cannot send a bearer header it cannot read),
+    checked against the keys in force now. Only /ui routes use this; the API's
+    `authenticate` never reads the cookie."""
     keys: KeyStore = request.app.state.runtime.keys
-    secret = request.cookies.get(UI_COOKIE, "")
-    principal = keys.authenticate(f"Bearer {secret}" if secret else None)
+    if not keys.enabled:
+        principal = ANONYMOUS
+    else:
+        credential = request.app.state.ui_login.credential(request)
+        if credential is None:
+            raise Unauthorized("sign in: no session, or it expired")
+        principal = keys.by_digest(bytes.fromhex(credential),
+                                   gone="the API key of this session is no longer valid")
     request.state.key = principal.name
     return principal

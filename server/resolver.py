@@ -19,7 +19,9 @@ An alias with a weighted canary (``loramux registry alias set NAME prod 4 --cana
 looked up as a split (stable, canary, weight) and decided per request in :func:`choose`, the one
 place that picks: sticky per user (the request's ``user`` field, else the ``X-Loramux-User``
 header), random without one. The monotonic rule applies to the stable version; the canary may
-come and go (a rollback sets its weight to 0).
+come and go (a rollback sets its weight to 0). :meth:`Resolver.route` says whether the split
+chose the version: only such requests count per version in the metrics the rollback rule
+reads, so a caller who pins the canary (``name@N``, a digest) cannot sway them.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from loramux.registry.errors import InvalidRequest as NoHistory
 from loramux.registry.manifest import Manifest
 from loramux.registry.refs import AdapterRef
 from loramux.server.errors import ServerError, registry_failure
+from loramux.server.hub_refs import HubReferences, is_hub_reference, refuse
 from loramux.wire import USER_HEADER
 
 log = logging.getLogger(__name__)
@@ -74,6 +77,16 @@ def choose(stable: Manifest, canary: Manifest | None, weight: float, model: str,
     return canary if point < weight else stable
 
 
+@dataclass(frozen=True)
+class Route:
+    """The version one request gets, and whether an alias's live canary split chose it (stable
+    side or canary side). Only such requests count towards the per-version figures a canary is
+    judged on: a caller who pins ``name@N`` or a digest chose the version itself."""
+
+    manifest: Manifest
+    by_split: bool = False
+
+
 @dataclass
 class _Entry:
     manifest: Manifest | None  # the stable version
@@ -84,8 +97,10 @@ class _Entry:
 
 
 class Resolver:
-    def __init__(self, registry, served_name: str, ttl_s: float = 2.0, max_entries: int = 10_000):
+    def __init__(self, registry, served_name: str, ttl_s: float = 2.0, max_entries: int = 10_000,
+                 hub: HubReferences | None = None):
         self._registry = registry
+        self._hub = hub or HubReferences()  # `hf://` references: none allowed unless told
         self.served_name = served_name
         self.ttl_s = ttl_s
         self._max_entries = max_entries
@@ -100,13 +115,18 @@ class Resolver:
         """Manifest for an adapter reference (for an alias with a canary, the side ``user``
         falls on); ModelNotFound for unknown or invalid refs, RegistryUnavailable when the
         registry cannot answer (remembered for the TTL too)."""
+        return (await self.route(model, user)).manifest
+
+    async def route(self, model: str, user: str | None = None) -> Route:
+        """`resolve`, saying too whether a canary split chose the version."""
         entry = self._cache.get(model)
         if entry is None or entry.expires < time.monotonic():
             entry = await self._shared_lookup(model)
         if entry.error is not None:
             raise entry.error
         assert entry.manifest is not None
-        return choose(entry.manifest, entry.canary, entry.weight, model, user)
+        split = entry.canary is not None and entry.weight > 0
+        return Route(choose(entry.manifest, entry.canary, entry.weight, model, user), split)
 
     async def _shared_lookup(self, model: str) -> _Entry:
         """One registry lookup per reference at a time; every waiter gets its answer.
@@ -130,6 +150,8 @@ class Resolver:
         self._cache[model] = task.result()
 
     def _lookup(self, model: str) -> _Entry:
+        if is_hub_reference(model):
+            return self._hub_lookup(model)
         try:
             ref = AdapterRef.parse(model)
         except InvalidName as exc:
@@ -145,6 +167,15 @@ class Resolver:
         if not ref.pins_version:
             manifest = self._monotonic(ref, model, manifest)
         return _Entry(manifest, None, time.monotonic() + ttl, split.canary, split.weight)
+
+    def _hub_lookup(self, model: str) -> _Entry:
+        """A Hub reference, imported into the registry on first use (``hub_refs``); kept like a
+        pinned reference, except that a Hub that could not be reached is not remembered."""
+        try:
+            manifest = self._hub.lookup(self._registry, model, self.served_name)
+        except ServerError as exc:
+            return _Entry(None, exc, time.monotonic() + (self.ttl_s if refuse(exc) else 0.0))
+        return _Entry(manifest, None, time.monotonic() + PINNED_TTL_S)
 
     def _split(self, ref: AdapterRef) -> Split:
         """An alias's split (stable, canary, weight); any other reference is its one manifest

@@ -19,6 +19,7 @@ from loramux.server.auth import KeyStore
 from loramux.server.engines.base import Engine
 from loramux.server.errors import EngineUnavailable
 from loramux.server.handlers import Handlers
+from loramux.server.hub_refs import HubReferences
 from loramux.server.metrics import Metrics
 from loramux.server.model_defaults import describe, read_model_defaults
 from loramux.server.models import ServingModels
@@ -92,7 +93,8 @@ class Runtime:
                                            max_resident=settings.max_cpu_loras,
                                            max_cache_bytes=settings.max_cache_bytes,
                                            failure_ttl_s=settings.adapter_failure_ttl_s))
-        resolver = Resolver(self.registry, settings.name, ttl_s=settings.resolve_ttl_s)
+        resolver = Resolver(self.registry, settings.name, ttl_s=settings.resolve_ttl_s,
+                            hub=HubReferences.from_patterns(settings.hub_allow, model_dir))
         self.models = ServingModels(self.registry, resolver, self.adapters, base, self.metrics,
                                     root=settings.base)
         self.handlers = Handlers(self.engine, self.tokenizer, self.models, self.metrics,

@@ -17,10 +17,20 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field, FilePath, ValidationError, model_validator
 
 from loramux.server.errors import SettingsError
-from loramux.wire import KEEP_ALIVE_S
+from loramux.wire import (
+    FORWARDED_ALLOW_IPS,
+    FORWARDED_HELP,
+    HEADER_TIMEOUT_HELP,
+    HEADER_TIMEOUT_S,
+    KEEP_ALIVE_HELP,
+    KEEP_ALIVE_S,
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_HELP,
+)
 
 if TYPE_CHECKING:
     from loramux.server.engines.vllm_engine import VllmOptions
+    from loramux.web.serving import ConnectionLimits
 
 ENV_PREFIX = "LORAMUX_"
 
@@ -57,8 +67,11 @@ class ServerSettings(BaseModel):
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port (0: any free one).")
     # Why longer than uvicorn's 5 s: see loramux.wire.KEEP_ALIVE_S.
-    keep_alive_s: int = Field(default=KEEP_ALIVE_S, ge=1,
-                                description="Seconds an idle client connection is kept open.")
+    keep_alive_s: int = Field(default=KEEP_ALIVE_S, ge=1, description=KEEP_ALIVE_HELP)
+    header_timeout_s: float = Field(default=HEADER_TIMEOUT_S, gt=0,
+                                    description=HEADER_TIMEOUT_HELP)
+    max_connections: int = Field(default=MAX_CONNECTIONS, ge=1, description=MAX_CONNECTIONS_HELP)
+    forwarded_allow_ips: str = Field(default=FORWARDED_ALLOW_IPS, description=FORWARDED_HELP)
     api_keys: FilePath | None = Field(
         default=None, description="File of API keys, one a line: KEY, then optionally "
         "admin, adapters=a-*,b, rpm=N, tpm=N, concurrency=N; re-read when it changes. "
@@ -67,9 +80,18 @@ class ServerSettings(BaseModel):
         default=False, description="Allow a non-loopback --host without --api-keys: anyone "
         "who reaches the port is admin.")
     protect_metrics: bool = Field(
-        default=False, description="/metrics, /docs and /openapi.json need a key too.")
+        default=False, description="/docs and /openapi.json (and an --open-metrics "
+        "/metrics) need a key too.")
+    open_metrics: bool = Field(
+        default=False, description="Serve /metrics to anyone who reaches the port. Without "
+        "it, a server with --api-keys answers /metrics only to an admin key without adapters= "
+        "(Prometheus: a bearer token), since it names every tenant's adapters.")
     pin: list[str] = Field(default_factory=list,
                            description="Adapter ref kept resident (repeatable).")
+    hub_allow: list[str] = Field(
+        default_factory=list, description="Hugging Face Hub repos (ORG/*, ORG/REPO; "
+        "repeatable) whose adapters a request may name as hf://ORG/REPO[@REV]: imported into "
+        "the registry on first use. Without it hf:// models are 404.")
     cache_dir: Path = Field(default=Path.home() / ".cache" / "loramux" / "adapters",
                             description="Local adapter cache, by digest.")
     max_cache_bytes: int = Field(default=8 * 2**30, ge=1,
@@ -130,6 +152,13 @@ class ServerSettings(BaseModel):
                                  else str(e["msg"]).removeprefix("Value error, ")
                                  for e in exc.errors())
             raise SettingsError(problems) from None
+
+    def connection_limits(self) -> ConnectionLimits:
+        """The uvicorn limits (loramux.web.serving) these settings ask for."""
+        from loramux.web.serving import ConnectionLimits
+
+        return ConnectionLimits(self.keep_alive_s, self.header_timeout_s, self.max_connections,
+                                self.forwarded_allow_ips)
 
     def compute_dtype(self) -> str:
         """``dtype`` with ``auto`` resolved for this machine (loramux.hardware decides)."""

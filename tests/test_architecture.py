@@ -18,7 +18,7 @@ PARTS = {"registry": "loramux.registry", "release": "loramux.release",
          "loramux": "loramux"}
 FORBIDDEN = {
     "registry": ("loramux.release", "loramux.server", "loramux.trainer", "loramux.demo",
-                 "loramux.bench", "loramux.cli"),
+                 "loramux.bench", "loramux.cli", "loramux.hub"),
     "release": ("loramux.server", "loramux.trainer", "loramux.demo", "loramux.bench",
                 "loramux.cli"),
     "server": ("loramux.release", "loramux.trainer", "loramux.demo", "loramux.bench",
@@ -30,7 +30,9 @@ SHARED = ("loramux/wire.py", "loramux/errors.py", "loramux/cli_errors.py", "lora
 ANY_PART = ("loramux.registry", "loramux.release", "loramux.server", "loramux.trainer",
             "loramux.demo", "loramux.bench", "loramux.bases", "loramux.support", "loramux.cli")
 # What asks a serving endpoint (answers, metrics): release management does, never the registry.
-CALLING_OUT = ("openai", "prometheus_client", "loramux.release")
+# The Hugging Face Hub is called by loramux.hub, which publishes through the registry.
+CALLING_OUT = ("openai", "prometheus_client", "loramux.release", "huggingface_hub",
+               "loramux.hub")
 HTTP_CLIENTS = ("httpx", "requests", "urllib.request")
 # The registry's own HTTP: its client (to a registry server) and its OCI blob store.
 OWN_HTTP = ("registry/remote.py", "registry/oci/")

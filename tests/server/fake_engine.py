@@ -27,6 +27,7 @@ from loramux.server.admission import Admission
 from loramux.server.auth import KeyStore
 from loramux.server.engines.base import AdapterHandle, Delta, EngineInfo, GenerationRequest
 from loramux.server.handlers import Handlers
+from loramux.server.hub_refs import HubReferences
 from loramux.server.metrics import Metrics
 from loramux.server.models import ServingModels
 from loramux.server.resolver import Resolver
@@ -60,6 +61,11 @@ class FakeEngine:
         self._cond = threading.Condition()
         self.served: list[str | None] = []  # the adapter digest of each request, in order
         self.loaded: dict[int, AdapterHandle] = {}
+        # Set by a test: `load_adapter` takes the slot, then raises this (a partial load), and
+        # `check_health` raises `health_error`.
+        self.load_error: Exception | None = None
+        self.health_error: Exception | None = None
+        self.load_attempts = 0
 
     def hold(self) -> None:
         self._gate.clear()
@@ -95,13 +101,17 @@ class FakeEngine:
         pass
 
     async def load_adapter(self, adapter: AdapterHandle) -> None:
+        self.load_attempts += 1
         self.loaded[adapter.lora_id] = adapter
+        if self.load_error is not None:
+            raise self.load_error
 
     async def unload_adapter(self, adapter: AdapterHandle) -> None:
         self.loaded.pop(adapter.lora_id, None)
 
     async def check_health(self) -> None:
-        pass
+        if self.health_error is not None:
+            raise self.health_error
 
     async def restart(self) -> None:
         pass
@@ -123,7 +133,8 @@ class FakeRuntime:
         self.registry = reg.open(registry_dir)
         self.adapters = AdapterManager(engine, self.registry, self.metrics,
                                        AdapterManagerOptions(cache_dir=cache_dir))
-        resolver = Resolver(self.registry, settings.name, ttl_s=settings.resolve_ttl_s)
+        resolver = Resolver(self.registry, settings.name, ttl_s=settings.resolve_ttl_s,
+                            hub=HubReferences.from_patterns(settings.hub_allow, None))
         self.models = ServingModels(self.registry, resolver, self.adapters,
                                     compat.ServedBase(None, "none", settings.max_lora_rank),
                                     self.metrics, settings.base)
