@@ -51,6 +51,7 @@ from loramux.server.errors import (
     registry_failure,
 )
 from loramux.server.metrics import Metrics
+from loramux.server.registry_io import registry_io
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ class AdapterManager:
         label = self._metrics.label(manifest.name)
         started = time.perf_counter()
         try:
-            path = await asyncio.to_thread(self._fetch_verified, manifest)
+            path = await registry_io(self._fetch_verified, manifest)
         except (*REGISTRY_FAILURES, OSError) as exc:
             raise fetch_failure(manifest, exc) from exc
         self._metrics.fetches.labels(label).inc()

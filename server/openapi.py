@@ -31,7 +31,7 @@ ERRORS: dict[int, str] = {
     503: "The engine or the adapter registry cannot answer; retry after `Retry-After` seconds.",
 }
 COMPLETION_ERRORS = (400, 401, 403, 404, 405, 413, 429, 500, 503)
-ADMIN_ERRORS = (400, 401, 403, 404, 405, 413, 500, 503)
+ADMIN_ERRORS = (400, 401, 403, 404, 405, 413, 429, 500, 503)  # 429: the key's budget
 READ_ERRORS = (400, 401, 403, 405, 500, 503)
 
 

@@ -42,6 +42,7 @@ from loramux.registry.manifest import Manifest
 from loramux.registry.refs import AdapterRef
 from loramux.server.errors import ServerError, registry_failure
 from loramux.server.hub_refs import HubReferences, is_hub_reference, refuse
+from loramux.server.registry_io import registry_io
 from loramux.wire import USER_HEADER
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ class Resolver:
         away (its request cancelled) does not cancel the lookup the others wait for."""
         task = self._lookups.get(model)
         if task is None:
-            task = asyncio.get_running_loop().create_task(asyncio.to_thread(self._lookup, model))
+            task = asyncio.get_running_loop().create_task(registry_io(self._lookup, model))
             self._lookups[model] = task
             task.add_done_callback(lambda done: self._store(model, done))
         return await asyncio.shield(task)

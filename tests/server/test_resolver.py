@@ -32,12 +32,14 @@ class SpyRegistry:
     def __init__(self, registry) -> None:
         self.registry = registry
         self.lookups: list[str] = []
+        self.threads: list[str] = []  # where each lookup ran
         self.fail: Exception | None = None
         self.gate = threading.Event()  # lookups wait here until the test opens it
         self.gate.set()
 
     def resolve(self, ref):
         self.lookups.append(str(ref))
+        self.threads.append(threading.current_thread().name)
         self.gate.wait()
         if self.fail is not None:
             raise self.fail
@@ -161,3 +163,12 @@ def test_expired_alias_is_looked_up_once_for_concurrent_requests(registry, clock
     assert [m.version for m in manifests] == [2] * 19
     assert spy.lookups == ["sql:prod", "sql:prod"], "one registry lookup per expiry"
     assert resolve(resolver, "sql:prod").version == 2 and len(spy.lookups) == 2
+
+
+def test_lookups_run_on_the_registry_pool_not_the_default_one(registry) -> None:
+    """A registry that hangs must not take the default pool's threads, which tokenization and
+    every other `to_thread` share (security round 2, item 3)."""
+    spy = SpyRegistry(registry)
+    resolver = Resolver(spy, "base", ttl_s=TTL)
+    assert resolve(resolver, "sql@2").version == 2
+    assert spy.threads and all(t.startswith("loramux-registry") for t in spy.threads), spy.threads
