@@ -66,6 +66,7 @@ class Registry(ABC):
         quantization: QuantizationInfo | str | dict[str, Any] | None = None,
         lineage: Lineage | dict[str, Any] | None = None,
         created_by: str | None = None,
+        new_version: bool = False,
     ) -> Manifest:
         """Validate the PEFT LoRA adapter in ``folder`` and store it as ``name``'s next version.
 
@@ -73,7 +74,9 @@ class Registry(ABC):
         ``base_fingerprint`` (``sha256:…``) is taken as given; without either, the base named
         in ``adapter_config.json`` is fingerprinted when it is a local folder.
         ``quantization`` is what the adapter was trained against (``nf4+dq+bf16``…), and
-        ``lineage`` how it was made. Content equal to the latest version's makes no new version.
+        ``lineage`` how it was made. Content equal to the latest version's makes no new version
+        (and facts given with it that differ from that version's are refused, ``Conflict``,
+        naming them), unless ``new_version``: then a new version records them.
 
         Returns the manifest of the version ``name`` now ends with.
         Raises ``InvalidName`` (name, alias, labels, description), ``InvalidAdapter`` and its
@@ -84,7 +87,7 @@ class Registry(ABC):
         request = push_request(
             alias=alias, description=description, labels=labels, base_model=base_model,
             base_fingerprint=base_fingerprint, quantization=quantization, lineage=lineage,
-            created_by=created_by or self.actor,
+            created_by=created_by or self.actor, new_version=new_version,
         )
         unfingerprinted = None
         if base_model is None and base_fingerprint is None:

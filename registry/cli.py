@@ -9,122 +9,32 @@ management (``promote``, ``rollout status``) has its own CLI, ``release/cli.py``
 
 from __future__ import annotations
 
-import inspect
 import json
-import logging
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
 
-import click
 import typer
 
 from loramux import registry as reg
 from loramux import wire
-from loramux.cli_errors import ErrorLines
 from loramux.registry import render
 from loramux.registry.blobs import BLOBS_HELP, ENV_BLOBS
 from loramux.registry.canary import parse_spec
-from loramux.registry.errors import IntegrityError, RegistryError
-from loramux.registry.http.auth import TOKENS_FORMAT
-from loramux.registry.index import INDEX_HELP
-from loramux.registry.manifest import parse_labels
-from loramux.wire import ENV_REGISTRY, ENV_TOKEN
-
-REGISTRY_HELP = f"Folder or http(s):// URL (env {ENV_REGISTRY}, else ~/.loramux/registry)."
-TOKEN_HELP = f"Bearer token for a remote registry (env {ENV_TOKEN})."
-
-
-class _Group(ErrorLines):
-    """Errors as one line each (:class:`ErrorLines`); push's warnings as lines too."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        warnings = logging.getLogger("loramux.registry.base")  # push's warnings
-        handler = _WarningLine(logging.WARNING)
-        warnings.addHandler(handler)
-        try:
-            return super().invoke(ctx)
-        finally:
-            warnings.removeHandler(handler)
-
-
-class _WarningLine(logging.Handler):
-    """A library warning (e.g. a push without a base fingerprint) as one line on stderr."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        typer.echo(f"warning: {record.getMessage()}", err=True)
-
-
-app = typer.Typer(
-    name="registry",
-    cls=_Group,
-    no_args_is_help=True,
-    help="Versioned store of LoRA adapters (a local folder or a registry server).",
+from loramux.registry.cli_kit import (  # noqa: F401  (REGISTRY_HELP, TOKEN_HELP: re-exported)
+    REGISTRY_HELP,
+    TOKEN_HELP,
+    Location,
+    _State,
+    app,
+    emit_json,
+    verb,
 )
+from loramux.registry.errors import IntegrityError, NotFound, RegistryError
+from loramux.registry.http.auth import TOKENS_FORMAT
+from loramux.registry.index import INDEX_FILE, INDEX_HELP
+from loramux.registry.manifest import parse_labels
+
 alias_app = typer.Typer(no_args_is_help=True, help="Move or remove an alias (prod, staging…).")
 app.add_typer(alias_app, name="alias")
-
-# Every verb takes these too, so that they may follow it (``push DIR --registry PATH``); there
-# they win over the group's (and the environment's).
-Location = Annotated[str | None, typer.Option("--registry", metavar="PATH|URL", help=REGISTRY_HELP)]
-Token = Annotated[str | None, typer.Option("--token", help=TOKEN_HELP)]
-
-
-class _State:
-    """The group's ``--registry`` and ``--token``; a verb's own (given after it) win."""
-
-    def __init__(self, location: str, token: str | None) -> None:
-        self.location = location
-        self.token = token
-        self.registry: reg.Registry | None = None
-
-    def open(self, location: str | None, token: str | None, *, create: bool) -> reg.Registry:
-        if self.registry is None:
-            self.registry = reg.open(location or self.location, token=token or self.token,
-                                     create=create)
-        return self.registry
-
-
-@app.callback()
-def main(
-    ctx: typer.Context,
-    registry: str | None = typer.Option(None, "--registry", envvar=ENV_REGISTRY,
-                                        metavar="PATH|URL", help=REGISTRY_HELP),
-    token: str | None = typer.Option(None, "--token", envvar=ENV_TOKEN, help=TOKEN_HELP),
-) -> None:
-    state = _State(registry or reg.default_location(), token)
-    ctx.obj = state
-    ctx.call_on_close(lambda: state.registry.close() if state.registry else None)
-
-
-def verb(name: str | None = None, *, group: typer.Typer | None = app,
-         create: bool = False) -> Any:
-    """Register a verb that receives the opened registry as its first argument.
-
-    The command gets ``--registry`` and ``--token`` of its own, so that they may follow the
-    verb; only ``push`` may create a registry (a typo must not make an empty store). With
-    ``group`` None the command is returned unregistered, for a mount point to add to this group
-    (release management's verbs: ``loramux/cli.py``).
-    """
-
-    def decorate(fn: Callable[..., Any]) -> Any:
-        def command(ctx: typer.Context, registry: Location = None, token: Token = None,
-                    **options: Any) -> Any:
-            state = ctx.find_object(_State)
-            assert state is not None
-            return fn(state.open(registry, token, create=create), **options)
-
-        ctx, *shared = list(inspect.signature(command, eval_str=True).parameters.values())[:3]
-        own = list(inspect.signature(fn, eval_str=True).parameters.values())[1:]
-        command.__signature__ = inspect.Signature([ctx, *own, *shared])  # type: ignore[attr-defined]
-        command.__doc__, command.__name__ = fn.__doc__, fn.__name__
-        return command if group is None else group.command(name)(command)
-
-    return decorate
-
-
-def emit_json(data: Any) -> None:
-    typer.echo(render.as_json(data))
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -147,6 +57,8 @@ def push(
     ),
     lineage: Path | None = typer.Option(None, "--lineage", help="JSON file of training lineage."),
     created_by: str | None = typer.Option(None, "--created-by"),
+    new_version: bool = typer.Option(False, "--new-version", help="Files equal to the latest "
+                                     "version's: record the facts given as a new version."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Validate and store an adapter as the next version of NAME (creates the registry)."""
@@ -159,7 +71,7 @@ def push(
     manifest = registry.push(
         folder, name, alias=alias, description=description, labels=parse_labels(label),
         base_model=base, base_fingerprint=base_fingerprint, quantization=quantization,
-        lineage=lineage_data, created_by=created_by,
+        lineage=lineage_data, created_by=created_by, new_version=new_version,
     )
     if as_json:
         emit_json(manifest)
@@ -351,6 +263,8 @@ def serve(
     ctx: typer.Context,
     registry: Location = None,
     root: Path | None = typer.Option(None, "--root", help="Store folder (default: --registry)."),
+    create: bool = typer.Option(False, "--create", help="Create the store when --root holds "
+                                "none (else a typo would serve a new empty one)."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8700, "--port", help="0: any free port."),
     tokens: Path | None = typer.Option(None, "--tokens", help=TOKENS_FORMAT),
@@ -389,6 +303,9 @@ def serve(
             " (e.g. 'secret0:admin,secret1:write,secret2:read'), or --anonymous-read for a"
             " read-only registry"
         )
+    if not create and index is None and not (root / INDEX_FILE).is_file():
+        raise NotFound(f"no registry at {root}: check the path, or pass --create to serve a new "
+                       "empty one there")
     run(str(root), host=host, port=port, auth=auth,
         limits=reg.Limits(max_total_bytes=max_bytes), log_level=log_level, index=index,
         blobs=blobs, connection_limits=ConnectionLimits(keep_alive, header_timeout,

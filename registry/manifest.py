@@ -274,6 +274,9 @@ class PushRequest(BaseModel):
     quantization: QuantizationInfo | None = None
     lineage: Lineage | None = None
     created_by: str | None = None
+    # The same files as the latest version make no new version, unless this says to: then the
+    # facts given with them (a base fingerprint added later, new lineage) are recorded.
+    new_version: bool = False
 
 
 def check_push_fields(request: PushRequest) -> None:

@@ -15,6 +15,7 @@ from loramux.registry.errors import InvalidBaseModel, InvalidName, InvalidReques
 from loramux.registry.fingerprint import base_components, fingerprint_of
 from loramux.registry.manifest import (
     Lineage,
+    Manifest,
     PushRequest,
     QuantizationInfo,
     check_labels,
@@ -33,6 +34,7 @@ def push_request(
     quantization: QuantizationInfo | str | dict[str, Any] | None,
     lineage: Lineage | dict[str, Any] | None,
     created_by: str | None,
+    new_version: bool = False,
 ) -> PushRequest:
     """A push's arguments, checked, as the request both stores commit (files added later)."""
     fingerprint, components = base_facts(base_model, base_fingerprint)
@@ -46,6 +48,7 @@ def push_request(
         quantization=coerce_quantization(quantization),
         lineage=coerce_lineage(lineage),
         created_by=created_by,
+        new_version=new_version,
     ))
 
 
@@ -124,3 +127,22 @@ def with_recorded_base(folder: Path, request: PushRequest) -> tuple[PushRequest,
         return request, str(exc)
     update = {"base_fingerprint": fingerprint, "base_components": components}
     return request.model_copy(update=update), None
+
+
+# What each recordable fact is called on the command line, for the refusal that names them.
+_FACT_FLAGS = {"base_fingerprint": "--base", "quantization": "--quantization",
+               "description": "--description", "labels": "--label", "lineage": "--lineage"}
+
+
+def ignored_facts(request: PushRequest, latest: Manifest) -> list[str]:
+    """The facts ``request`` gives that ``latest`` (holding the same files) does not record:
+    what a push of unchanged files would silently drop."""
+    def given(value: Any) -> bool:
+        return value not in (None, "", {}, [])
+
+    def dumped(value: Any) -> Any:
+        return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+    return [flag for field, flag in _FACT_FLAGS.items()
+            if given(getattr(request, field))
+            and dumped(getattr(request, field)) != dumped(getattr(latest, field))]

@@ -32,7 +32,7 @@ from loramux.registry.manifest import (
     VersionInfo,
 )
 from loramux.registry.oci.artifact import push_artifact
-from loramux.registry.push_args import check_push_request
+from loramux.registry.push_args import check_push_request, ignored_facts
 from loramux.registry.refs import AdapterRef, validate_alias, validate_digest, validate_name
 from loramux.registry.validate import Limits, check_rel_path, check_sizes, scan_folder
 from loramux.registry.validate import validate_adapter as _validate
@@ -145,8 +145,14 @@ class LocalRegistry(LocalCanaries, LocalPromotions, Registry):
         with self.index.write() as tx:
             at = now()
             latest = tx.latest(name)
-            if latest is not None and latest[1] == digest:
+            if latest is not None and latest[1] == digest and not request.new_version:
                 manifest = tx.manifest(name, latest[0])
+                if ignored := ignored_facts(request, manifest):
+                    raise Conflict(
+                        f"{manifest.ref} already holds these files, without the "
+                        f"{', '.join(ignored)} given: a version's facts are fixed, so nothing "
+                        "was recorded; add --new-version to record them as "
+                        "a new version (same files, nothing re-uploaded)")
                 log.info("%s: same content as %s, no new version", name, manifest.ref)
             else:
                 manifest = Manifest(

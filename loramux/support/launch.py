@@ -154,5 +154,5 @@ class RegistryProcess(ChildServer):
                  port: int | None = None) -> None:
         """`port`: that port rather than any free one (a restart where clients already point)."""
         super().__init__([sys.executable, "-m", "loramux.cli", "registry", "serve", "--root",
-                          str(root), *(args or []), "--port", str(port or 0)], log, port,
-                         "/health", env, timeout_s, "loramux registry serve")
+                          str(root), "--create", *(args or []), "--port", str(port or 0)],
+                         log, port, "/health", env, timeout_s, "loramux registry serve")

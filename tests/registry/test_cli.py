@@ -188,3 +188,40 @@ def test_serve_command(tmp_path: Path, adapters) -> None:
             assert reader.list() == []
     finally:
         server.stop()
+
+
+def test_a_repush_never_drops_new_facts_silently(target, adapters, tmp_path: Path) -> None:
+    """Pushing unchanged files again with a base fingerprint (what the warning advises), new
+    lineage or a description: refused in one line naming what would be dropped, or recorded
+    as a new version with --new-version; locally and over HTTP."""
+    location, _ = target
+    first = cli(location, "push", str(adapters["a"]), "-n", "nobase", "--json")
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["base_fingerprint"] is None
+    fingerprint = "sha256:" + "ab" * 32
+    again = cli(location, "push", str(adapters["a"]), "-n", "nobase",
+                "--base-fingerprint", fingerprint, "--description", "with its base")
+    assert again.exit_code == 4, again.output
+    line = again.stderr.strip()
+    assert "\n" not in line and line.startswith("error: nobase@1 already holds these files")
+    assert "--base, --description" in line and "--new-version" in line
+    assert json.loads(cli(location, "show", "nobase", "--json").stdout)["version"] == 1
+    recorded = cli(location, "push", str(adapters["a"]), "-n", "nobase", "--base-fingerprint",
+                   fingerprint, "--new-version", "--json")
+    assert recorded.exit_code == 0, recorded.output
+    manifest = json.loads(recorded.stdout)
+    assert (manifest["version"], manifest["base_fingerprint"]) == (2, fingerprint)
+    assert manifest["digest"] == json.loads(first.stdout)["digest"]
+    # The same files and the same facts again: a no-op, as before.
+    same = cli(location, "push", str(adapters["a"]), "-n", "nobase", "--base-fingerprint",
+               fingerprint, "--json")
+    assert same.exit_code == 0 and json.loads(same.stdout)["version"] == 2
+
+
+def test_serve_refuses_a_store_that_is_not_there_unless_create(tmp_path: Path) -> None:
+    typo = tmp_path / "stroe"
+    r = runner.invoke(app, ["serve", "--root", str(typo), "--anonymous-read"], env={})
+    assert r.exit_code == 3, r.output
+    assert r.stderr.strip() == (f"error: no registry at {typo}: check the path, or pass "
+                                "--create to serve a new empty one there")
+    assert not typo.exists()

@@ -44,14 +44,22 @@ def test_round_trip(backend, adapters, tmp_path: Path) -> None:
     out = reg.pull("support@1", tmp_path / "pulled")
     assert folder_bytes(out) == folder_bytes(adapters["a"])
 
-    again = reg.push(adapters["a"], "support", description="ignored: same content")
+    again = reg.push(adapters["a"], "support", description="first")  # nothing new: a no-op
     assert (again.version, again.digest, again.description) == (1, first.digest, "first")
+    # New facts with the same files are never dropped silently: refused, naming them ...
+    with pytest.raises(Conflict, match=r"--description, --label given.*--new-version"):
+        reg.push(adapters["a"], "support", description="second", labels={"team": "ml"})
+    assert [v.version for v in reg.list(name="support")] == [1]
+    # ... or recorded as a new version of the same files when asked.
+    amended = reg.push(adapters["a"], "support", description="second", new_version=True)
+    assert (amended.version, amended.digest, amended.description) == (2, first.digest, "second")
+    reg.delete("support@2")
     assert [v.version for v in reg.list(name="support")] == [1]
 
     second = reg.push(adapters["b"], "support")
-    assert second.version == 2 and second.digest != first.digest
-    assert [v.version for v in reg.list(name="support")] == [2, 1]
-    assert reg.resolve("support").version == 2
+    assert second.version == 3 and second.digest != first.digest
+    assert [v.version for v in reg.list(name="support")] == [3, 1]
+    assert reg.resolve("support").version == 3
     assert folder_bytes(reg.pull("support", tmp_path / "latest")) == folder_bytes(adapters["b"])
 
     # the same content under another name is stored once and has the same digest
