@@ -20,6 +20,7 @@ from loramux.registry.digests import adapter_digest
 from loramux.registry.errors import BlobMissing, Conflict, IntegrityError, InvalidName, NotFound
 from loramux.registry.evaluations import LocalPromotions
 from loramux.registry.index import INDEX_FILE, Transaction, is_shared, now, open_index, to_dt
+from loramux.registry.index.canary import canaries_of
 from loramux.registry.maintenance import collect_garbage, verify_blobs
 from loramux.registry.manifest import (
     AliasPointer,
@@ -272,19 +273,27 @@ class LocalRegistry(LocalCanaries, LocalPromotions, Registry):
         manifest = self.resolve(r)
         with self.index.write() as tx:
             aliases = tx.aliases_of(r.name, manifest.version)
+            canaries = canaries_of(tx, r.name, manifest.version)
             if aliases and not force:
                 raise Conflict(
                     f"{manifest.ref} is pointed at by alias(es) {', '.join(aliases)}: "
                     "move them first, or force the delete (which removes them)"
                 )
+            if canaries and not force:
+                where = ", ".join(f"{r.name}:{alias}" for alias in canaries)
+                raise Conflict(f"{manifest.ref} is the canary of {where}: end the canary first "
+                               "(alias set without --canary), or force the delete (which ends it)")
             at = now()
+            for alias in canaries:  # each end is an audit row of its own
+                end_canary(tx, r.name, alias, actor, at, reason=f"{manifest.ref} deleted")
             for alias in aliases:
                 self._alias_rm(tx, r.name, alias, actor, at, {"reason": "delete"})
             if not tx.mark_deleted(r.name, manifest.version, at, actor):
                 raise NotFound(f"{manifest.ref} was deleted concurrently")
             tx.audit(
                 at=at, actor=actor, action="delete", name=r.name, version=manifest.version,
-                digest=manifest.digest, detail={"forced": force, "aliases": aliases},
+                digest=manifest.digest,
+                detail={"forced": force, "aliases": aliases, "canaries": canaries},
             )
         log.info("deleted %s", manifest.ref)
         return VersionInfo(

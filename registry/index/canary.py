@@ -76,3 +76,11 @@ def put_canary(tx: Transaction, name: str, alias: str, canary: int | None, weigh
         "WHERE name=? AND alias=?",
         (canary, weight_ppm, at, actor, name, alias),
     )
+
+
+def canaries_of(tx: Transaction, name: str, version: int) -> list[str]:
+    """The aliases of ``name`` whose canary is ``version`` (what deleting it would orphan)."""
+    tx.claim(name)
+    rows = tx.execute("SELECT alias FROM aliases WHERE name=? AND canary_version=? "
+                      "ORDER BY alias", (name, version)).fetchall()
+    return [row[0] for row in rows]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loramux.registry import InvalidName, InvalidRequest, NotFound
+from loramux.registry import Conflict, InvalidName, InvalidRequest, NotFound
 from loramux.registry.canary import parse_spec
 
 pytestmark = pytest.mark.timeout(180)
@@ -71,15 +71,22 @@ def test_canary_refusals(backend, adapters) -> None:
     assert not [e for e in reg.log(name="chat") if e.action == "canary"]  # nothing half-done
 
 
-def test_a_deleted_canary_version_stops_being_served(backend, adapters) -> None:
+def test_a_canary_version_is_deleted_only_by_force_which_ends_the_canary(backend,
+                                                                         adapters) -> None:
     reg = backend.registry
     v1 = reg.push(adapters["a"], "chat")
     reg.push(adapters["b"], "chat")
     reg.canary_set("chat", "prod", 1, 2, 0.3)
-    reg.delete("chat@2")  # not pointed at by the alias itself: the delete goes through
+    with pytest.raises(Conflict, match="chat@2 is the canary of chat:prod: end the canary"):
+        reg.delete("chat@2")
+    assert reg.resolve_split("chat:prod").weight == pytest.approx(0.3)
+    reg.delete("chat@2", force=True)  # ends the canary, with its own audit row
     split = reg.resolve_split("chat:prod")
     assert (split.stable, split.canary, split.weight) == (v1, None, 0.0)
-    assert reg.canary("chat", "prod").canary_digest is None
+    state = reg.canary("chat", "prod")
+    assert state.canary is None and state.weight == 0
+    ended = _canary_rows(reg, "chat")[0]
+    assert ended.detail["reason"] == "chat@2 deleted" and ended.detail["weight"] == 0
 
 
 @pytest.mark.parametrize(("text", "want"), [("5:10%", (5, 0.1)), ("5:0.1", (5, 0.1)),
