@@ -26,7 +26,6 @@ import hashlib
 import hmac
 import ipaddress
 import logging
-import os
 import re
 import time
 from collections.abc import Callable
@@ -44,6 +43,7 @@ from loramux.registry.refs import AdapterRef
 from loramux.server.budgets import KeyBudget, Limits, Ticket, unlimited
 from loramux.server.errors import AdapterForbidden, Forbidden, SettingsError, Unauthorized
 from loramux.server.hub_refs import hub_name, is_hub_reference
+from loramux.web.watched import COMMENT_RE, MIN_SECRET_CHARS, WatchedFile
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -54,8 +54,8 @@ log = logging.getLogger(__name__)
 # fnmatch's `*?[]!`. Anything else (`/`, `:`, `@`, capitals) could never match a name.
 _PATTERN_RE = re.compile(r"^[a-z0-9._*?\[\]!-]{1,64}$")
 _LIMITS = ("rpm", "tpm", "concurrency")
-MIN_KEY_CHARS = 10  # refuses a short, guessable key; `openssl rand -hex 16` gives 32
-_COMMENT_RE = re.compile(r"(^|\s)#.*$")
+MIN_KEY_CHARS = MIN_SECRET_CHARS  # both secrets files' rule (loramux.web.watched)
+_COMMENT_RE = COMMENT_RE
 T = TypeVar("T")
 
 
@@ -94,12 +94,9 @@ class KeyStore:
     def __init__(self, path: Path | None, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
         self._clock = clock
-        self._keys: tuple[_Key, ...] = ()
-        self._stamp: tuple[int, int, int] | None = None
-        self._bad_stamp: tuple[int, int, int] | None = None
-        if path is not None:
-            self._stamp = _stamp(path)
-            self._keys = self._parse(_read(path), previous={})
+        self._file: WatchedFile[tuple[_Key, ...]] | None = None
+        if path is not None:  # re-read when it changes (loramux.web.watched)
+            self._file = WatchedFile(path, self._parse, error=SettingsError, what="API keys")
 
     @property
     def enabled(self) -> bool:
@@ -118,34 +115,20 @@ class KeyStore:
     def by_digest(self, digest: bytes, gone: str = "invalid API key") -> Principal:
         """The principal of a key given by its sha256 (what a login session keeps, so that
         a key removed from the file ends its sessions too); Unauthorized(`gone`) otherwise."""
-        if self.path is None:
+        if self._file is None:
             return ANONYMOUS
-        self._reload_if_changed()
         found: Principal | None = None
-        for key in self._keys:  # every key compared, found or not: no timing of the position
+        # Every key compared, found or not: no timing of the position.
+        for key in self._file.current():
             if hmac.compare_digest(key.digest, digest):
                 found = key.principal
         if found is None:
             raise Unauthorized(gone)
         return found
 
-    def _reload_if_changed(self) -> None:
-        assert self.path is not None
-        stamp = _stamp(self.path)
-        if stamp in (self._stamp, self._bad_stamp):
-            return
-        try:
-            keys = self._parse(_read(self.path), {k.digest: k for k in self._keys})
-        except (OSError, SettingsError) as exc:
-            self._bad_stamp = stamp  # logged once per bad version of the file
-            log.error("API keys file %s not reloaded, the previous keys stay in force: %s",
-                      self.path, exc)
-            return
-        self._keys, self._stamp, self._bad_stamp = keys, stamp, None
-        log.info("API keys reloaded from %s: %d keys", self.path, len(keys))
-
-    def _parse(self, text: str, previous: dict[bytes, _Key]) -> tuple[_Key, ...]:
+    def _parse(self, text: str, before: tuple[_Key, ...] | None) -> tuple[_Key, ...]:
         """Keys from the file's text; a key whose limits did not change keeps its budget."""
+        previous = {k.digest: k for k in before or ()}
         keys: list[_Key] = []
         for number, raw in enumerate(text.splitlines(), 1):
             line = _COMMENT_RE.sub("", raw).strip()
@@ -179,6 +162,10 @@ def _parse_line(line: str, number: int) -> tuple[str, bool, tuple[str, ...] | No
     first, *words = line.split()
     secret, _, legacy = first.partition(":")  # `KEY:admin`, the older spelling
     if legacy not in ("", "user", "admin"):
+        if re.fullmatch(r"(read|write|admin)(:[^:\s]*)?", legacy) or "," in first:
+            raise ValueError("this looks like a `loramux registry serve --tokens` line "
+                             "(SECRET:read|write|admin[:NAME]); API keys are KEY [admin] "
+                             "[adapters=…] [rpm=N] …")
         secret, legacy = first, ""
     admin, adapters, name = legacy == "admin", None, f"line-{number}"
     limits: dict[str, int] = {}
@@ -212,23 +199,6 @@ def _parse_line(line: str, number: int) -> tuple[str, bool, tuple[str, ...] | No
 
 def key_digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
-
-
-def _stamp(path: Path) -> tuple[int, int, int]:
-    """What changes when the file is edited or replaced (a k8s secret swaps a symlink); a
-    missing file has its own stamp, so its absence is logged once too."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return (0, 0, 0)
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise SettingsError(f"{path} is not UTF-8 text: {exc}") from None
 
 
 def check_adapter(principal: Principal | None, model: str, name: str | None = None) -> None:

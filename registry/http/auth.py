@@ -2,7 +2,9 @@
 
 Tokens come from a file (``--tokens FILE``) or ``LORAMUX_REGISTRY_TOKENS``; both use the same
 syntax, entries separated by commas or newlines: ``SECRET:SCOPE[:NAME]``, ``#`` starts a
-comment. ``admin`` implies ``write``, which implies ``read``. ``write`` pushes, moves aliases
+comment (at the start of a line or after a space); secrets are at least ``MIN_SECRET_CHARS``
+long and listed once; the file is re-read when it changes. ``admin`` implies ``write``, which
+implies ``read``. ``write`` pushes, moves aliases
 and deletes versions no alias points at; what can destroy data others rely on (a forced delete,
 which removes aliases, ``gc``, and ``verify``, which moves blobs to quarantine) needs ``admin``.
 The optional NAME is what the audit log records; without one the log gets a short hash of the
@@ -22,6 +24,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from loramux.registry.errors import Forbidden, RegistryError, Unauthorized
+from loramux.web.watched import COMMENT_RE, MIN_SECRET_CHARS, WatchedFile
 from loramux.wire import ACTOR_HEADER
 
 ENV_TOKENS = "LORAMUX_REGISTRY_TOKENS"
@@ -53,19 +56,39 @@ class Identity:
 
 
 def parse_tokens(text: str, *, source: str = "tokens") -> list[Token]:
-    tokens = []
-    entries = (e.strip() for line in text.splitlines() for e in line.split("#", 1)[0].split(","))
-    for entry in entries:
-        if not entry:
-            continue
-        parts = entry.split(":")
-        if len(parts) not in (2, 3) or not parts[0] or parts[1] not in SCOPES:
-            raise RegistryError(
-                f"{source}: bad token entry {entry[:4]!r}…: expected SECRET:read|write|admin[:NAME]"
-            )
-        secret, scope = parts[0], parts[1]
-        name = parts[2] if len(parts) == 3 and parts[2] else _anon_name(secret)
-        tokens.append(Token(secret, scope, name))
+    """Tokens from a file's (or the variable's) text; refuses with ``source:line``: a malformed
+    entry, a secret shorter than ``MIN_SECRET_CHARS``, a ``#`` inside an entry (a comment starts
+    at the start of a line or after a space; inside a secret it would cut it), a secret listed
+    twice (which line would win?), and a ``loramux serve --api-keys`` file given by mistake."""
+    tokens: list[Token] = []
+    lines: dict[str, int] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        where = f"{source}:{number}"
+        line = COMMENT_RE.sub("", raw).strip()
+        for entry in (e.strip() for e in line.split(",")):
+            if not entry:
+                continue
+            if "#" in entry:
+                raise RegistryError(f"{where}: '#' inside a token (a comment starts with '#' at "
+                                    "the start of a line or after a space)")
+            parts = entry.split(":")
+            if " " in entry or "\t" in entry:
+                raise RegistryError(f"{where}: this looks like a `loramux serve --api-keys` "
+                                    "line (KEY admin …); registry tokens are "
+                                    "SECRET:read|write|admin[:NAME]")
+            if len(parts) not in (2, 3) or not parts[0] or parts[1] not in SCOPES:
+                raise RegistryError(f"{where}: bad token entry {entry[:4]!r}…: expected "
+                                    "SECRET:read|write|admin[:NAME]")
+            secret, scope = parts[0], parts[1]
+            if len(secret) < MIN_SECRET_CHARS:
+                raise RegistryError(f"{where}: the secret is shorter than {MIN_SECRET_CHARS} "
+                                    "characters; use a random one, e.g. `openssl rand -hex 16`")
+            if secret in lines:
+                raise RegistryError(f"{where}: this secret is already listed on line "
+                                    f"{lines[secret]}")
+            lines[secret] = number
+            name = parts[2] if len(parts) == 3 and parts[2] else _anon_name(secret)
+            tokens.append(Token(secret, scope, name))
     return tokens
 
 
@@ -74,24 +97,31 @@ def _anon_name(secret: str) -> str:
 
 
 class TokenAuth:
-    def __init__(self, tokens: Iterable[Token] = (), *, anonymous_read: bool = False) -> None:
-        self.tokens = list(tokens)
+    """The registry's tokens: given, from ``LORAMUX_REGISTRY_TOKENS``, and from a file that is
+    re-read when it changes (``loramux.web.watched``, as the server's API keys file)."""
+
+    def __init__(self, tokens: Iterable[Token] = (), *, anonymous_read: bool = False,
+                 tokens_file: Path | None = None) -> None:
+        self._given = list(tokens)
         self.anonymous_read = anonymous_read
+        self._file: WatchedFile[list[Token]] | None = None
+        if tokens_file is not None:
+            source = str(tokens_file)
+            self._file = WatchedFile(
+                Path(tokens_file), lambda text, _: parse_tokens(text, source=source),
+                error=RegistryError, what="registry tokens")
+            _no_duplicates(self._given, self._file.current(), source)
 
     @classmethod
     def from_sources(
         cls, tokens_file: Path | None = None, *, anonymous_read: bool = False
     ) -> TokenAuth:
-        tokens: list[Token] = []
-        if tokens_file is not None:
-            try:
-                text = Path(tokens_file).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise RegistryError(f"cannot read tokens file {tokens_file}: {exc}") from None
-            tokens += parse_tokens(text, source=str(tokens_file))
-        if os.environ.get(ENV_TOKENS):
-            tokens += parse_tokens(os.environ[ENV_TOKENS], source=ENV_TOKENS)
-        return cls(tokens, anonymous_read=anonymous_read)
+        given = parse_tokens(os.environ.get(ENV_TOKENS, ""), source=ENV_TOKENS)
+        return cls(given, anonymous_read=anonymous_read, tokens_file=tokens_file)
+
+    @property
+    def tokens(self) -> list[Token]:
+        return self._given + (self._file.current() if self._file is not None else [])
 
     @property
     def configured(self) -> bool:
@@ -113,6 +143,12 @@ class TokenAuth:
     def authorize(self, secret: str | None, scope: str, action: str = "this") -> Identity:
         """The caller, if its token grants ``scope``: else Unauthorized or Forbidden."""
         return check_scope(self.identify(secret), scope, action)
+
+
+def _no_duplicates(given: list[Token], listed: list[Token], source: str) -> None:
+    secrets = {t.secret for t in given}
+    if any(t.secret in secrets for t in listed):
+        raise RegistryError(f"{source}: a secret is listed both there and in {ENV_TOKENS}")
 
 
 def check_scope(identity: Identity, scope: str, action: str = "this") -> Identity:

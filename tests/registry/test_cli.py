@@ -175,16 +175,16 @@ def test_serve_command(tmp_path: Path, adapters) -> None:
                       env={"LORAMUX_REGISTRY_TOKENS": ""})
     assert r.exit_code == 1 and "no tokens configured" in r.stderr
 
-    env = {"LORAMUX_REGISTRY_TOKENS": "sekrit:write:ci,peek:read"}
+    env = {"LORAMUX_REGISTRY_TOKENS": "sekrit-write-token:write:ci,peek-read-token:read"}
     server = RegistryProcess(tmp_path / "srv", tmp_path / "srv.log", env=env,
                              args=["--max-bytes", "4000", "--log-level", "warning"])
     try:
         url = server.start()
-        with RemoteRegistry(url, token="sekrit") as client:
+        with RemoteRegistry(url, token="sekrit-write-token") as client:
             with pytest.raises(TooLarge, match="4000"):
                 client.push(adapters["a"], "served")
             assert client.whoami()["name"] == "ci"
-        with RemoteRegistry(url, token="peek") as reader:
+        with RemoteRegistry(url, token="peek-read-token") as reader:
             assert reader.list() == []
     finally:
         server.stop()

@@ -235,22 +235,22 @@ def test_remote_client_maps_errors_back(remote, adapters, tmp_path: Path) -> Non
 
 def test_tokens_file_and_env_parsing(tmp_path: Path, monkeypatch) -> None:
     tokens = tmp_path / "tokens"
-    tokens.write_text("# team tokens\nalpha:write:ci\nbeta:read\n")
-    monkeypatch.setenv("LORAMUX_REGISTRY_TOKENS", "gamma:read:dash, delta:write")
+    tokens.write_text("# team tokens\nalpha-write-token:write:ci\nbeta-read-token:read\n")
+    monkeypatch.setenv("LORAMUX_REGISTRY_TOKENS",
+                       "gamma-read-token:read:dash, delta-write-token:write")
     auth = TokenAuth.from_sources(tokens)
-    assert auth.identify("alpha").scopes == {"read", "write"}
-    assert auth.identify("alpha").name == "ci"
-    assert auth.identify("beta").scopes == {"read"}
-    assert auth.identify("beta").name.startswith("token-") and "beta" not in auth.identify(
-        "beta").name
-    assert auth.identify("gamma").name == "dash"
-    assert auth.identify("delta").scopes == {"read", "write"}
+    assert auth.identify("alpha-write-token").scopes == {"read", "write"}
+    assert auth.identify("alpha-write-token").name == "ci"
+    beta = auth.identify("beta-read-token")
+    assert beta.scopes == {"read"} and beta.name.startswith("token-") and "beta" not in beta.name
+    assert auth.identify("gamma-read-token").name == "dash"
+    assert auth.identify("delta-write-token").scopes == {"read", "write"}
     with pytest.raises(Unauthorized):
-        auth.identify("epsilon")
+        auth.identify("epsilon-unknown")
     with pytest.raises(RegistryError, match="SECRET:read\\|write\\|admin"):
-        parse_tokens("oops:root")
-    assert TokenAuth(parse_tokens("boss:admin")).identify("boss").scopes == {
-        "read", "write", "admin"}
+        parse_tokens("oops-long-enough:root")
+    admin = TokenAuth(parse_tokens("boss-admin-token:admin")).identify("boss-admin-token")
+    assert admin.scopes == {"read", "write", "admin"}
 
 
 def test_readme_tokens_example_parses() -> None:
@@ -258,8 +258,8 @@ def test_readme_tokens_example_parses() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## Registry"):readme.index("## Serving")]
     example = next(block for block in section.split("```") if "s3cr3t-for-ops:" in block)
-    tokens = parse_tokens(example + "solo:read  # a comment, with a comma\n")
+    tokens = parse_tokens(example + "solo-secret-token:read  # a comment, with a comma\n")
     assert [(t.scope, t.name) for t in tokens][:3] == [
         ("admin", "ops"), ("write", "ci"), ("read", "fleet")]
     assert [t.secret for t in tokens] == [
-        "s3cr3t-for-ops", "s3cr3t-for-ci", "s3cr3t-for-servers", "solo"]
+        "s3cr3t-for-ops", "s3cr3t-for-ci", "s3cr3t-for-servers", "solo-secret-token"]

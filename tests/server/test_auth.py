@@ -293,7 +293,7 @@ def test_keys_rotate_when_the_file_changes(serve, tmp_path: Path, caplog) -> Non
     keys.write_text("sk-newer-00000000 rpm=oops\n")  # a broken edit: the keys in force stay
     assert chat(url, BASE, "sk-new-00000000").status_code == 200
     assert chat(url, BASE, "sk-newer-00000000").status_code == 401
-    assert "not reloaded, the previous keys stay in force" in caplog.text
+    assert "not reloaded, the previous ones stay in force" in caplog.text
     assert "keys:1: rpm= takes a whole number" in caplog.text
 
 

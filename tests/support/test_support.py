@@ -18,7 +18,7 @@ from loramux.support.adapters import filler_shapes, llama_shapes, write_adapter
 from loramux.support.launch import ChildServer, RegistryProcess
 from loramux.support.ports import listening_ports
 
-TOKENS = {"LORAMUX_REGISTRY_TOKENS": "tok:write"}
+TOKENS = {"LORAMUX_REGISTRY_TOKENS": "tok-write-token:write"}
 
 
 def test_parallel_children_get_their_own_ports(tmp_path: Path) -> None:

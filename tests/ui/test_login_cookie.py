@@ -46,7 +46,7 @@ def login(client: httpx.Client, token: str, next_url: str = "/ui") -> httpx.Resp
 
 
 def test_registry_cookie_is_httponly_strict_and_only_for_the_pages(store: Path) -> None:
-    with registry_site(store, "s3cret:read:alice") as url, \
+    with registry_site(store, "s3cret-read-token:read:alice") as url, \
             httpx.Client(base_url=url, timeout=30) as client:
         first = client.get("/ui/adapters/alpha")
         assert first.status_code == 303
@@ -54,10 +54,10 @@ def test_registry_cookie_is_httponly_strict_and_only_for_the_pages(store: Path) 
         refused = login(client, "wrong")
         assert refused.status_code == 401 and "invalid bearer token" in refused.text
         assert REGISTRY_COOKIE not in refused.headers.get("set-cookie", "")
-        done = login(client, "s3cret", "/ui/adapters/alpha")
+        done = login(client, "s3cret-read-token", "/ui/adapters/alpha")
         assert done.status_code == 303 and done.headers["location"] == "/ui/adapters/alpha"
         cookie = done.headers["set-cookie"]
-        assert cookie.startswith(f"{REGISTRY_COOKIE}=") and "s3cret" not in cookie, \
+        assert cookie.startswith(f"{REGISTRY_COOKIE}=") and "s3cret-read-token" not in cookie, \
             "the cookie holds a session id, never the token"
         assert {"HttpOnly", "Path=/ui", "SameSite=strict"} <= {p.strip() for p in
                                                                cookie.split(";")}
@@ -65,10 +65,11 @@ def test_registry_cookie_is_httponly_strict_and_only_for_the_pages(store: Path) 
         assert page.status_code == 200 and "Signed in as <strong>alice</strong>" in page.text
         assert page.headers["content-security-policy"].startswith("default-src 'self'")
         # the API never reads the cookie, even when a client sends it there
-        api = httpx.get(f"{url}/v2/adapters", cookies={REGISTRY_COOKIE: "s3cret"}, timeout=30)
+        api = httpx.get(f"{url}/v2/adapters", cookies={REGISTRY_COOKIE: "s3cret-read-token"},
+                        timeout=30)
         assert api.status_code == 401
         # a write needs a bearer token as before: the gate only lets the login form through
-        gc = httpx.post(f"{url}/v2/gc", cookies={REGISTRY_COOKIE: "s3cret"}, timeout=30)
+        gc = httpx.post(f"{url}/v2/gc", cookies={REGISTRY_COOKIE: "s3cret-read-token"}, timeout=30)
         assert gc.status_code == 401
         # a stale cookie sends the browser back to the form, and is cleared
         stale = httpx.get(f"{url}/ui", cookies={REGISTRY_COOKIE: "revoked"}, timeout=30)
@@ -76,7 +77,7 @@ def test_registry_cookie_is_httponly_strict_and_only_for_the_pages(store: Path) 
         assert f'{REGISTRY_COOKIE}=""' in stale.headers["set-cookie"]
         # after login, only paths under /ui: never another site
         for evil in ("//evil.example/ui", "https://evil.example/", "/v2/adapters"):
-            assert login(client, "s3cret", evil).headers["location"] == "/ui"
+            assert login(client, "s3cret-read-token", evil).headers["location"] == "/ui"
         out = client.post("/ui/logout")
         assert out.status_code == 303 and f'{REGISTRY_COOKIE}=""' in out.headers["set-cookie"]
 
