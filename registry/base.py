@@ -35,7 +35,7 @@ from loramux.registry.manifest import (
     VersionInfo,
     check_labels,
 )
-from loramux.registry.push_args import push_request, with_recorded_base
+from loramux.registry.push_args import facts_beside, push_request, with_recorded_base
 from loramux.registry.refs import AdapterRef, validate_name
 from loramux.registry.transfer import materialize
 
@@ -84,6 +84,9 @@ class Registry(ABC):
         (quantization, lineage), ``TooLarge``; nothing is stored when it raises.
         """
         validate_name(name)
+        if lineage is None and quantization is None:  # a trainer's output folder says them
+            facts = facts_beside(Path(folder))
+            lineage, quantization = facts.get("lineage"), facts.get("quantization")
         request = push_request(
             alias=alias, description=description, labels=labels, base_model=base_model,
             base_fingerprint=base_fingerprint, quantization=quantization, lineage=lineage,

@@ -129,6 +129,26 @@ def with_recorded_base(folder: Path, request: PushRequest) -> tuple[PushRequest,
     return request.model_copy(update=update), None
 
 
+# A trainer's facts about the adapter beside it, in the registry's own terms (``lineage``,
+# ``quantization``): a push of the folder records them as ``train --publish`` does. Hidden, so
+# never pushed as one of the adapter's files.
+PUSH_FACTS = ".loramux-push.json"
+
+
+def facts_beside(folder: Path) -> dict[str, Any]:
+    """``{"lineage": …, "quantization": …}`` from the folder's PUSH_FACTS file, if it has one."""
+    path = Path(folder) / PUSH_FACTS
+    if not path.is_file():
+        return {}
+    try:
+        facts = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InvalidRequest(f"{path}: not a readable facts file ({exc})") from None
+    if not isinstance(facts, dict):
+        raise InvalidRequest(f"{path}: not a facts file (a JSON object)")
+    return {key: facts[key] for key in ("lineage", "quantization") if facts.get(key)}
+
+
 # What each recordable fact is called on the command line, for the refusal that names them.
 _FACT_FLAGS = {"base_fingerprint": "--base", "quantization": "--quantization",
                "description": "--description", "labels": "--label", "lineage": "--lineage"}

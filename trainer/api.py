@@ -37,7 +37,7 @@ from loramux.trainer.evaluation import (
     measure,
     sibling_eval_file,
 )
-from loramux.trainer.publish import check_options, publish
+from loramux.trainer.publish import check_options, publish, write_push_facts
 from loramux.trainer.report import (
     CURVE_FILE,
     REPORT_FILE,
@@ -351,6 +351,7 @@ def _finish(config: TrainConfig, data: PreparedData, runtime, trainer, meter, re
     config_path = config.save(out / CONFIG_FILE)
     curve = plot_loss_curve(report["log_history"], out / CURVE_FILE, title=f"{out.name}: loss")
     report_path = write_report(report, out / REPORT_FILE)
+    write_push_facts(out, config, report)
     outcome = TrainResult(out, config, report["metrics"], report, report_path, curve,
                           config_path, skipped=data.skipped)
     outcome.verdict = verdict

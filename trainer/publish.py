@@ -92,6 +92,22 @@ def lineage(config: TrainConfig, report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def write_push_facts(out: Path, config: TrainConfig, report: dict[str, Any]) -> Path:
+    """The facts ``train --publish`` records, left beside the adapter in the registry's terms
+    (``PUSH_FACTS``, hidden): ``loramux registry push OUT`` later records the same lineage and
+    quantization (a server compares the quantization with its own)."""
+    import json
+
+    from loramux.registry.push_args import PUSH_FACTS
+
+    path = out / PUSH_FACTS
+    facts = {"lineage": lineage(config, report),
+             "quantization": quantization_info(config, report)}
+    path.write_text(json.dumps(facts, indent=2, sort_keys=True, default=str) + "\n",
+                    encoding="utf-8")
+    return path
+
+
 def _stage(adapter_dir: Path, into: Path) -> None:
     for name in PUBLISHED_FILES:
         src = adapter_dir / name

@@ -5,15 +5,19 @@ base. The old layout (``OUT/checkpoints/``) is noticed before anything loads."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from loramux.cli import app
+from loramux.registry.manifest import QuantizationInfo
+from loramux.registry.push_args import PUSH_FACTS
 from loramux.trainer.checkpoints import checkpoint_dir, remove_checkpoints, resume_from
 from loramux.trainer.config import build_config
 from loramux.trainer.errors import ConfigError
+from loramux.trainer.publish import quantization_info
 
 runner = CliRunner()
 TINY = ["--max-steps", "2", "--no-eval", "--no-progress", "--threads", "2", "--batch-size", "8",
@@ -27,9 +31,9 @@ def _train(demo_base: Path, data: Path, out: Path, *extra: str):
     return result
 
 
-def _push(registry: Path, folder: Path, name: str):
+def _push(registry: Path, folder: Path, name: str, *extra: str):
     return runner.invoke(app, ["registry", "--registry", str(registry), "push", str(folder),
-                               "--name", name], env={"LORAMUX_TOKEN": ""})
+                               "--name", name, *extra], env={"LORAMUX_TOKEN": ""})
 
 
 @pytest.mark.slow
@@ -40,10 +44,20 @@ def test_a_finished_run_pushes_as_it_is(demo_base: Path, small_chat: Path,
     assert not checkpoint_dir(out).exists(), "a finished run leaves no checkpoints"
     assert {p.name for p in out.iterdir()} == {  # README.md: peft's model card
         "adapter_config.json", "adapter_model.safetensors", "README.md", "train_config.yaml",
-        "training_report.json", "loss_curve.png"}
-    pushed = _push(tmp_path / "registry", out, "tiny")
+        "training_report.json", "loss_curve.png", PUSH_FACTS}
+    pushed = _push(tmp_path / "registry", out, "tiny", "--json")
     assert pushed.exit_code == 0, pushed.output
-    assert "tiny" in pushed.output
+    # The push records what `train --publish` would: lineage and quantization, from the run.
+    manifest = json.loads(pushed.stdout)
+    report = json.loads((out / "training_report.json").read_text())
+    config = build_config(out / "train_config.yaml", {})
+    assert manifest["lineage"]["dataset_digest"] == report["data"]["train_digest"]
+    assert manifest["lineage"]["hyperparameters"] == json.loads(
+        json.dumps(config.hyperparameters(), default=str))
+    recorded = QuantizationInfo.model_validate(quantization_info(config, report))
+    assert manifest["quantization"] == recorded.model_dump(mode="json")
+    assert manifest["quantization"]["method"] == "nf4"  # QLoRA: what a default server checks
+    assert PUSH_FACTS not in {f["path"] for f in manifest["files"]}
 
 
 @pytest.mark.slow
