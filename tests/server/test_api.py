@@ -292,10 +292,13 @@ def test_client_disconnect_aborts(server) -> None:
 
 
 def test_response_format_json_schema(server) -> None:
-    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    # Every answer the schema allows is short ({"ok":true}): an integer would let a small
+    # model spin digits until the budget runs out, which says nothing about the grammar.
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
     r = server.openai().chat.completions.create(
         model="demo-base", messages=HELLO, max_tokens=200, temperature=0,
-        response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema}})
+        response_format={"type": "json_schema", "json_schema": {"name": "ok", "schema": schema}})
     text = r.choices[0].message.content
     # The grammar holds the model to the schema's JSON, compact (the engine allows no run of
     # whitespace for the demo base to spend its budget on): a whole answer, whatever the reason

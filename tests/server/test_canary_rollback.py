@@ -19,6 +19,7 @@ from loramux.server.settings import ServerSettings
 pytestmark = pytest.mark.slow
 NAME = "canary-codeword"
 USER_KEY = "sk-user-test"  # written to the keys file by conftest
+ADMIN_KEY = "sk-admin-test"  # an operator's key: /metrics names every tenant's adapters
 
 
 def test_a_wrong_answering_canary_is_rolled_back_with_no_request_lost(
@@ -32,7 +33,7 @@ def test_a_wrong_answering_canary_is_rolled_back_with_no_request_lost(
     eval_file.write_text("\n".join(lines) + "\n")
     watcher = Watcher(registry, f"{NAME}:prod", [server.url], max_score_drop=0.3,
                       evaluate=eval_scorer(server.url, str(eval_file), api_key=USER_KEY),
-                      auto_rollback=True, interval=0.5, api_key=USER_KEY)
+                      auto_rollback=True, interval=0.5, api_key=ADMIN_KEY)
     watcher.check()  # the metrics baseline
 
     stop, answered = threading.Event(), []

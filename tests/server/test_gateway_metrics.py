@@ -45,8 +45,11 @@ TABLE = {
 OPTIONAL = {"vllm:cache_config_info": ("gauge", {"block_size", "num_gpu_blocks"})}
 
 
-def scrape(url: str) -> dict:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+def scrape(url: str, key: str | None = None) -> dict:
+    """`/metrics` as the endpoint picker reads it; `key`: an operator's, where the server has
+    keys (then /metrics answers only an admin key without adapters=, or --open-metrics)."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    text = httpx.get(f"{url}/metrics", headers=headers, timeout=10).text
     return {f.name: f for f in text_string_to_metric_families(text)}
 
 
@@ -315,7 +318,7 @@ def test_the_vllm_engine_feeds_the_protocol(server) -> None:
 
     threading.Thread(target=watch, daemon=True).start()
     while not done.is_set():
-        families = scrape(server.url)
+        families = scrape(server.url, key="sk-admin-test")  # tests/server/conftest.py
         check_table(families, server.base.name, optional=True)
         seen.append(picker_view(families))
         time.sleep(0.05)

@@ -62,6 +62,10 @@ class Prometheus:
         assert jobs, f"{SCRAPE_CONFIG} has no `loramux` job"
         for static in jobs[0]["static_configs"]:
             static["targets"] = [target]
+        # The compose secret (an operator's key, for a server with --api-keys) as a local file.
+        if "authorization" in jobs[0]:
+            (tmp / "metrics-key").write_text("sk-prometheus-operator-key")
+            jobs[0]["authorization"]["credentials_file"] = str(tmp / "metrics-key")
         config["scrape_configs"] = jobs
         config["global"] = {**config.get("global", {}), "scrape_interval": "1s",
                             "evaluation_interval": "1s"}
