@@ -228,12 +228,12 @@ def test_fetch_from_remote_registry_over_http(tmp_path: Path) -> None:
     from loramux.support.launch import RegistryProcess
 
     tokens = tmp_path / "tokens"
-    tokens.write_text("tok-w:write\n")
+    tokens.write_text("tok-w-secret-token:write\n")
     server = RegistryProcess(tmp_path / "remote", tmp_path / "registry.log",
                              args=["--tokens", str(tokens)], env={"LORAMUX_TOKEN": ""})
     try:
         url = server.start()
-        remote = reg.open(url, token="tok-w")
+        remote = reg.open(url, token="tok-w-secret-token")
         manifest = remote.push(write_adapter(tmp_path / "r0", 42), "remote-a")
         engine = RecordingEngine()
         manager = AdapterManager(engine, remote, Metrics(),

@@ -331,7 +331,7 @@ def test_the_vllm_engine_feeds_the_protocol(server) -> None:
     # names can outnumber the slots; adapters left resident by earlier tests hold slots unnamed
     assert all(v["max_lora"] - len(v["active"]) - len(v["waiting"]) <= 2 for v in seen)
     assert all(v["max_lora"] >= 0 for v in seen)
-    info = scrape(server.url)["vllm:cache_config_info"].samples[0].labels
+    info = scrape(server.url, key="sk-admin-test")["vllm:cache_config_info"].samples[0].labels
     assert int(info["block_size"]) > 0 and int(info["num_gpu_blocks"]) > 0
-    idle = picker_view(scrape(server.url))
+    idle = picker_view(scrape(server.url, key="sk-admin-test"))
     assert (idle["vllm:num_requests_running"], idle["vllm:num_requests_waiting"]) == (0, 0)
