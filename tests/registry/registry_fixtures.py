@@ -14,8 +14,6 @@ dimension is one more field in :class:`Combo` and one more argument to :func:`ma
 from __future__ import annotations
 
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,12 +35,12 @@ from loramux.registry.remote import RemoteRegistry
 from loramux.registry.store import LocalRegistry
 from loramux.registry.validate import Limits
 from loramux.support.oci_registry import OciRegistry
-from loramux.support.ports import uvicorn_port
+from loramux.support.ports import InProcessServer
 
 TOKENS = parse_tokens(registry_support.TOKENS)
 
 
-class ServerHandle:
+class ServerHandle(InProcessServer):
     def __init__(self, root: Path) -> None:
         import uvicorn
 
@@ -50,24 +48,14 @@ class ServerHandle:
 
         self.default_store = LocalRegistry(root)
         self.app = create_app(self.default_store, TokenAuth(TOKENS))
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
-        self.port = uvicorn_port(self.server)
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning"))
 
     def use(self, store: LocalRegistry, *, anonymous_read: bool = False) -> None:
         self.app.state.registry = store
         self.app.state.auth = TokenAuth(TOKENS, anonymous_read=anonymous_read)
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        super().stop()
         self.default_store.close()
 
 

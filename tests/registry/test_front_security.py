@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import socket
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -25,34 +24,22 @@ from loramux.registry.http.app import create_app
 from loramux.registry.http.auth import UI_COOKIE, TokenAuth, parse_tokens
 from loramux.registry.store import LocalRegistry
 from loramux.support.launch import RegistryProcess
-from loramux.support.ports import uvicorn_port
+from loramux.support.ports import InProcessServer
 from loramux.web.serving import ConnectionLimits, uvicorn_config
 
 pytestmark = pytest.mark.timeout(180)
 
 
-class Site:
+class Site(InProcessServer):
     """The registry app under the uvicorn configuration `loramux registry serve` uses."""
 
     def __init__(self, root: Path, auth: TokenAuth) -> None:
-        import uvicorn
-
         self.store = LocalRegistry(root)
-        config = uvicorn_config(create_app(self.store, auth), host="127.0.0.1", port=0,
-                                log_level="warning", limits=ConnectionLimits())
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "no server"
-            time.sleep(0.02)
-        self.port = uvicorn_port(self.server)
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(uvicorn_config(create_app(self.store, auth), host="127.0.0.1", port=0,
+                                        log_level="warning", limits=ConnectionLimits()))
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        super().stop()
         self.store.close()
 
 

@@ -32,7 +32,7 @@ from loramux.server.metrics import Metrics
 from loramux.server.models import ServingModels
 from loramux.server.resolver import Resolver
 from loramux.server.settings import ServerSettings
-from loramux.support.ports import uvicorn_port
+from loramux.support.ports import InProcessServer
 
 WORD = " tok"
 
@@ -169,25 +169,19 @@ class LiveServer:
     def __init__(self, app) -> None:
         import uvicorn
 
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                     lifespan="on")
+        self.running: InProcessServer | None = None
         self.url = ""
 
     def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{uvicorn_port(self.server)}"
+        self.running = InProcessServer(self.config)
+        self.url = self.running.url
         return self.url
 
     def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        if self.running is not None:
+            self.running.stop()
 
 
 class LiveServers:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import socket
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from loramux.server.auth import UI_COOKIE, KeyStore
 from loramux.server.errors import SettingsError
 from loramux.server.settings import ServerSettings
 from loramux.support.adapters import write_adapter
-from loramux.support.ports import uvicorn_port
+from loramux.support.ports import InProcessServer
 from loramux.web.serving import ConnectionLimits, uvicorn_config
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -35,27 +34,10 @@ USER, OPS, SCOPED_ADMIN = "sk-user-0123456789", "sk-ops-0123456789", "sk-scoped-
 KEYS = f"{USER} name=user\n{OPS} admin name=ops\n{SCOPED_ADMIN} admin adapters=team-a-*\n"
 
 
-class Served:
+def served_live(app, limits: ConnectionLimits) -> InProcessServer:
     """A live server started with `loramux serve`'s own uvicorn configuration."""
-
-    def __init__(self, app, limits: ConnectionLimits) -> None:
-        import uvicorn
-
-        config = uvicorn_config(app, host="127.0.0.1", port=0, log_level="warning",
-                                limits=limits, lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "no server"
-            time.sleep(0.02)
-        self.port = uvicorn_port(self.server)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+    return InProcessServer(uvicorn_config(app, host="127.0.0.1", port=0, log_level="warning",
+                                          limits=limits, lifespan="on"))
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +51,8 @@ def registry_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def serve(registry_dir: Path, tmp_path: Path):
-    """`serve(keys_text or None, limits=..., **settings)` → (Served, runtime)."""
-    running: list[Served] = []
+    """`serve(keys_text or None, limits=..., **settings)` → (InProcessServer, runtime)."""
+    running: list[InProcessServer] = []
 
     def start(keys: str | None, limits: ConnectionLimits | None = None, **kw):
         options: dict[str, object] = {"base": BASE} | kw
@@ -81,7 +63,7 @@ def serve(registry_dir: Path, tmp_path: Path):
         runtime = build_runtime(settings, registry_dir, tmp_path / "cache", FakeEngine())
         from loramux.server.app import create_app
 
-        served = Served(create_app(runtime), limits or settings.connection_limits())
+        served = served_live(create_app(runtime), limits or settings.connection_limits())
         running.append(served)
         return served, runtime
 

@@ -25,8 +25,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from loramux.support.ports import uvicorn_port
+from loramux.support.ports import InProcessServer
 
 
 def git_blob_id(data: bytes) -> str:
@@ -106,7 +104,8 @@ class HubServer:
             return self._error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
         return sha
 
-    async def model_info(self, request: Request) -> Response:
+    def _revision(self, request: Request) -> tuple[str, Repo, str] | Response:
+        """(repo id, repo, commit) the route's repo and revision name, or the Hub's refusal."""
         repo_id = f"{request.path_params['org']}/{request.path_params['name']}"
         repo = self._repo(request, repo_id)
         if isinstance(repo, Response):
@@ -114,6 +113,13 @@ class HubServer:
         sha = self._commit_of(repo, request.path_params.get("rev", "main"))
         if isinstance(sha, Response):
             return sha
+        return repo_id, repo, sha
+
+    async def model_info(self, request: Request) -> Response:
+        found = self._revision(request)
+        if isinstance(found, Response):
+            return found
+        repo_id, repo, sha = found
         files = repo.commits[sha]
         return JSONResponse({
             "id": repo_id, "modelId": repo_id, "sha": sha, "private": repo.private,
@@ -122,13 +128,10 @@ class HubServer:
         })
 
     async def tree(self, request: Request) -> Response:
-        repo_id = f"{request.path_params['org']}/{request.path_params['name']}"
-        repo = self._repo(request, repo_id)
-        if isinstance(repo, Response):
-            return repo
-        sha = self._commit_of(repo, request.path_params["rev"])
-        if isinstance(sha, Response):
-            return sha
+        found = self._revision(request)
+        if isinstance(found, Response):
+            return found
+        _, repo, sha = found
         prefix = request.path_params.get("path", "").strip("/")
         entries = [
             {"type": "file", "oid": git_blob_id(data), "size": len(data), "path": path}
@@ -138,13 +141,10 @@ class HubServer:
         return JSONResponse(entries)
 
     async def resolve(self, request: Request) -> Response:
-        repo_id = f"{request.path_params['org']}/{request.path_params['name']}"
-        repo = self._repo(request, repo_id)
-        if isinstance(repo, Response):
-            return repo
-        sha = self._commit_of(repo, request.path_params["rev"])
-        if isinstance(sha, Response):
-            return sha
+        found = self._revision(request)
+        if isinstance(found, Response):
+            return found
+        _, repo, sha = found
         data = repo.commits[sha].get(request.path_params["path"])
         if data is None:
             return self._error(404, "Entry not found", "EntryNotFound")
@@ -247,17 +247,10 @@ def running_hub(hub: HubServer | None = None) -> Iterator[HubServer]:
     import uvicorn
 
     hub = hub or HubServer()
-    server = uvicorn.Server(uvicorn.Config(hub.app(), host="127.0.0.1", port=0,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "hub fixture did not start"
-        time.sleep(0.02)
-    hub.url = f"http://127.0.0.1:{uvicorn_port(server)}"
+    server = InProcessServer(uvicorn.Config(hub.app(), host="127.0.0.1", port=0,
+                                            log_level="warning"))
+    hub.url = server.url
     try:
         yield hub
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        server.stop()
